@@ -1,0 +1,845 @@
+//! Configuration: a TOML file plus environment overrides, parsed into plain serde
+//! structs and validated once at load (STYLE.md §3).
+//!
+//! Precedence, lowest first: built-in defaults < the TOML file (`--config`, or
+//! `./flow-archiver.toml` when present) < `FLOW_ARCHIVER__SECTION__KEY` variables <
+//! the operator names `FLOW_RETENTION_DAYS`, `ARCHIVE_BUCKET`, `ARCHIVE_PREFIX`,
+//! `ARCHIVE_CONCURRENCY`, `ARCHIVE_BATCH_SIZE`. `AWS_*` and `OTEL_*` belong to the
+//! libraries that read them.
+//!
+//! Every error names the key and how to fix it; the runtime only ever sees a
+//! [`Config`] that passed [`Config::validate`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Default file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_FILE: &str = "flow-archiver.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration key `{key}`: {problem}. Fix: {fix}")]
+    Invalid {
+        key: &'static str,
+        problem: String,
+        fix: String,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The whole configuration; each section maps to one pipeline stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub state: StateConfig,
+    pub input: InputConfig,
+    pub retention: RetentionConfig,
+    pub archive: ArchiveConfig,
+    pub publish: PublishConfig,
+    pub dead_letter: DeadLetterConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+/// The embedded state store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory holding the store (`state.redb`). Default `./data/state`.
+    pub path: PathBuf,
+    /// Page cache of the store, in bytes. Default 64 MiB; memory use does not grow
+    /// with the number of tracked flows beyond this.
+    pub cache_bytes: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from("./data/state"),
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// CloudEvents 1.0, structured mode JSON.
+    Cloudevents,
+    /// `{"flow_id","tenant","seq","type","status","time","labels","data"}`.
+    Plain,
+}
+
+/// Decoding of input events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// `cloudevents` (default) or `plain`; selects the default field mapping.
+    pub format: InputFormat,
+    /// Larger records are dead-lettered (reason `oversize`). Default 1 MiB.
+    pub max_event_bytes: usize,
+    /// Events whose `time` is further ahead of ingest time are dead-lettered. Default `5m`.
+    #[serde(with = "duration_text")]
+    pub max_future_skew: Duration,
+    /// Events written to the state store per transaction. Default 4096.
+    pub batch_size: usize,
+    /// JSON pointers overriding the format's default mapping.
+    pub mapping: MappingOverrides,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            format: InputFormat::Cloudevents,
+            max_event_bytes: 1 << 20,
+            max_future_skew: Duration::from_secs(300),
+            batch_size: 4096,
+            mapping: MappingOverrides::default(),
+        }
+    }
+}
+
+/// JSON pointers (RFC 6901) into the event; unset fields keep the format's default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingOverrides {
+    pub flow_id: Option<String>,
+    pub tenant: Option<String>,
+    /// Tenant used when the event has none. Default `default`.
+    pub default_tenant: Option<String>,
+    pub sequence: Option<String>,
+    pub event_type: Option<String>,
+    /// A field holding a status word; when unset the status comes from the type suffix.
+    pub status: Option<String>,
+    pub time: Option<String>,
+    pub labels: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// Two pointers forming the dedupe key; `[]` turns deduplication off.
+    pub dedupe: Option<Vec<String>>,
+}
+
+/// The mapping the decoder applies, after presets and overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldMapping {
+    pub flow_id: String,
+    pub tenant: String,
+    pub default_tenant: String,
+    pub sequence: String,
+    pub event_type: String,
+    pub status: Option<String>,
+    pub time: String,
+    pub labels: String,
+    pub traceparent: String,
+    pub tracestate: String,
+    pub dedupe: Option<(String, String)>,
+}
+
+impl InputConfig {
+    pub fn effective_mapping(&self) -> FieldMapping {
+        let s = |v: &str| v.to_string();
+        let mut m = match self.format {
+            InputFormat::Cloudevents => FieldMapping {
+                flow_id: s("/subject"),
+                tenant: s("/tenant"),
+                default_tenant: s("default"),
+                sequence: s("/sequence"),
+                event_type: s("/type"),
+                status: None,
+                time: s("/time"),
+                labels: s("/data/labels"),
+                traceparent: s("/traceparent"),
+                tracestate: s("/tracestate"),
+                dedupe: Some((s("/source"), s("/id"))),
+            },
+            InputFormat::Plain => FieldMapping {
+                flow_id: s("/flow_id"),
+                tenant: s("/tenant"),
+                default_tenant: s("default"),
+                sequence: s("/seq"),
+                event_type: s("/type"),
+                status: Some(s("/status")),
+                time: s("/time"),
+                labels: s("/labels"),
+                traceparent: s("/traceparent"),
+                tracestate: s("/tracestate"),
+                dedupe: Some((s("/type"), s("/seq"))),
+            },
+        };
+        let o = &self.mapping;
+        let set = |target: &mut String, v: &Option<String>| {
+            if let Some(v) = v {
+                *target = v.clone();
+            }
+        };
+        set(&mut m.flow_id, &o.flow_id);
+        set(&mut m.tenant, &o.tenant);
+        set(&mut m.default_tenant, &o.default_tenant);
+        set(&mut m.sequence, &o.sequence);
+        set(&mut m.event_type, &o.event_type);
+        set(&mut m.time, &o.time);
+        set(&mut m.labels, &o.labels);
+        set(&mut m.traceparent, &o.traceparent);
+        set(&mut m.tracestate, &o.tracestate);
+        if o.status.is_some() {
+            m.status = o.status.clone();
+        }
+        if let Some(d) = &o.dedupe {
+            m.dedupe = match d.as_slice() {
+                [a, b] => Some((a.clone(), b.clone())),
+                _ => None,
+            };
+        }
+        m
+    }
+}
+
+/// An idle time that may be `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Off,
+    After(Duration),
+}
+
+impl Retention {
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Retention::Off => None,
+            Retention::After(d) => Some(d),
+        }
+    }
+}
+
+impl Serialize for Retention {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Retention::Off => s.serialize_str("off"),
+            Retention::After(d) => s.serialize_str(&format_duration(*d)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_retention(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(Retention::Off);
+    }
+    parse_duration(text).map(Retention::After)
+}
+
+/// Parses `30d`, `12h`, `90s`, `5y` (a year is 365.25 days), `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like \"30d\", \"12h\" or \"0s\" ({e})"))
+}
+
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+mod duration_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Retention per terminal status, label/tenant overrides, and archive lifetime.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub completed: Retention,
+    pub failed: Retention,
+    pub error: Retention,
+    pub cancelled: Retention,
+    pub timed_out: Retention,
+    /// Non-terminal flows idle this long are archived with status `abandoned`.
+    pub abandoned: Retention,
+    /// How long the archive keeps a flow part before purge: `purge_at = archived_at + archive_for`.
+    #[serde(with = "duration_text")]
+    pub archive_for: Duration,
+    /// First match wins.
+    #[serde(rename = "override")]
+    pub overrides: Vec<RetentionOverride>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let days = |d: u64| Retention::After(Duration::from_secs(d * 86_400));
+        RetentionConfig {
+            completed: days(30),
+            failed: days(90),
+            error: days(90),
+            cancelled: days(30),
+            timed_out: days(90),
+            abandoned: Retention::Off,
+            archive_for: Duration::from_secs(365 * 86_400),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionOverride {
+    #[serde(rename = "match")]
+    pub selector: Selector,
+    /// Idle time for matching terminal flows; unset keeps the per-status value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// Archive lifetime for matching flows; unset keeps `retention.archive_for`.
+    #[serde(
+        default,
+        with = "opt_duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub archive_for: Option<Duration>,
+}
+
+/// All given conditions must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Selector {
+    pub tenant: Option<String>,
+    pub status: Option<crate::event::FlowStatus>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+mod opt_duration_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    Zstd,
+    Gzip,
+}
+
+impl Compression {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Zstd => "jsonl.zst",
+            Compression::Gzip => "jsonl.gz",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// `{prefix}/{tenant}/purge={YYYY-MM-DD}/{segment_id}.jsonl.zst`, many flows per object.
+    Segment,
+    /// `{prefix}/{tenant}/flows/{flow_id}/{part}.jsonl.gz`, one flow part per object.
+    PerFlow,
+}
+
+/// Where and how archive objects are written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Directory used as the object store when `bucket` is unset. Default `./data/archive`.
+    pub dir: PathBuf,
+    /// S3 bucket (env `ARCHIVE_BUCKET`); when set, objects go to S3 instead of `dir`.
+    pub bucket: Option<String>,
+    /// Key prefix inside the store (env `ARCHIVE_PREFIX`). Default `flows`.
+    pub prefix: String,
+    /// S3 endpoint for S3-compatible stores, e.g. `http://127.0.0.1:9000`; unset uses
+    /// `AWS_ENDPOINT`/`AWS_ENDPOINT_URL_S3` or AWS itself. Path-style requests unless
+    /// `virtual_hosted_style` is true.
+    pub endpoint: Option<String>,
+    /// S3 region; unset uses `AWS_DEFAULT_REGION`/`AWS_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    pub virtual_hosted_style: bool,
+    /// `zstd` (default) or `gzip`.
+    pub compression: Compression,
+    /// zstd level, 1–19. Default 3.
+    pub zstd_level: i32,
+    /// `segment` (default) or `per-flow`.
+    pub layout: Layout,
+    /// A segment closes once the raw history it holds reaches this many bytes. Default 64 MiB.
+    pub segment_max_bytes: u64,
+    /// A segment closes at this many flow parts. Default 1000.
+    pub segment_max_flows: usize,
+    /// Segment uploads in flight (env `ARCHIVE_CONCURRENCY`). Default 4.
+    pub concurrency: usize,
+    /// Due flows taken per scheduler pass (env `ARCHIVE_BATCH_SIZE`). Default 10000.
+    pub batch_size: usize,
+    /// Objects larger than this are sent as multipart uploads. Default 16 MiB.
+    pub multipart_threshold_bytes: u64,
+    /// Local directory where segments are built before upload. Default `./data/spool`.
+    pub spool_dir: PathBuf,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            dir: PathBuf::from("./data/archive"),
+            bucket: None,
+            prefix: "flows".into(),
+            endpoint: None,
+            region: None,
+            virtual_hosted_style: false,
+            compression: Compression::Zstd,
+            zstd_level: 3,
+            layout: Layout::Segment,
+            segment_max_bytes: 64 << 20,
+            segment_max_flows: 1000,
+            concurrency: 4,
+            batch_size: 10_000,
+            multipart_threshold_bytes: 16 << 20,
+            spool_dir: PathBuf::from("./data/spool"),
+        }
+    }
+}
+
+/// Where `flow.archived` records go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// JSON Lines file of `flow.archived` CloudEvents. Default `./data/events/archived.jsonl`.
+    pub archived_path: PathBuf,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            archived_path: PathBuf::from("./data/events/archived.jsonl"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// JSON Lines file of refused input. Default `./data/dead-letter.jsonl`.
+    pub path: PathBuf,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            path: PathBuf::from("./data/dead-letter.jsonl"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// How often `run` looks for due flows. Default `1s`.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The operator-facing environment names and the key each one sets.
+const OPERATOR_ENV: &[(&str, &str)] = &[
+    ("ARCHIVE_BUCKET", "archive.bucket"),
+    ("ARCHIVE_PREFIX", "archive.prefix"),
+    ("ARCHIVE_CONCURRENCY", "archive.concurrency"),
+    ("ARCHIVE_BATCH_SIZE", "archive.batch_size"),
+];
+
+impl Config {
+    /// Loads defaults < file < environment, then validates.
+    ///
+    /// `path` is the `--config` argument; without it `./flow-archiver.toml` is read when
+    /// present. `env` is the process environment (a parameter so tests stay hermetic).
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let file_text = match path {
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+            ),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                let p = Path::new(DEFAULT_CONFIG_FILE);
+                Some(
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                        path: p.to_path_buf(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Self::from_sources(file_text.as_deref(), env)
+    }
+
+    /// Builds the configuration from TOML text and environment pairs.
+    pub fn from_sources(
+        toml_text: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(text) = toml_text {
+            builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+        }
+        let prefixed: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("FLOW_ARCHIVER__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("FLOW_ARCHIVER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(prefixed)),
+        );
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        for (name, key) in OPERATOR_ENV {
+            if let Some(value) = lookup(name) {
+                builder = builder
+                    .set_override(*key, value)
+                    .map_err(|e| ConfigError::Parse(e.to_string()))?;
+            }
+        }
+        let retention_days = match lookup("FLOW_RETENTION_DAYS") {
+            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                invalid(
+                    "retention (FLOW_RETENTION_DAYS)",
+                    format!("{v:?} is not a whole number of days"),
+                    "set FLOW_RETENTION_DAYS to an integer such as 30, or unset it",
+                )
+            })?),
+            None => None,
+        };
+        let built = builder
+            .build()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut cfg: Config = built
+            .try_deserialize()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if let Some(days) = retention_days {
+            // The operator knob means "how long finished flows stay live", so it sets every
+            // terminal status; label overrides still take precedence.
+            let r = Retention::After(Duration::from_secs(days * 86_400));
+            let ret = &mut cfg.retention;
+            ret.completed = r;
+            ret.failed = r;
+            ret.error = r;
+            ret.cancelled = r;
+            ret.timed_out = r;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field and range checks; every error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.archive;
+        if a.concurrency == 0 || a.concurrency > 256 {
+            return Err(invalid(
+                "archive.concurrency",
+                format!("{} is out of range", a.concurrency),
+                "use 1..=256 (env ARCHIVE_CONCURRENCY)",
+            ));
+        }
+        if a.batch_size == 0 {
+            return Err(invalid(
+                "archive.batch_size",
+                "0 would never archive anything",
+                "use a positive number (env ARCHIVE_BATCH_SIZE), e.g. 10000",
+            ));
+        }
+        if a.segment_max_flows == 0 {
+            return Err(invalid(
+                "archive.segment_max_flows",
+                "must be at least 1",
+                "use e.g. 1000",
+            ));
+        }
+        if a.segment_max_bytes < 1024 {
+            return Err(invalid(
+                "archive.segment_max_bytes",
+                format!("{} bytes is too small", a.segment_max_bytes),
+                "use at least 1024, e.g. 67108864 (64 MiB)",
+            ));
+        }
+        if a.multipart_threshold_bytes < 5 << 20 {
+            return Err(invalid(
+                "archive.multipart_threshold_bytes",
+                "S3 multipart parts must be at least 5 MiB",
+                "use at least 5242880",
+            ));
+        }
+        if !(1..=19).contains(&a.zstd_level) {
+            return Err(invalid(
+                "archive.zstd_level",
+                format!("{} is out of range", a.zstd_level),
+                "use 1..=19 (3 is the default)",
+            ));
+        }
+        if a.prefix.starts_with('/') || a.prefix.split('/').any(|p| p == ".." || p == ".") {
+            return Err(invalid(
+                "archive.prefix",
+                format!("{:?} is not a relative key prefix", a.prefix),
+                "use a prefix like \"flows\" or \"archive/flows\" (env ARCHIVE_PREFIX)",
+            ));
+        }
+        if let Some(bucket) = &a.bucket {
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !ok {
+                return Err(invalid(
+                    "archive.bucket",
+                    format!("{bucket:?} is not a valid S3 bucket name"),
+                    "use 3-63 lowercase letters, digits, '-' or '.' (env ARCHIVE_BUCKET)",
+                ));
+            }
+        }
+        if let Some(endpoint) = &a.endpoint {
+            if url::Url::parse(endpoint).is_err() {
+                return Err(invalid(
+                    "archive.endpoint",
+                    format!("{endpoint:?} is not a URL"),
+                    "use e.g. \"http://127.0.0.1:9000\"",
+                ));
+            }
+        }
+        if self.input.batch_size == 0 {
+            return Err(invalid(
+                "input.batch_size",
+                "must be at least 1",
+                "use e.g. 4096",
+            ));
+        }
+        if self.input.max_event_bytes < 256 {
+            return Err(invalid(
+                "input.max_event_bytes",
+                format!("{} is too small for any event", self.input.max_event_bytes),
+                "use at least 256, e.g. 1048576",
+            ));
+        }
+        let m = &self.input.mapping;
+        let pointers = [
+            ("input.mapping.flow_id", &m.flow_id),
+            ("input.mapping.tenant", &m.tenant),
+            ("input.mapping.sequence", &m.sequence),
+            ("input.mapping.event_type", &m.event_type),
+            ("input.mapping.status", &m.status),
+            ("input.mapping.time", &m.time),
+            ("input.mapping.labels", &m.labels),
+            ("input.mapping.traceparent", &m.traceparent),
+            ("input.mapping.tracestate", &m.tracestate),
+        ];
+        for (key, value) in pointers {
+            if let Some(p) = value {
+                if !p.is_empty() && !p.starts_with('/') {
+                    return Err(invalid(
+                        key,
+                        format!("{p:?} is not a JSON pointer"),
+                        "write a pointer such as \"/subject\" or \"/data/flow\"",
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &m.dedupe {
+            if !(d.is_empty() || d.len() == 2) {
+                return Err(invalid(
+                    "input.mapping.dedupe",
+                    format!("{} pointers given", d.len()),
+                    "give two pointers, e.g. [\"/source\", \"/id\"], or [] to turn dedupe off",
+                ));
+            }
+        }
+        if let Some(t) = &m.default_tenant {
+            crate::event::validate_identifier("tenant", t).map_err(|e| {
+                invalid(
+                    "input.mapping.default_tenant",
+                    e,
+                    "use a plain name like \"default\"",
+                )
+            })?;
+        }
+        if self.scheduler.interval.is_zero() {
+            return Err(invalid(
+                "scheduler.interval",
+                "0s would spin",
+                "use e.g. \"1s\"",
+            ));
+        }
+        for (i, o) in self.retention.overrides.iter().enumerate() {
+            if o.retention.is_none() && o.archive_for.is_none() {
+                return Err(invalid(
+                    "retention.override",
+                    format!("override #{} sets neither retention nor archive_for", i + 1),
+                    "add `retention = \"0s\"` and/or `archive_for = \"5y\"`, or remove it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `config check`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_paths() {
+        let c = Config::from_sources(None, &[]).unwrap();
+        assert_eq!(c.state.path, PathBuf::from("./data/state"));
+        assert_eq!(c.archive.dir, PathBuf::from("./data/archive"));
+        assert_eq!(
+            c.publish.archived_path,
+            PathBuf::from("./data/events/archived.jsonl")
+        );
+        assert_eq!(
+            c.dead_letter.path,
+            PathBuf::from("./data/dead-letter.jsonl")
+        );
+    }
+
+    #[test]
+    fn file_then_env_then_operator_names() {
+        let toml = r#"
+            [archive]
+            concurrency = 2
+            prefix = "from-file"
+            [retention]
+            completed = "1h"
+            abandoned = "7d"
+            [[retention.override]]
+            match = { labels = { category = "security" } }
+            retention = "0s"
+            archive_for = "5y"
+        "#;
+        let c = Config::from_sources(
+            Some(toml),
+            &env(&[
+                ("FLOW_ARCHIVER__ARCHIVE__CONCURRENCY", "3"),
+                ("ARCHIVE_PREFIX", "ops"),
+                ("ARCHIVE_BATCH_SIZE", "50"),
+                ("FLOW_RETENTION_DAYS", "2"),
+                ("ARCHIVE_BUCKET", "my-bucket"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.archive.concurrency, 3);
+        assert_eq!(c.archive.prefix, "ops");
+        assert_eq!(c.archive.batch_size, 50);
+        assert_eq!(c.archive.bucket.as_deref(), Some("my-bucket"));
+        assert_eq!(
+            c.retention.completed,
+            Retention::After(Duration::from_secs(2 * 86_400))
+        );
+        assert_eq!(
+            c.retention.abandoned,
+            Retention::After(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(c.retention.overrides.len(), 1);
+        assert_eq!(
+            c.retention.overrides[0].retention,
+            Some(Retention::After(Duration::ZERO))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let err = Config::from_sources(None, &env(&[("ARCHIVE_CONCURRENCY", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("archive.concurrency") && err.contains("Fix:"),
+            "{err}"
+        );
+
+        let err = Config::from_sources(Some("[archive]\nconcurency = 2\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+
+        let err = Config::from_sources(Some("[retention]\ncompleted = \"soon\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+
+        let err = Config::from_sources(None, &env(&[("FLOW_RETENTION_DAYS", "ten")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FLOW_RETENTION_DAYS"), "{err}");
+
+        let err = Config::from_sources(None, &env(&[("ARCHIVE_BUCKET", "Bad_Bucket")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("archive.bucket"), "{err}");
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let c = Config::from_sources(None, &[]).unwrap();
+        let again = Config::from_sources(Some(&c.to_toml()), &[]).unwrap();
+        assert_eq!(c, again);
+    }
+}

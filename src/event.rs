@@ -1,0 +1,694 @@
+//! Decoding and validation of workflow events (DESIGN.md §3.1–3.2).
+//!
+//! Turns the raw bytes of one input record into a [`FlowEvent`], or into a
+//! [`Rejection`] carrying a machine-readable [`RejectReason`] for the dead-letter
+//! destination. Nothing here touches storage: the decoder is pure, so every input
+//! rule is unit-tested in isolation.
+//!
+//! Guarantees:
+//! - identifiers (`tenant`, `flow_id`) that reach a state key or an object key have
+//!   passed [`validate_identifier`];
+//! - the bytes kept for the archive are the received JSON with only CR/LF removed
+//!   (JSON forbids raw newlines inside strings, so no value changes), which keeps
+//!   one event per line in an archive frame.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{InputConfig, InputFormat};
+
+/// Lifecycle status of a flow, derived from its latest event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowStatus {
+    Running,
+    Completed,
+    Failed,
+    Error,
+    Cancelled,
+    TimedOut,
+    /// Not an input status: a non-terminal flow archived after the `abandoned` idle time.
+    Abandoned,
+}
+
+impl FlowStatus {
+    pub const ALL: [FlowStatus; 7] = [
+        FlowStatus::Running,
+        FlowStatus::Completed,
+        FlowStatus::Failed,
+        FlowStatus::Error,
+        FlowStatus::Cancelled,
+        FlowStatus::TimedOut,
+        FlowStatus::Abandoned,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, FlowStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStatus::Running => "running",
+            FlowStatus::Completed => "completed",
+            FlowStatus::Failed => "failed",
+            FlowStatus::Error => "error",
+            FlowStatus::Cancelled => "cancelled",
+            FlowStatus::TimedOut => "timed_out",
+            FlowStatus::Abandoned => "abandoned",
+        }
+    }
+
+    /// Maps an event type (`io.example.flow.completed`) or a bare status word
+    /// (`Succeeded`, `failed`) to a status: the text after the last `.`, case-insensitive.
+    /// Anything unrecognised means the flow is still running.
+    pub fn from_type(text: &str) -> FlowStatus {
+        let word = text.rsplit('.').next().unwrap_or(text).to_ascii_lowercase();
+        match word.as_str() {
+            "completed" | "succeeded" | "success" => FlowStatus::Completed,
+            "failed" | "failure" => FlowStatus::Failed,
+            "errored" | "error" => FlowStatus::Error,
+            "cancelled" | "canceled" => FlowStatus::Cancelled,
+            "timed_out" | "timedout" | "timeout" => FlowStatus::TimedOut,
+            _ => FlowStatus::Running,
+        }
+    }
+}
+
+impl std::fmt::Display for FlowStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One decoded, validated workflow event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowEvent {
+    pub tenant: String,
+    pub flow_id: String,
+    /// Dedupe key: CloudEvents (`source`, `id`) or the configured pointers.
+    pub dedupe_key: Option<(String, String)>,
+    /// Producer order, when the event carries one.
+    pub sequence: Option<Sequence>,
+    pub status: FlowStatus,
+    pub event_type: String,
+    /// Event time in milliseconds since the Unix epoch (ingest time when absent).
+    pub time_ms: i64,
+    pub labels: BTreeMap<String, String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// The event as received, one line (see the module doc).
+    pub raw: Vec<u8>,
+}
+
+/// A producer-assigned order. Digit strings (and integers) compare numerically;
+/// other strings compare byte-wise and sort after every number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sequence {
+    /// Decimal digits with leading zeros stripped (`"0"` for zero).
+    Number(String),
+    Text(String),
+}
+
+impl Sequence {
+    /// An order-preserving byte encoding, suitable as part of a store key.
+    /// Numbers: `0x00`, digit count, digits. Text: `0x01`, bytes, `0x00` (text never
+    /// contains NUL: the decoder rejects it).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Sequence::Number(digits) => {
+                out.push(0);
+                // Digit count first so that 10 > 9; at most 255 digits are accepted.
+                out.push(digits.len() as u8);
+                out.extend_from_slice(digits.as_bytes());
+            }
+            Sequence::Text(text) => {
+                out.push(1);
+                out.extend_from_slice(text.as_bytes());
+                out.push(0);
+            }
+        }
+    }
+}
+
+/// Why an input record was refused; serialized in dead-letter records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    Empty,
+    Oversize,
+    InvalidUtf8,
+    MalformedJson,
+    NotAnObject,
+    MissingField,
+    WrongType,
+    UnsupportedSpecversion,
+    InvalidIdentifier,
+    InvalidSequence,
+    InvalidTime,
+    TimeInFuture,
+    InvalidLabels,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Empty => "empty",
+            RejectReason::Oversize => "oversize",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::UnsupportedSpecversion => "unsupported_specversion",
+            RejectReason::InvalidIdentifier => "invalid_identifier",
+            RejectReason::InvalidSequence => "invalid_sequence",
+            RejectReason::InvalidTime => "invalid_time",
+            RejectReason::TimeInFuture => "time_in_future",
+            RejectReason::InvalidLabels => "invalid_labels",
+        }
+    }
+}
+
+/// A refused record: the reason plus a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Longest accepted identifier, in characters.
+pub const MAX_IDENTIFIER_CHARS: usize = 256;
+
+/// Checks that an identifier is safe to use in a state key and an object key:
+/// 1–256 characters, no control or invisible formatting characters, no `/` or `\`,
+/// no `..`, no leading `.`.
+pub fn validate_identifier(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if value.chars().count() > MAX_IDENTIFIER_CHARS {
+        return Err(format!(
+            "{what} is longer than {MAX_IDENTIFIER_CHARS} characters"
+        ));
+    }
+    if value.starts_with('.') {
+        return Err(format!("{what} {value:?} starts with '.'"));
+    }
+    if value.contains("..") {
+        return Err(format!("{what} {value:?} contains '..'"));
+    }
+    if let Some(c) = value.chars().find(|c| matches!(c, '/' | '\\')) {
+        return Err(format!("{what} {value:?} contains {c:?}"));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|&c| c.is_control() || is_invisible_format(c))
+    {
+        return Err(format!(
+            "{what} {:?} contains the control or formatting character U+{:04X}",
+            value.escape_default().to_string(),
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Zero-width and bidirectional formatting characters: legal Unicode, but they make
+/// two different ids look identical, so they never belong in an identifier.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x061C | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064
+        | 0x2066..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB)
+}
+
+/// Parses `TENANT/FLOW_ID` as given on the command line.
+pub fn parse_flow_ref(text: &str) -> Result<(String, String), String> {
+    let (tenant, flow_id) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not TENANT/FLOW_ID"))?;
+    validate_identifier("tenant", tenant)?;
+    validate_identifier("flow id", flow_id)?;
+    Ok((tenant.to_string(), flow_id.to_string()))
+}
+
+/// Decodes input records according to the configured format and field mapping.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    format: InputFormat,
+    max_event_bytes: usize,
+    max_future_skew_ms: i64,
+    mapping: crate::config::FieldMapping,
+}
+
+impl Decoder {
+    pub fn new(input: &InputConfig) -> Self {
+        Decoder {
+            format: input.format,
+            max_event_bytes: input.max_event_bytes,
+            max_future_skew_ms: input.max_future_skew.as_millis() as i64,
+            mapping: input.effective_mapping(),
+        }
+    }
+
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// Decodes one record. `now_ms` is the ingest time: the event time when the event
+    /// has none, and the reference for the future-skew check.
+    pub fn decode(&self, bytes: &[u8], now_ms: i64) -> Result<FlowEvent, Rejection> {
+        if bytes.len() > self.max_event_bytes {
+            return Err(Rejection::new(
+                RejectReason::Oversize,
+                format!(
+                    "{} bytes exceeds input.max_event_bytes = {}",
+                    bytes.len(),
+                    self.max_event_bytes
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            Rejection::new(RejectReason::InvalidUtf8, format!("invalid UTF-8: {e}"))
+        })?;
+        if text.trim().is_empty() {
+            return Err(Rejection::new(RejectReason::Empty, "empty record"));
+        }
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))?;
+        let Value::Object(_) = &value else {
+            return Err(Rejection::new(
+                RejectReason::NotAnObject,
+                "the event is not a JSON object",
+            ));
+        };
+
+        if self.format == InputFormat::Cloudevents {
+            match value.get("specversion") {
+                Some(Value::String(v)) if v == "1.0" => {}
+                Some(Value::String(v)) => {
+                    return Err(Rejection::new(
+                        RejectReason::UnsupportedSpecversion,
+                        format!("specversion {v:?} is not \"1.0\""),
+                    ))
+                }
+                Some(_) => {
+                    return Err(Rejection::new(
+                        RejectReason::WrongType,
+                        "specversion is not a string",
+                    ))
+                }
+                None => {
+                    return Err(Rejection::new(
+                        RejectReason::MissingField,
+                        "specversion is missing",
+                    ))
+                }
+            }
+            for required in ["id", "source", "type"] {
+                match value.get(required) {
+                    Some(Value::String(s)) if !s.is_empty() => {}
+                    Some(Value::String(_)) | None => {
+                        return Err(Rejection::new(
+                            RejectReason::MissingField,
+                            format!("{required} is missing or empty"),
+                        ))
+                    }
+                    Some(_) => {
+                        return Err(Rejection::new(
+                            RejectReason::WrongType,
+                            format!("{required} is not a string"),
+                        ))
+                    }
+                }
+            }
+        }
+
+        let m = &self.mapping;
+        let flow_id = required_string(&value, &m.flow_id, "flow id")?;
+        validate_identifier("flow id", &flow_id)
+            .map_err(|e| Rejection::new(RejectReason::InvalidIdentifier, e))?;
+        let tenant = optional_string(&value, &m.tenant, "tenant")?
+            .unwrap_or_else(|| m.default_tenant.clone());
+        validate_identifier("tenant", &tenant)
+            .map_err(|e| Rejection::new(RejectReason::InvalidIdentifier, e))?;
+
+        let dedupe_key = match &m.dedupe {
+            Some((a, b)) => {
+                let first = optional_scalar(&value, a, "dedupe key")?;
+                let second = optional_scalar(&value, b, "dedupe key")?;
+                first.zip(second)
+            }
+            None => None,
+        };
+
+        let sequence = match lookup(&value, &m.sequence) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_sequence(v)?),
+        };
+
+        let event_type = optional_string(&value, &m.event_type, "type")?.unwrap_or_default();
+        let status_text = match &m.status {
+            Some(p) => optional_string(&value, p, "status")?,
+            None => None,
+        };
+        let status = FlowStatus::from_type(status_text.as_deref().unwrap_or(&event_type));
+
+        let time_ms = match optional_string(&value, &m.time, "time")? {
+            None => now_ms,
+            Some(t) => {
+                let parsed = chrono::DateTime::parse_from_rfc3339(&t).map_err(|e| {
+                    Rejection::new(RejectReason::InvalidTime, format!("time {t:?}: {e}"))
+                })?;
+                let ms = parsed.timestamp_millis();
+                if ms > now_ms + self.max_future_skew_ms {
+                    return Err(Rejection::new(
+                        RejectReason::TimeInFuture,
+                        format!("time {t} is more than input.max_future_skew ahead of ingest time"),
+                    ));
+                }
+                ms
+            }
+        };
+
+        let labels = match lookup(&value, &m.labels) {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(map)) => {
+                let mut labels = BTreeMap::new();
+                for (k, v) in map {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => {
+                            return Err(Rejection::new(
+                                RejectReason::InvalidLabels,
+                                format!("label {k:?} is not a string, number or boolean"),
+                            ))
+                        }
+                    };
+                    labels.insert(k.clone(), v);
+                }
+                labels
+            }
+            Some(_) => {
+                return Err(Rejection::new(
+                    RejectReason::InvalidLabels,
+                    format!("{} is not an object", m.labels),
+                ))
+            }
+        };
+
+        let traceparent = optional_string(&value, &m.traceparent, "traceparent")?;
+        let tracestate = optional_string(&value, &m.tracestate, "tracestate")?;
+
+        let mut raw = bytes.to_vec();
+        raw.retain(|&b| b != b'\n' && b != b'\r');
+        Ok(FlowEvent {
+            tenant,
+            flow_id,
+            dedupe_key,
+            sequence,
+            status,
+            event_type,
+            time_ms,
+            labels,
+            traceparent,
+            tracestate,
+            raw,
+        })
+    }
+}
+
+fn lookup<'v>(value: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if pointer.is_empty() {
+        return None;
+    }
+    value.pointer(pointer)
+}
+
+fn required_string(value: &Value, pointer: &str, what: &str) -> Result<String, Rejection> {
+    optional_string(value, pointer, what)?.ok_or_else(|| {
+        Rejection::new(
+            RejectReason::MissingField,
+            format!("{what} ({pointer}) is missing"),
+        )
+    })
+}
+
+fn optional_string(value: &Value, pointer: &str, what: &str) -> Result<Option<String>, Rejection> {
+    match lookup(value, pointer) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Rejection::new(
+            RejectReason::WrongType,
+            format!("{what} ({pointer}) is not a string"),
+        )),
+    }
+}
+
+fn optional_scalar(value: &Value, pointer: &str, what: &str) -> Result<Option<String>, Rejection> {
+    match lookup(value, pointer) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(Rejection::new(
+            RejectReason::WrongType,
+            format!("{what} ({pointer}) is not a string or number"),
+        )),
+    }
+}
+
+fn parse_sequence(value: &Value) -> Result<Sequence, Rejection> {
+    let invalid = |detail: String| Rejection::new(RejectReason::InvalidSequence, detail);
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_u64() => n.to_string(),
+        Value::Number(n) => {
+            return Err(invalid(format!(
+                "sequence {n} is not a non-negative integer"
+            )))
+        }
+        _ => {
+            return Err(Rejection::new(
+                RejectReason::WrongType,
+                "sequence is not a string or integer",
+            ))
+        }
+    };
+    if text.is_empty() {
+        return Err(invalid("sequence is empty".into()));
+    }
+    if text.len() > 255 {
+        return Err(invalid("sequence is longer than 255 bytes".into()));
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        let trimmed = text.trim_start_matches('0');
+        let digits = if trimmed.is_empty() { "0" } else { trimmed };
+        return Ok(Sequence::Number(digits.to_string()));
+    }
+    if text.contains('\0') {
+        return Err(invalid("sequence contains NUL".into()));
+    }
+    Ok(Sequence::Text(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn decoder() -> Decoder {
+        Decoder::new(&Config::default().input)
+    }
+
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn ce(extra: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"e1","source":"/engine","type":"io.flow.step.done","subject":"f-1","time":"2026-05-01T00:00:00Z"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn decodes_a_cloudevent_with_extensions() {
+        let line = ce(
+            r#","tenant":"acme","sequence":"007","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","data":{"labels":{"team":"ml","prio":3}}"#,
+        );
+        let event = decoder().decode(line.as_bytes(), NOW).unwrap();
+        assert_eq!(event.tenant, "acme");
+        assert_eq!(event.flow_id, "f-1");
+        assert_eq!(event.sequence, Some(Sequence::Number("7".into())));
+        assert_eq!(event.status, FlowStatus::Running);
+        assert_eq!(event.dedupe_key, Some(("/engine".into(), "e1".into())));
+        assert_eq!(event.labels.get("prio").map(String::as_str), Some("3"));
+        assert!(event.traceparent.is_some());
+        assert_eq!(event.raw, line.as_bytes());
+    }
+
+    #[test]
+    fn status_comes_from_the_type_suffix() {
+        for (ty, status) in [
+            ("io.x.flow.completed", FlowStatus::Completed),
+            ("io.x.flow.succeeded", FlowStatus::Completed),
+            ("io.x.flow.failed", FlowStatus::Failed),
+            ("io.x.flow.errored", FlowStatus::Error),
+            ("io.x.flow.error", FlowStatus::Error),
+            ("io.x.flow.cancelled", FlowStatus::Cancelled),
+            ("io.x.flow.canceled", FlowStatus::Cancelled),
+            ("io.x.flow.timed_out", FlowStatus::TimedOut),
+            ("io.x.flow.started", FlowStatus::Running),
+            ("Succeeded", FlowStatus::Completed),
+        ] {
+            assert_eq!(FlowStatus::from_type(ty), status, "{ty}");
+        }
+    }
+
+    #[test]
+    fn numeric_sequences_order_numerically_and_before_text() {
+        let enc = |s: Sequence| {
+            let mut v = Vec::new();
+            s.encode(&mut v);
+            v
+        };
+        let n = |d: &str| enc(Sequence::Number(d.into()));
+        assert!(n("9") < n("10"));
+        assert!(n("10") < n("100"));
+        assert!(n("100") < enc(Sequence::Text("a".into())));
+        assert!(enc(Sequence::Text("ab".into())) < enc(Sequence::Text("abc".into())));
+        let s = parse_sequence(&serde_json::json!(42)).unwrap();
+        assert_eq!(s, Sequence::Number("42".into()));
+        assert_eq!(
+            parse_sequence(&serde_json::json!("000")).unwrap(),
+            Sequence::Number("0".into())
+        );
+    }
+
+    #[test]
+    fn identifiers_reject_traversal_and_invisible_characters() {
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a\u{0}b",
+            "a\nb",
+            "a\u{202E}b",
+            "a\u{200B}b",
+            "\u{FEFF}x",
+        ] {
+            assert!(validate_identifier("id", bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(257);
+        assert!(validate_identifier("id", &long).is_err());
+        for good in ["f-1", "ワークフロー", "a.b", "tenant_1", &"x".repeat(256)] {
+            assert!(validate_identifier("id", good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn newlines_between_tokens_are_removed_from_the_stored_bytes() {
+        let pretty = "{\n  \"specversion\": \"1.0\",\r\n \"id\": \"1\", \"source\": \"s\", \"type\": \"t\", \"subject\": \"f\"\n}";
+        let event = decoder().decode(pretty.as_bytes(), NOW).unwrap();
+        assert!(!event.raw.contains(&b'\n'));
+        let reparsed: Value = serde_json::from_slice(&event.raw).unwrap();
+        assert_eq!(reparsed["subject"], "f");
+    }
+
+    #[test]
+    fn rejections_name_their_reason() {
+        let d = decoder();
+        let cases: Vec<(Vec<u8>, RejectReason)> = vec![
+            (b"".to_vec(), RejectReason::Empty),
+            (
+                b"{\"specversion\":\"1.0\"".to_vec(),
+                RejectReason::MalformedJson,
+            ),
+            (b"[1,2]".to_vec(), RejectReason::NotAnObject),
+            (vec![b'{', 0xff, b'}'], RejectReason::InvalidUtf8),
+            (
+                ce("").replace("\"subject\":\"f-1\",", "").into_bytes(),
+                RejectReason::MissingField,
+            ),
+            (
+                ce("").replace("\"f-1\"", "\"../x\"").into_bytes(),
+                RejectReason::InvalidIdentifier,
+            ),
+            (
+                ce("").replace("\"1.0\"", "\"0.3\"").into_bytes(),
+                RejectReason::UnsupportedSpecversion,
+            ),
+            (
+                ce("").replace("\"e1\"", "7").into_bytes(),
+                RejectReason::WrongType,
+            ),
+            (
+                ce(",\"sequence\":-3").into_bytes(),
+                RejectReason::InvalidSequence,
+            ),
+            (
+                ce("")
+                    .replace("2026-05-01T00:00:00Z", "yesterday")
+                    .into_bytes(),
+                RejectReason::InvalidTime,
+            ),
+            (
+                ce("").replace("2026-05-01", "2099-05-01").into_bytes(),
+                RejectReason::TimeInFuture,
+            ),
+            (
+                ce(",\"data\":{\"labels\":[1]}").into_bytes(),
+                RejectReason::InvalidLabels,
+            ),
+            (
+                ce(",\"tenant\":\"a/b\"").into_bytes(),
+                RejectReason::InvalidIdentifier,
+            ),
+        ];
+        for (bytes, reason) in cases {
+            let got = d
+                .decode(&bytes, NOW)
+                .expect_err(&String::from_utf8_lossy(&bytes));
+            assert_eq!(
+                got.reason,
+                reason,
+                "{}: {}",
+                String::from_utf8_lossy(&bytes),
+                got.detail
+            );
+        }
+        let big = ce(&format!(
+            ",\"data\":{{\"pad\":\"{}\"}}",
+            "x".repeat(2 << 20)
+        ));
+        assert_eq!(
+            d.decode(big.as_bytes(), NOW).unwrap_err().reason,
+            RejectReason::Oversize
+        );
+    }
+
+    #[test]
+    fn plain_shape_uses_its_own_fields() {
+        let mut input = Config::default().input;
+        input.format = InputFormat::Plain;
+        let d = Decoder::new(&input);
+        let line = r#"{"flow_id":"f9","tenant":"t1","seq":3,"type":"flow.step","status":"failed","time":"2026-05-01T00:00:00Z","labels":{"a":"b"},"data":{}}"#;
+        let e = d.decode(line.as_bytes(), NOW).unwrap();
+        assert_eq!((e.tenant.as_str(), e.flow_id.as_str()), ("t1", "f9"));
+        assert_eq!(e.status, FlowStatus::Failed);
+        assert_eq!(e.sequence, Some(Sequence::Number("3".into())));
+        assert_eq!(e.labels.get("a").map(String::as_str), Some("b"));
+    }
+}

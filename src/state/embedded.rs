@@ -1,0 +1,558 @@
+//! The embedded state store on redb: one file, ACID transactions, copy-on-write
+//! B-trees, fsync on commit (`Durability::Immediate`), a bounded page cache.
+//!
+//! Key layout (all integers big-endian so byte order is numeric order):
+//! - `flow key` = `u16 len | tenant | u16 len | flow_id`
+//! - `flows`:     flow key → postcard [`FlowMeta`] of the open part
+//! - `events`:    flow key | u32 part | order | u64 arrival → event bytes, where
+//!   `order` is the encoded [`Sequence`] or `0x02` when the event has none
+//! - `deadlines`: u64 (deadline ms, sign bit flipped) | flow key → ()
+//! - `dedupe`:    flow key | u16 len | key a | u16 len | key b → ()
+//! - `archived`:  flow key → u32 next part (tombstone of an archived flow)
+//! - `intents`:   intent id → postcard [`ArchiveIntent`]
+//! - `checkpoints`: source name → opaque position
+//! - `settings`:  name → bytes (policy fingerprint)
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use super::*;
+use crate::event::Sequence;
+
+type Bytes<'a> = &'a [u8];
+const FLOWS: TableDefinition<Bytes, Bytes> = TableDefinition::new("flows");
+const EVENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("events");
+const DEADLINES: TableDefinition<Bytes, ()> = TableDefinition::new("deadlines");
+const DEDUPE: TableDefinition<Bytes, ()> = TableDefinition::new("dedupe");
+const ARCHIVED: TableDefinition<Bytes, u32> = TableDefinition::new("archived");
+const INTENTS: TableDefinition<&str, Bytes> = TableDefinition::new("intents");
+const CHECKPOINTS: TableDefinition<&str, Bytes> = TableDefinition::new("checkpoints");
+const SETTINGS: TableDefinition<&str, Bytes> = TableDefinition::new("settings");
+
+const POLICY_FINGERPRINT: &str = "policy_fingerprint";
+
+fn storage<E: Into<redb::Error>>(e: E) -> StateError {
+    StateError::Storage(Box::new(e.into()))
+}
+
+fn corrupt(what: impl Into<String>, detail: impl std::fmt::Display) -> StateError {
+    StateError::Corrupt {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+fn put_component(out: &mut Vec<u8>, s: &[u8]) {
+    // Components are ≤ 1 KiB after validation; longer dedupe values are cut, which only
+    // weakens deduplication for absurd ids and never merges two flows.
+    let s = &s[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+pub(crate) fn flow_key(tenant: &str, flow_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + tenant.len() + flow_id.len());
+    put_component(&mut k, tenant.as_bytes());
+    put_component(&mut k, flow_id.as_bytes());
+    k
+}
+
+fn part_prefix(flow_key: &[u8], part: u32) -> Vec<u8> {
+    let mut k = flow_key.to_vec();
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn deadline_key(deadline_ms: i64, flow_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + flow_key.len());
+    k.extend_from_slice(&((deadline_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(flow_key);
+    k
+}
+
+fn order_key(sequence: Option<&Sequence>, arrival: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    match sequence {
+        Some(s) => s.encode(&mut k),
+        None => k.push(2),
+    }
+    k.extend_from_slice(&arrival.to_be_bytes());
+    k
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<FlowMeta, StateError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt("flow meta", e))
+}
+
+fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StateError> {
+    postcard::to_allocvec(value).map_err(|e| corrupt(what, e))
+}
+
+/// The default [`StateStore`]: redb in `{dir}/state.redb`.
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`. Fails if another process has it
+    /// open: one writer per store file.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<EmbeddedStore, StateError> {
+        let path = dir.join("state.redb");
+        let open_err = |e: redb::Error| StateError::Open {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(redb::Error::Io(e)))?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes as usize)
+            .create(&path)
+            .map_err(|e| open_err(e.into()))?;
+        // Create every table once so read transactions never meet a missing table.
+        let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
+        {
+            txn.open_table(FLOWS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(EVENTS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(DEADLINES).map_err(|e| open_err(e.into()))?;
+            txn.open_table(DEDUPE).map_err(|e| open_err(e.into()))?;
+            txn.open_table(ARCHIVED).map_err(|e| open_err(e.into()))?;
+            txn.open_table(INTENTS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(CHECKPOINTS)
+                .map_err(|e| open_err(e.into()))?;
+            txn.open_table(SETTINGS).map_err(|e| open_err(e.into()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.into()))?;
+        Ok(EmbeddedStore { db })
+    }
+
+    fn write(&self) -> Result<redb::WriteTransaction, StateError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        Ok(txn)
+    }
+}
+
+/// A flow touched by the current ingest batch.
+struct Touched {
+    meta: FlowMeta,
+    /// Deadline entry present in the index when the batch started.
+    indexed_deadline: Option<i64>,
+}
+
+impl StateStore for EmbeddedStore {
+    fn ingest(
+        &self,
+        events: &[FlowEvent],
+        policy: &RetentionPolicy,
+        now_ms: i64,
+        checkpoint: Option<(&str, &[u8])>,
+    ) -> Result<IngestOutcome, StateError> {
+        let mut outcome = IngestOutcome::default();
+        let txn = self.write()?;
+        {
+            let mut flows = txn.open_table(FLOWS).map_err(storage)?;
+            let mut stored = txn.open_table(EVENTS).map_err(storage)?;
+            let mut deadlines = txn.open_table(DEADLINES).map_err(storage)?;
+            let mut dedupe = txn.open_table(DEDUPE).map_err(storage)?;
+            let archived = txn.open_table(ARCHIVED).map_err(storage)?;
+            // Metas are updated in memory and written once per flow per batch: a batch
+            // usually carries several events of the same flow.
+            let mut touched: HashMap<Vec<u8>, Touched> = HashMap::new();
+
+            for event in events {
+                let fkey = flow_key(&event.tenant, &event.flow_id);
+                if let Some((a, b)) = &event.dedupe_key {
+                    let mut dkey = fkey.clone();
+                    put_component(&mut dkey, a.as_bytes());
+                    put_component(&mut dkey, b.as_bytes());
+                    if dedupe
+                        .insert(dkey.as_slice(), ())
+                        .map_err(storage)?
+                        .is_some()
+                    {
+                        outcome.duplicates += 1;
+                        continue;
+                    }
+                }
+                if !touched.contains_key(&fkey) {
+                    let entry = match flows.get(fkey.as_slice()).map_err(storage)? {
+                        Some(v) => {
+                            let meta = decode_meta(v.value())?;
+                            Touched {
+                                indexed_deadline: meta.deadline_ms,
+                                meta,
+                            }
+                        }
+                        None => {
+                            let part = match archived.get(fkey.as_slice()).map_err(storage)? {
+                                Some(next) => {
+                                    outcome.reopened += 1;
+                                    next.value()
+                                }
+                                None => 1,
+                            };
+                            Touched {
+                                indexed_deadline: None,
+                                meta: FlowMeta {
+                                    tenant: event.tenant.clone(),
+                                    flow_id: event.flow_id.clone(),
+                                    part,
+                                    status: event.status,
+                                    event_type: event.event_type.clone(),
+                                    status_order: Vec::new(),
+                                    labels: BTreeMap::new(),
+                                    first_event_ms: event.time_ms,
+                                    last_event_ms: event.time_ms,
+                                    first_ingest_ms: now_ms,
+                                    last_ingest_ms: now_ms,
+                                    event_count: 0,
+                                    raw_bytes: 0,
+                                    next_arrival: 0,
+                                    deadline_ms: None,
+                                    traceparent: None,
+                                    tracestate: None,
+                                },
+                            }
+                        }
+                    };
+                    touched.insert(fkey.clone(), entry);
+                }
+                // Present: inserted just above when missing.
+                let Some(t) = touched.get_mut(&fkey) else {
+                    continue;
+                };
+                let meta = &mut t.meta;
+                let order = order_key(event.sequence.as_ref(), meta.next_arrival);
+                meta.next_arrival += 1;
+                let mut ekey = part_prefix(&fkey, meta.part);
+                ekey.extend_from_slice(&order);
+                stored
+                    .insert(ekey.as_slice(), event.raw.as_slice())
+                    .map_err(storage)?;
+                if order >= meta.status_order {
+                    meta.status = event.status;
+                    meta.event_type = event.event_type.clone();
+                    meta.status_order = order;
+                }
+                meta.labels
+                    .extend(event.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                meta.first_event_ms = meta.first_event_ms.min(event.time_ms);
+                meta.last_event_ms = meta.last_event_ms.max(event.time_ms);
+                meta.last_ingest_ms = now_ms;
+                meta.event_count += 1;
+                meta.raw_bytes += event.raw.len() as u64;
+                if meta.traceparent.is_none() && event.traceparent.is_some() {
+                    meta.traceparent = event.traceparent.clone();
+                    meta.tracestate = event.tracestate.clone();
+                }
+                outcome.stored += 1;
+            }
+
+            for (fkey, t) in touched {
+                let mut meta = t.meta;
+                meta.deadline_ms = policy
+                    .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
+                    .deadline_ms;
+                if t.indexed_deadline != meta.deadline_ms {
+                    if let Some(old) = t.indexed_deadline {
+                        deadlines
+                            .remove(deadline_key(old, &fkey).as_slice())
+                            .map_err(storage)?;
+                    }
+                    if let Some(new) = meta.deadline_ms {
+                        deadlines
+                            .insert(deadline_key(new, &fkey).as_slice(), ())
+                            .map_err(storage)?;
+                    }
+                }
+                flows
+                    .insert(fkey.as_slice(), encode("flow meta", &meta)?.as_slice())
+                    .map_err(storage)?;
+            }
+            if let Some((source, position)) = checkpoint {
+                let mut cps = txn.open_table(CHECKPOINTS).map_err(storage)?;
+                cps.insert(source, position).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(outcome)
+    }
+
+    fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let cps = txn.open_table(CHECKPOINTS).map_err(storage)?;
+        Ok(cps
+            .get(source)
+            .map_err(storage)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn due_flows(&self, now_ms: i64, limit: usize) -> Result<Vec<FlowMeta>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let deadlines = txn.open_table(DEADLINES).map_err(storage)?;
+        let flows = txn.open_table(FLOWS).map_err(storage)?;
+        let end = ((now_ms as u64) ^ (1 << 63))
+            .saturating_add(1)
+            .to_be_bytes();
+        let mut due = Vec::new();
+        for entry in deadlines.range::<&[u8]>(..&end[..]).map_err(storage)? {
+            if due.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(storage)?;
+            let fkey = &key.value()[8..];
+            match flows.get(fkey).map_err(storage)? {
+                Some(v) => due.push(decode_meta(v.value())?),
+                None => return Err(corrupt("deadline index", "entry without a live flow")),
+            }
+        }
+        Ok(due)
+    }
+
+    fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let flows = txn.open_table(FLOWS).map_err(storage)?;
+        let fkey = flow_key(tenant, flow_id);
+        let got = flows.get(fkey.as_slice()).map_err(storage)?;
+        got.map(|v| decode_meta(v.value())).transpose()
+    }
+
+    fn for_each_event(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        part: u32,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let start = part_prefix(&flow_key(tenant, flow_id), part);
+        let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
+        for entry in events
+            .range::<&[u8]>(start.as_slice()..end.as_slice())
+            .map_err(storage)?
+        {
+            let (_, value) = entry.map_err(storage)?;
+            sink(value.value()).map_err(|source| StateError::Stream {
+                tenant: tenant.to_string(),
+                flow_id: flow_id.to_string(),
+                part,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
+        let txn = self.write()?;
+        let mut sealed = intent.clone();
+        sealed.parts.clear();
+        {
+            let mut flows = txn.open_table(FLOWS).map_err(storage)?;
+            let mut deadlines = txn.open_table(DEADLINES).map_err(storage)?;
+            let mut archived = txn.open_table(ARCHIVED).map_err(storage)?;
+            for part in &intent.parts {
+                let m = &part.meta;
+                let fkey = flow_key(&m.tenant, &m.flow_id);
+                let current = match flows.get(fkey.as_slice()).map_err(storage)? {
+                    Some(v) => decode_meta(v.value())?,
+                    None => continue,
+                };
+                if current != *m {
+                    continue;
+                }
+                flows.remove(fkey.as_slice()).map_err(storage)?;
+                if let Some(d) = m.deadline_ms {
+                    deadlines
+                        .remove(deadline_key(d, &fkey).as_slice())
+                        .map_err(storage)?;
+                }
+                archived
+                    .insert(fkey.as_slice(), m.part + 1)
+                    .map_err(storage)?;
+                sealed.parts.push(part.clone());
+            }
+            if sealed.parts.is_empty() {
+                drop((flows, deadlines, archived));
+                txn.abort().map_err(storage)?;
+                return Ok(None);
+            }
+            let mut intents = txn.open_table(INTENTS).map_err(storage)?;
+            intents
+                .insert(sealed.id.as_str(), encode("intent", &sealed)?.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(Some(sealed))
+    }
+
+    fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let intents = txn.open_table(INTENTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in intents.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let intent: ArchiveIntent = postcard::from_bytes(v.value())
+                .map_err(|e| corrupt(format!("intent {}", k.value()), e))?;
+            out.push(intent);
+        }
+        Ok(out)
+    }
+
+    fn record_upload(&self, intent_id: &str, upload: &UploadedSegment) -> Result<(), StateError> {
+        let txn = self.write()?;
+        {
+            let mut intents = txn.open_table(INTENTS).map_err(storage)?;
+            let mut intent: ArchiveIntent = match intents.get(intent_id).map_err(storage)? {
+                Some(v) => postcard::from_bytes(v.value())
+                    .map_err(|e| corrupt(format!("intent {intent_id}"), e))?,
+                None => return Err(StateError::UnknownIntent(intent_id.to_string())),
+            };
+            intent.stage = IntentStage::Verified(upload.clone());
+            intents
+                .insert(intent_id, encode("intent", &intent)?.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn complete(&self, intent_id: &str) -> Result<(), StateError> {
+        let txn = self.write()?;
+        {
+            let mut intents = txn.open_table(INTENTS).map_err(storage)?;
+            let intent: ArchiveIntent = match intents.remove(intent_id).map_err(storage)? {
+                Some(v) => postcard::from_bytes(v.value())
+                    .map_err(|e| corrupt(format!("intent {intent_id}"), e))?,
+                None => return Err(StateError::UnknownIntent(intent_id.to_string())),
+            };
+            let mut events = txn.open_table(EVENTS).map_err(storage)?;
+            for part in &intent.parts {
+                let start = part_prefix(
+                    &flow_key(&part.meta.tenant, &part.meta.flow_id),
+                    part.meta.part,
+                );
+                let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
+                events
+                    .retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |_, _| false)
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn apply_policy(&self, policy: &RetentionPolicy) -> Result<u64, StateError> {
+        let fingerprint = policy.fingerprint();
+        {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let settings = txn.open_table(SETTINGS).map_err(storage)?;
+            if let Some(v) = settings.get(POLICY_FINGERPRINT).map_err(storage)? {
+                if v.value() == fingerprint.as_bytes() {
+                    return Ok(0);
+                }
+            }
+        }
+        // The policy changed (or this is a new store): every stored deadline may be
+        // stale. One O(tracked) pass at start-up, in chunks so memory stays bounded,
+        // keeps due_flows O(due) afterwards.
+        let txn = self.write()?;
+        let mut updated = 0;
+        {
+            let mut flows = txn.open_table(FLOWS).map_err(storage)?;
+            let mut deadlines = txn.open_table(DEADLINES).map_err(storage)?;
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let mut chunk = Vec::new();
+                let range = match &cursor {
+                    Some(c) => {
+                        flows.range::<&[u8]>((Bound::Excluded(c.as_slice()), Bound::Unbounded))
+                    }
+                    None => flows.range::<&[u8]>(..),
+                }
+                .map_err(storage)?;
+                for entry in range.take(10_000) {
+                    let (k, v) = entry.map_err(storage)?;
+                    chunk.push((k.value().to_vec(), decode_meta(v.value())?));
+                }
+                let Some((last, _)) = chunk.last() else { break };
+                cursor = Some(last.clone());
+                for (fkey, mut meta) in chunk {
+                    let new = policy
+                        .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
+                        .deadline_ms;
+                    if new == meta.deadline_ms {
+                        continue;
+                    }
+                    if let Some(old) = meta.deadline_ms {
+                        deadlines
+                            .remove(deadline_key(old, &fkey).as_slice())
+                            .map_err(storage)?;
+                    }
+                    if let Some(d) = new {
+                        deadlines
+                            .insert(deadline_key(d, &fkey).as_slice(), ())
+                            .map_err(storage)?;
+                    }
+                    meta.deadline_ms = new;
+                    flows
+                        .insert(fkey.as_slice(), encode("flow meta", &meta)?.as_slice())
+                        .map_err(storage)?;
+                    updated += 1;
+                }
+            }
+            let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
+            settings
+                .insert(POLICY_FINGERPRINT, fingerprint.as_bytes())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(updated)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        Ok(StoreStats {
+            live_flows: txn
+                .open_table(FLOWS)
+                .map_err(storage)?
+                .len()
+                .map_err(storage)?,
+            stored_events: txn
+                .open_table(EVENTS)
+                .map_err(storage)?
+                .len()
+                .map_err(storage)?,
+            pending_intents: txn
+                .open_table(INTENTS)
+                .map_err(storage)?
+                .len()
+                .map_err(storage)?,
+            timers: txn
+                .open_table(DEADLINES)
+                .map_err(storage)?
+                .len()
+                .map_err(storage)?,
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! The durable state store: per-flow ordered events and metadata, the deadline index,
+//! archive intents, tombstones of archived flows, and source checkpoints.
+//!
+//! [`StateStore`] is the seam; [`EmbeddedStore`] (redb, one file on local disk) is the
+//! default backend. Methods block on disk I/O: async code calls them through
+//! `tokio::task::spawn_blocking`.
+//!
+//! Guarantees every backend keeps:
+//! - [`StateStore::ingest`] applies a batch and its source checkpoint atomically and
+//!   durably: after it returns, a crash loses nothing of the batch.
+//! - [`StateStore::due_flows`] costs O(due), not O(tracked): it walks an index ordered
+//!   by deadline.
+//! - [`StateStore::seal`] takes flows out of the live set and into an intent atomically;
+//!   an event arriving afterwards opens the next part of its flow, never changing the
+//!   sealed one.
+//! - [`StateStore::complete`] deletes the sealed events and the intent atomically.
+//! - Memory use does not grow with the number of flows or with one flow's size: events
+//!   are streamed out through [`StateStore::for_each_event`].
+
+mod embedded;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use embedded::EmbeddedStore;
+
+use crate::config::Compression;
+use crate::event::{FlowEvent, FlowStatus};
+use crate::policy::RetentionPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store at {path}: {source}")]
+    Open {
+        path: String,
+        source: Box<redb::Error>,
+    },
+    #[error("state store: {0}")]
+    Storage(#[from] Box<redb::Error>),
+    #[error("state store record {what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("while streaming events of {tenant}/{flow_id} part {part}: {source}")]
+    Stream {
+        tenant: String,
+        flow_id: String,
+        part: u32,
+        source: std::io::Error,
+    },
+    #[error("no archive intent {0}")]
+    UnknownIntent(String),
+}
+
+/// Everything the store knows about the open part of one live flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowMeta {
+    pub tenant: String,
+    pub flow_id: String,
+    /// 1 for a flow's first part; an event after archival opens the next part.
+    pub part: u32,
+    /// Status of the latest event in flow order.
+    pub status: FlowStatus,
+    /// Type of the latest event in flow order.
+    pub event_type: String,
+    /// Order key of the event that set `status` (see `embedded` key layout).
+    pub status_order: Vec<u8>,
+    /// Labels merged across the part's events (later events win per key).
+    pub labels: BTreeMap<String, String>,
+    pub first_event_ms: i64,
+    pub last_event_ms: i64,
+    pub first_ingest_ms: i64,
+    pub last_ingest_ms: i64,
+    pub event_count: u64,
+    /// Sum of the stored event bytes (without newlines).
+    pub raw_bytes: u64,
+    /// Arrival counter; breaks sequence ties and orders events without a sequence.
+    pub next_arrival: u64,
+    /// When the flow becomes due, per the policy at ingest time.
+    pub deadline_ms: Option<i64>,
+    /// First `traceparent` seen: the flow's own trace.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// One flow part taken out of the live set for archival.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedPart {
+    pub meta: FlowMeta,
+    /// Status recorded in the archive (`abandoned` for idle non-terminal flows).
+    pub archive_status: FlowStatus,
+    pub purge_at_ms: i64,
+}
+
+/// Where one sealed part landed in its uploaded object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartLocation {
+    pub offset: u64,
+    pub length: u64,
+    pub frame_sha256: String,
+    pub events_sha256: String,
+    pub event_count: u64,
+    pub raw_bytes: u64,
+}
+
+/// A verified upload: the object's checksum and each part's location, index-aligned
+/// with [`ArchiveIntent::parts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedSegment {
+    pub object_sha256: String,
+    pub object_size: u64,
+    pub locations: Vec<PartLocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IntentStage {
+    /// Sealed; the object may or may not exist yet. Recovery rebuilds and re-uploads
+    /// (same key, same bytes).
+    Pending,
+    /// The object is uploaded and verified; recovery resumes at publish.
+    Verified(UploadedSegment),
+}
+
+/// The durable record of one archival in progress (DESIGN.md §3.6 step 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveIntent {
+    /// Unique, sortable by creation: also the segment id.
+    pub id: String,
+    pub tenant: String,
+    /// Object key (path inside the object store).
+    pub object_key: String,
+    pub archived_at_ms: i64,
+    pub compression: Compression,
+    pub zstd_level: i32,
+    pub parts: Vec<SealedPart>,
+    pub stage: IntentStage,
+}
+
+/// What one ingest batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub stored: u64,
+    pub duplicates: u64,
+    /// Flows whose event reopened them after archival (a new part).
+    pub reopened: u64,
+}
+
+/// Counts for summaries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    pub live_flows: u64,
+    pub stored_events: u64,
+    pub pending_intents: u64,
+    pub timers: u64,
+}
+
+/// The state store seam (DESIGN.md §2). Each method's contract is in the module doc;
+/// a method that returns an error has changed nothing.
+pub trait StateStore: Send + Sync + 'static {
+    /// Stores a batch of events and, atomically with it, the source's checkpoint.
+    /// Duplicates (same flow and dedupe key) are counted and skipped.
+    fn ingest(
+        &self,
+        events: &[FlowEvent],
+        policy: &RetentionPolicy,
+        now_ms: i64,
+        checkpoint: Option<(&str, &[u8])>,
+    ) -> Result<IngestOutcome, StateError>;
+
+    /// The last checkpoint stored for `source`.
+    fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, StateError>;
+
+    /// Up to `limit` live flows whose deadline is `<= now_ms`, earliest first.
+    fn due_flows(&self, now_ms: i64, limit: usize) -> Result<Vec<FlowMeta>, StateError>;
+
+    /// The open part of a live flow.
+    fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError>;
+
+    /// Streams a part's events, in flow order, to `sink` (one call per event, bytes
+    /// without newline).
+    fn for_each_event(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        part: u32,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), StateError>;
+
+    /// Seals the intent's parts whose live meta still equals the one given (a flow that
+    /// changed since it was read is left for the next pass) and stores the intent.
+    /// Returns the stored intent, or `None` when no part qualified.
+    fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError>;
+
+    /// Intents not yet completed, oldest first.
+    fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError>;
+
+    /// Records that the intent's object is uploaded and verified.
+    fn record_upload(&self, intent_id: &str, upload: &UploadedSegment) -> Result<(), StateError>;
+
+    /// Deletes the intent's sealed events and the intent itself.
+    fn complete(&self, intent_id: &str) -> Result<(), StateError>;
+
+    /// Recomputes every live flow's deadline if the policy changed since the last call.
+    /// Returns the number of flows updated.
+    fn apply_policy(&self, policy: &RetentionPolicy) -> Result<u64, StateError>;
+
+    fn stats(&self) -> Result<StoreStats, StateError>;
+}
