@@ -6,13 +6,14 @@
 //! deletion. [`config`] and [`policy`] are read by every stage; [`ops`] holds the
 //! operations the CLI offers, so tests call exactly what users run.
 
-//pub mod archive;
+pub mod archive;
+pub mod bench;
 pub mod config;
 pub mod event;
-//pub mod ops;
-//pub mod pipeline;
+pub mod ops;
+pub mod pipeline;
 pub mod policy;
-//pub mod publish;
-//pub mod source;
+pub mod publish;
+pub mod source;
 pub mod state;
-//pub mod workload;
+pub mod workload;

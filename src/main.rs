@@ -1,1 +1,449 @@
-fn main() {}
+//! The `flow-archiver` command: parses arguments, sets up logging, calls the library
+//! and prints its reports. Exit codes: 0 ok, 1 failure, 2 bad usage or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use flow_archiver::config::{Config, ConfigError};
+use flow_archiver::ops::{self, human_bytes};
+use flow_archiver::pipeline::{Pipeline, SweepReport};
+use flow_archiver::policy::{Clock, ManualClock, SystemClock};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "flow-archiver",
+    version,
+    about = "Archives finished workflow histories into checksummed, compressed segments and publishes flow.archived events."
+)]
+struct Cli {
+    /// Configuration file (default: ./flow-archiver.toml when present).
+    #[arg(long, global = true, env = "FLOW_ARCHIVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: ingest from a source and archive due flows until Ctrl-C.
+    Run {
+        /// `file:PATH` (followed like tail -f) or `stdin`; none archives only.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Ingest a file (or `-` for stdin) to its end, then exit.
+    Ingest {
+        input: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive every due flow once, then exit (cron-friendly).
+    Sweep {
+        /// Report what would be archived; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evaluate retention at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive one live flow now, ignoring its timer.
+    Archive {
+        /// TENANT/FLOW_ID
+        flow: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a live flow as JSON.
+    Get {
+        /// TENANT/FLOW_ID
+        flow: String,
+    },
+    /// Re-read archive objects and check every checksum.
+    Verify {
+        /// An object URI or key, or a key prefix; default: the whole archive.
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a realistic workload and run it through the pipeline into ./data.
+    Demo {
+        #[arg(long, default_value_t = 5000)]
+        flows: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure ingest and archive throughput, latency and memory.
+    Bench(flow_archiver::bench::BenchArgs),
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective values.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some())
+                || e.downcast_ref::<UsageError>().is_some();
+            eprintln!("error: {e:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,flow_archiver=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load(cli_config: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(ops::load_config(cli_config.as_deref())?)
+}
+
+fn flow_ref(text: &str) -> anyhow::Result<(String, String)> {
+    flow_archiver::event::parse_flow_ref(text).map_err(|e| UsageError(e).into())
+}
+
+fn progress(len: Option<u64>, hidden: bool, what: &str) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = if len.is_some() {
+        "{spinner} {msg} [{bar:30}] {pos}/{len} ({eta})"
+    } else {
+        "{spinner} {msg} {pos} {per_sec}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_sweep(report: &SweepReport) {
+    let verb = if report.dry_run {
+        "would archive"
+    } else {
+        "archived"
+    };
+    println!(
+        "{verb} {} flow parts ({} events, {} raw) in {} segments{}",
+        report.flow_parts,
+        report.events,
+        human_bytes(report.raw_bytes),
+        report.segments,
+        if report.dry_run {
+            String::new()
+        } else {
+            format!(
+                " -> {} stored ({:.1}% of raw) in {:.2}s",
+                human_bytes(report.stored_bytes),
+                100.0 * report.stored_bytes as f64 / report.raw_bytes.max(1) as f64,
+                report.seconds
+            )
+        }
+    );
+    if report.recovered_intents > 0 {
+        println!("resumed {} interrupted segments", report.recovered_intents);
+    }
+    for planned in &report.planned {
+        println!(
+            "  {} ({} flows, {} events, {})",
+            planned.object_key,
+            planned.flows.len(),
+            planned.events,
+            human_bytes(planned.raw_bytes)
+        );
+    }
+    for failure in &report.failures {
+        println!("FAILED: {failure}");
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let config = load(&cli.config)?;
+            print!("{}", config.to_toml());
+            eprintln!("configuration is valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { source } => {
+            let config = load(&cli.config)?;
+            let max = config.input.max_event_bytes;
+            let source = match source.as_deref() {
+                Some(spec) => Some(Box::new(
+                    flow_archiver::source::open_spec(spec, true, max)
+                        .map_err(|e| UsageError(e.to_string()))?,
+                ) as Box<dyn flow_archiver::source::Source>),
+                None => None,
+            };
+            let pipeline = Arc::new(Pipeline::open(config, Arc::new(SystemClock))?);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("Shutdown requested; draining in-flight work.");
+                on_signal.cancel();
+            });
+            let report = pipeline.run(source, cancel).await?;
+            eprintln!(
+                "stopped: ingested {} events ({} duplicates, {} dead-lettered); archived {} flow parts in {} segments",
+                report.ingest.stored, report.ingest.duplicates, report.ingest.dead_lettered,
+                report.sweep.flow_parts, report.sweep.segments
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest { input, json } => {
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let bar = progress(None, json, "ingesting events");
+            let totals =
+                ops::ingest(&pipeline, &input, &mut |t| bar.set_position(t.records)).await?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&totals)?;
+            } else {
+                println!(
+                    "ingested {} records ({}): {} stored, {} duplicates, {} dead-lettered{}",
+                    totals.records,
+                    human_bytes(totals.bytes),
+                    totals.stored,
+                    totals.duplicates,
+                    totals.dead_lettered,
+                    if totals.dead_lettered > 0 {
+                        format!(" -> {}", pipeline.config.dead_letter.path.display())
+                    } else {
+                        String::new()
+                    }
+                );
+                for (reason, n) in &totals.dead_letter_reasons {
+                    println!("  {reason}: {n}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sweep { dry_run, now, json } => {
+            let now_ms = match now {
+                Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
+                    .map_err(|e| UsageError(format!("--now {text:?} is not RFC 3339: {e}")))?
+                    .timestamp_millis(),
+                None => SystemClock.now_ms(),
+            };
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(ManualClock::new(now_ms)))?;
+            let report = if dry_run {
+                pipeline.dry_run(now_ms).await?
+            } else {
+                let bar = progress(None, json, "archiving flow parts");
+                let r = pipeline
+                    .sweep(now_ms, &mut |r| bar.set_position(r.flow_parts))
+                    .await?;
+                bar.finish_and_clear();
+                r
+            };
+            if json {
+                print_json(&report)?;
+            } else {
+                print_sweep(&report);
+            }
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Archive { flow, json } => {
+            let (tenant, flow_id) = flow_ref(&flow)?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let report = pipeline.archive_flow(&tenant, &flow_id).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print_sweep(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { flow } => {
+            let (tenant, flow_id) = flow_ref(&flow)?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            match ops::get_flow(&pipeline, &tenant, &flow_id).await? {
+                Some(v) => {
+                    print_json(&v)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("no live flow {tenant}/{flow_id}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Verify { target, json } => {
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let bar = progress(Some(0), json, "verifying objects");
+            let report = ops::verify(&pipeline, target.as_deref(), &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "checked {} objects, {} flow parts: {}",
+                    report.objects,
+                    report.flow_parts,
+                    if report.ok() {
+                        "all checksums match".to_string()
+                    } else {
+                        format!("{} problems", report.problems.len())
+                    }
+                );
+                for p in &report.problems {
+                    println!(
+                        "  {} {}: {}",
+                        p.key,
+                        p.flow.as_deref().unwrap_or("(object)"),
+                        p.problem
+                    );
+                }
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Demo { flows, json } => {
+            let config = load(&cli.config)?;
+            let report = ops::demo(config, flows).await.context("demo failed")?;
+            if json {
+                print_json(&report)?;
+            } else {
+                let s = &report.sweep;
+                println!("flow-archiver demo");
+                println!(
+                    "  workload      {} flows ({} still running), {} events, {} in {}",
+                    report.workload.flows,
+                    report.workload.running_flows,
+                    report.workload.events,
+                    human_bytes(report.workload.bytes),
+                    report.input_file
+                );
+                println!("  ingest        {} stored, {} duplicates, {} dead-lettered in {:.2}s ({:.0} events/s)", report.ingest.stored, report.ingest.duplicates, report.ingest.dead_lettered, report.ingest_seconds, report.ingest.stored as f64 / report.ingest_seconds.max(1e-9));
+                println!(
+                    "  archived      {} flow parts, {} events in {} segments in {:.2}s",
+                    s.flow_parts, s.events, s.segments, s.seconds
+                );
+                println!(
+                    "  bytes         {} raw -> {} stored (ratio {:.3}, {:.1}x smaller)",
+                    human_bytes(s.raw_bytes),
+                    human_bytes(s.stored_bytes),
+                    s.stored_bytes as f64 / s.raw_bytes.max(1) as f64,
+                    s.raw_bytes as f64 / s.stored_bytes.max(1) as f64
+                );
+                println!(
+                    "  left live     {} flows (running, or not idle long enough yet)",
+                    report.live_flows
+                );
+                println!("  objects       {}", report.archive);
+                println!("  records       {}", report.published);
+                println!("  verify with   cargo run --release -- verify");
+                for failure in &s.failures {
+                    println!("  FAILED: {failure}");
+                }
+            }
+            Ok(if report.sweep.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Bench(args) => {
+            let report = flow_archiver::bench::run(&args).await?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

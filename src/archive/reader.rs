@@ -1,0 +1,298 @@
+//! Reading and verifying archive objects: footer → manifest → frames.
+//!
+//! Readers fetch only what they need: the footer and manifest with two ranged reads,
+//! then one ranged read per flow part. Every frame is checked against `frame_sha256`
+//! before it is decompressed, and its events against `events_sha256` afterwards, so a
+//! reader returns the archived bytes or an error, never wrong data.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::segment::{GZIP_FOOTER_LEN, ZSTD_FOOTER_LEN, ZSTD_SKIPPABLE_MAGIC};
+use super::{hex_sha256, ArchiveError, ArchiveStore, FOOTER_MAGIC, FORMAT};
+use crate::config::Compression;
+
+/// One entry of a segment's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestPart {
+    pub tenant: String,
+    pub flow_id: String,
+    pub part: u32,
+    pub status: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub offset: u64,
+    pub length: u64,
+    pub frame_sha256: String,
+    pub events_sha256: String,
+    pub event_count: u64,
+    pub raw_bytes: u64,
+    pub first_event_time: String,
+    pub last_event_time: String,
+    pub purge_at: String,
+    #[serde(default)]
+    pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub segment_id: String,
+    pub tenant: String,
+    pub compression: String,
+    pub archived_at: String,
+    pub parts: Vec<ManifestPart>,
+    /// Offset of the manifest frame (not part of the JSON).
+    #[serde(skip)]
+    pub manifest_offset: u64,
+    #[serde(skip)]
+    pub object_size: u64,
+}
+
+/// A decoded, verified flow part.
+#[derive(Debug, Clone)]
+pub struct PartContents {
+    pub header: Value,
+    /// Event lines as stored, without their newlines.
+    pub events: Vec<Vec<u8>>,
+    pub trailer: Value,
+}
+
+/// One thing wrong with an object, naming the flow part when there is one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyProblem {
+    pub key: String,
+    pub flow: Option<String>,
+    pub problem: String,
+}
+
+fn compression_of(key: &str) -> Compression {
+    if key.ends_with(".gz") {
+        Compression::Gzip
+    } else {
+        Compression::Zstd
+    }
+}
+
+fn format_err(key: &str, detail: impl Into<String>) -> ArchiveError {
+    ArchiveError::Format {
+        key: key.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn decompress(key: &str, compression: Compression, bytes: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+    let mut out = Vec::new();
+    let result = match compression {
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::new(bytes).and_then(|mut d| d.read_to_end(&mut out))
+        }
+        Compression::Gzip => flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out),
+    };
+    result.map_err(|e| format_err(key, format!("cannot decompress: {e}")))?;
+    Ok(out)
+}
+
+/// Parses the footer (the last bytes of the object) into the manifest offset.
+fn parse_footer(key: &str, compression: Compression, tail: &[u8]) -> Result<u64, ArchiveError> {
+    let payload = match compression {
+        Compression::Zstd => {
+            if tail.len() != ZSTD_FOOTER_LEN
+                || tail[0..4] != ZSTD_SKIPPABLE_MAGIC.to_le_bytes()
+                || tail[4..8] != 16u32.to_le_bytes()
+            {
+                return Err(format_err(key, "no flow-archive footer (skippable frame)"));
+            }
+            &tail[8..24]
+        }
+        Compression::Gzip => {
+            if tail.len() != GZIP_FOOTER_LEN
+                || tail[0..4] != [0x1f, 0x8b, 8, 0x04]
+                || &tail[12..14] != b"FA"
+            {
+                return Err(format_err(
+                    key,
+                    "no flow-archive footer (gzip FEXTRA member)",
+                ));
+            }
+            &tail[16..32]
+        }
+    };
+    if &payload[..8] != FOOTER_MAGIC {
+        return Err(format_err(key, "footer magic is not FLOWARCH"));
+    }
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&payload[8..16]);
+    Ok(u64::from_le_bytes(offset))
+}
+
+/// Reads and parses an object's manifest with two ranged reads.
+pub async fn read_manifest(store: &ArchiveStore, key: &str) -> Result<Manifest, ArchiveError> {
+    let compression = compression_of(key);
+    let size = store.size(key).await?;
+    let footer_len = match compression {
+        Compression::Zstd => ZSTD_FOOTER_LEN,
+        Compression::Gzip => GZIP_FOOTER_LEN,
+    } as u64;
+    if size < footer_len {
+        return Err(format_err(key, format!("{size} bytes is too short")));
+    }
+    let tail = store.get_range(key, size - footer_len..size).await?;
+    let manifest_offset = parse_footer(key, compression, &tail)?;
+    if manifest_offset >= size - footer_len {
+        return Err(format_err(key, "manifest offset points past the object"));
+    }
+    let frame = store
+        .get_range(key, manifest_offset..size - footer_len)
+        .await?;
+    let text = decompress(key, compression, &frame)?;
+    let mut manifest: Manifest = serde_json::from_slice(text.trim_ascii_end())
+        .map_err(|e| format_err(key, format!("manifest is not valid: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(format_err(key, format!("format {:?}", manifest.format)));
+    }
+    manifest.manifest_offset = manifest_offset;
+    manifest.object_size = size;
+    Ok(manifest)
+}
+
+/// Reads one flow part with a ranged GET and verifies both of its checksums.
+pub async fn read_part(
+    store: &ArchiveStore,
+    key: &str,
+    part: &ManifestPart,
+) -> Result<PartContents, ArchiveError> {
+    let frame = store
+        .get_range(key, part.offset..part.offset + part.length)
+        .await?;
+    decode_part(key, part, &frame)
+}
+
+fn decode_part(key: &str, part: &ManifestPart, frame: &[u8]) -> Result<PartContents, ArchiveError> {
+    let flow = format!("{}/{} part {}", part.tenant, part.flow_id, part.part);
+    let actual = hex_sha256(Sha256::digest(frame));
+    if actual != part.frame_sha256 {
+        return Err(ArchiveError::Corrupted {
+            key: key.to_string(),
+            what: format!("frame_sha256 of {flow}"),
+            expected: part.frame_sha256.clone(),
+            actual,
+        });
+    }
+    let text = decompress(key, compression_of(key), frame)?;
+    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    if lines.len() < 2 {
+        return Err(format_err(
+            key,
+            format!("{flow}: frame has no header and trailer"),
+        ));
+    }
+    let parse = |line: &[u8], what: &str| -> Result<Value, ArchiveError> {
+        serde_json::from_slice(line).map_err(|e| format_err(key, format!("{flow}: {what}: {e}")))
+    };
+    let header = parse(lines[0], "header")?;
+    let trailer = parse(lines[lines.len() - 1], "trailer")?;
+    if header["record"] != "header" || trailer["record"] != "trailer" {
+        return Err(format_err(
+            key,
+            format!("{flow}: header/trailer records missing"),
+        ));
+    }
+    let events: Vec<Vec<u8>> = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| l.to_vec())
+        .collect();
+    let mut hash = Sha256::new();
+    for e in &events {
+        hash.update(e);
+        hash.update(b"\n");
+    }
+    let actual = hex_sha256(hash.finalize());
+    if actual != part.events_sha256 {
+        return Err(ArchiveError::Corrupted {
+            key: key.to_string(),
+            what: format!("events_sha256 of {flow}"),
+            expected: part.events_sha256.clone(),
+            actual,
+        });
+    }
+    if events.len() as u64 != part.event_count {
+        return Err(ArchiveError::Corrupted {
+            key: key.to_string(),
+            what: format!("event count of {flow}"),
+            expected: part.event_count.to_string(),
+            actual: events.len().to_string(),
+        });
+    }
+    Ok(PartContents {
+        header,
+        events,
+        trailer,
+    })
+}
+
+/// Checks everything checkable about one object: footer, manifest, that frames tile
+/// the object, every frame and events checksum, event counts, and the object SHA-256
+/// when the store kept it (S3 metadata) or the caller knows it. Returns the problems
+/// found (empty when the object is sound) and the number of parts checked.
+pub async fn verify_object(
+    store: &ArchiveStore,
+    key: &str,
+    expected_sha256: Option<&str>,
+) -> Result<(usize, Vec<VerifyProblem>), ArchiveError> {
+    let mut problems = Vec::new();
+    let problem = |flow: Option<String>, what: String| VerifyProblem {
+        key: key.to_string(),
+        flow,
+        problem: what,
+    };
+    let manifest = match read_manifest(store, key).await {
+        Ok(m) => m,
+        Err(e) => return Ok((0, vec![problem(None, e.to_string())])),
+    };
+    let mut expected_offset = 0;
+    for part in &manifest.parts {
+        let flow = format!("{}/{} part {}", part.tenant, part.flow_id, part.part);
+        if part.offset != expected_offset {
+            problems.push(problem(
+                Some(flow.clone()),
+                format!(
+                    "frame starts at {} but the previous one ends at {expected_offset}",
+                    part.offset
+                ),
+            ));
+        }
+        expected_offset = part.offset + part.length;
+        if let Err(e) = read_part(store, key, part).await {
+            problems.push(problem(Some(flow), e.to_string()));
+        }
+    }
+    if expected_offset != manifest.manifest_offset {
+        problems.push(problem(
+            None,
+            "frames do not end where the manifest starts".into(),
+        ));
+    }
+    let stored = store.object_sha256(key).await?;
+    let (actual, metadata) = stored;
+    for (source, expected) in [
+        ("object metadata", metadata.as_deref()),
+        ("flow.archived record", expected_sha256),
+    ] {
+        if let Some(expected) = expected {
+            if expected != actual {
+                problems.push(problem(
+                    None,
+                    format!("object SHA-256 {actual} does not match the {source} ({expected})"),
+                ));
+            }
+        }
+    }
+    Ok((manifest.parts.len(), problems))
+}

@@ -1,0 +1,332 @@
+//! Writing segments: one compressed frame per flow part, then the manifest frame and
+//! the footer (layout in the parent module and `schemas/ARCHIVE_FORMAT.md`).
+//!
+//! The writer streams: events go from the state store through the compressor to the
+//! output one at a time, so a flow larger than memory is fine. Output bytes are a pure
+//! function of the intent and the stored events, so re-running an intent after a
+//! crash rewrites the same object under the same key.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{hex_sha256, rfc3339_ms, ArchiveError, FORMAT};
+use crate::config::Compression;
+use crate::state::{ArchiveIntent, PartLocation, SealedPart, StateStore, UploadedSegment};
+
+/// First 8 bytes of the footer payload.
+pub const FOOTER_MAGIC: &[u8; 8] = b"FLOWARCH";
+/// zstd skippable frame magic used for the footer (range 0x184D2A50..=0x184D2A5F).
+pub(crate) const ZSTD_SKIPPABLE_MAGIC: u32 = 0x184D_2A5F;
+pub(crate) const ZSTD_FOOTER_LEN: usize = 24;
+pub(crate) const GZIP_FOOTER_LEN: usize = 42;
+
+/// Counts, and hashes everything written (object hash) and the current frame.
+struct Hashing<W> {
+    inner: W,
+    position: u64,
+    object: Sha256,
+    frame: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.object.update(&buf[..n]);
+        self.frame.update(&buf[..n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum FrameEncoder<'a, W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, &'a mut Hashing<W>>),
+    Gzip(flate2::write::GzEncoder<&'a mut Hashing<W>>),
+}
+
+impl<'a, W: Write> FrameEncoder<'a, W> {
+    fn new(out: &'a mut Hashing<W>, compression: Compression, level: i32) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, level)?;
+                // The frame checksum lets `zstd -dc` and our reader detect damage even
+                // without the manifest.
+                e.include_checksum(true)?;
+                FrameEncoder::Zstd(e)
+            }
+            // GzEncoder writes mtime 0 and OS 255, so output is deterministic.
+            Compression::Gzip => FrameEncoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::new(6),
+            )),
+        })
+    }
+
+    fn finish(self) -> io::Result<()> {
+        match self {
+            FrameEncoder::Zstd(e) => e.finish().map(drop),
+            FrameEncoder::Gzip(e) => e.finish().map(drop),
+        }
+    }
+}
+
+impl<W: Write> Write for FrameEncoder<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            FrameEncoder::Zstd(e) => e.write(buf),
+            FrameEncoder::Gzip(e) => e.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            FrameEncoder::Zstd(e) => e.flush(),
+            FrameEncoder::Gzip(e) => e.flush(),
+        }
+    }
+}
+
+/// Builds one archive object, part by part.
+pub struct SegmentWriter<W: Write> {
+    out: Hashing<W>,
+    compression: Compression,
+    level: i32,
+    segment_id: String,
+    tenant: String,
+    archived_at_ms: i64,
+    manifest: Vec<serde_json::Value>,
+    locations: Vec<PartLocation>,
+}
+
+impl<W: Write> SegmentWriter<W> {
+    pub fn new(out: W, intent: &ArchiveIntent) -> Self {
+        SegmentWriter {
+            out: Hashing {
+                inner: out,
+                position: 0,
+                object: Sha256::new(),
+                frame: Sha256::new(),
+            },
+            compression: intent.compression,
+            level: intent.zstd_level,
+            segment_id: intent.id.clone(),
+            tenant: intent.tenant.clone(),
+            archived_at_ms: intent.archived_at_ms,
+            manifest: Vec::new(),
+            locations: Vec::new(),
+        }
+    }
+
+    /// Writes one part's frame. `events` streams the part's events (without newlines)
+    /// into the sink it is given, in order.
+    pub fn write_part(
+        &mut self,
+        part: &SealedPart,
+        events: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<(), ArchiveError>,
+    ) -> Result<PartLocation, ArchiveError> {
+        let m = &part.meta;
+        let io_err = |source| ArchiveError::Io {
+            path: format!("segment {}", self.segment_id),
+            source,
+        };
+        let offset = self.out.position;
+        self.out.frame = Sha256::new();
+        let header = json!({
+            "record": "header",
+            "format": FORMAT,
+            "segment_id": self.segment_id,
+            "tenant": m.tenant,
+            "flow_id": m.flow_id,
+            "part": m.part,
+            "status": part.archive_status,
+            "labels": m.labels,
+            "event_count": m.event_count,
+            "first_event_time": rfc3339_ms(m.first_event_ms),
+            "last_event_time": rfc3339_ms(m.last_event_ms),
+            "archived_at": rfc3339_ms(self.archived_at_ms),
+            "purge_at": rfc3339_ms(part.purge_at_ms),
+        });
+        let mut events_hash = Sha256::new();
+        let mut count = 0u64;
+        let mut raw_bytes = 0u64;
+        {
+            let mut enc =
+                FrameEncoder::new(&mut self.out, self.compression, self.level).map_err(io_err)?;
+            write_line(&mut enc, &header).map_err(io_err)?;
+            events(&mut |event: &[u8]| {
+                enc.write_all(event)?;
+                enc.write_all(b"\n")?;
+                events_hash.update(event);
+                events_hash.update(b"\n");
+                count += 1;
+                raw_bytes += event.len() as u64;
+                Ok(())
+            })?;
+            let events_sha256 = hex_sha256(events_hash.clone().finalize());
+            let trailer = json!({
+                "record": "trailer",
+                "tenant": m.tenant,
+                "flow_id": m.flow_id,
+                "part": m.part,
+                "event_count": count,
+                "raw_bytes": raw_bytes,
+                "events_sha256": events_sha256,
+                "snapshot": {
+                    "status": part.archive_status,
+                    "last_status": m.status,
+                    "last_event_type": m.event_type,
+                    "labels": m.labels,
+                    "first_event_time": rfc3339_ms(m.first_event_ms),
+                    "last_event_time": rfc3339_ms(m.last_event_ms),
+                    "first_ingest_time": rfc3339_ms(m.first_ingest_ms),
+                    "last_ingest_time": rfc3339_ms(m.last_ingest_ms),
+                    "traceparent": m.traceparent,
+                    "tracestate": m.tracestate,
+                },
+            });
+            write_line(&mut enc, &trailer).map_err(io_err)?;
+            enc.finish().map_err(io_err)?;
+        }
+        if count != m.event_count {
+            return Err(ArchiveError::Inconsistent {
+                tenant: m.tenant.clone(),
+                flow_id: m.flow_id.clone(),
+                part: m.part,
+                expected: m.event_count,
+                found: count,
+            });
+        }
+        let location = PartLocation {
+            offset,
+            length: self.out.position - offset,
+            frame_sha256: hex_sha256(self.out.frame.clone().finalize()),
+            events_sha256: hex_sha256(events_hash.finalize()),
+            event_count: count,
+            raw_bytes,
+        };
+        self.manifest.push(json!({
+            "tenant": m.tenant,
+            "flow_id": m.flow_id,
+            "part": m.part,
+            "status": part.archive_status,
+            "labels": m.labels,
+            "offset": location.offset,
+            "length": location.length,
+            "frame_sha256": location.frame_sha256,
+            "events_sha256": location.events_sha256,
+            "event_count": location.event_count,
+            "raw_bytes": location.raw_bytes,
+            "first_event_time": rfc3339_ms(m.first_event_ms),
+            "last_event_time": rfc3339_ms(m.last_event_ms),
+            "purge_at": rfc3339_ms(part.purge_at_ms),
+            "traceparent": m.traceparent,
+        }));
+        self.locations.push(location.clone());
+        Ok(location)
+    }
+
+    /// Writes the manifest frame and the footer; returns the sink and the checksums.
+    pub fn finish(mut self) -> Result<(W, UploadedSegment), ArchiveError> {
+        let io_err = |source| ArchiveError::Io {
+            path: format!("segment {}", self.segment_id),
+            source,
+        };
+        let manifest_offset = self.out.position;
+        let manifest = json!({
+            "record": "manifest",
+            "format": FORMAT,
+            "segment_id": self.segment_id,
+            "tenant": self.tenant,
+            "compression": self.compression.as_str(),
+            "archived_at": rfc3339_ms(self.archived_at_ms),
+            "parts": self.manifest,
+        });
+        {
+            let mut enc =
+                FrameEncoder::new(&mut self.out, self.compression, self.level).map_err(io_err)?;
+            write_line(&mut enc, &manifest).map_err(io_err)?;
+            enc.finish().map_err(io_err)?;
+        }
+        let footer = footer_bytes(self.compression, manifest_offset);
+        self.out.write_all(&footer).map_err(io_err)?;
+        self.out.flush().map_err(io_err)?;
+        let size = self.out.position;
+        let object_sha256 = hex_sha256(self.out.object.finalize());
+        Ok((
+            self.out.inner,
+            UploadedSegment {
+                object_sha256,
+                object_size: size,
+                locations: self.locations,
+            },
+        ))
+    }
+}
+
+fn write_line(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+/// The footer pointing at the manifest frame (see the parent module).
+pub(crate) fn footer_bytes(compression: Compression, manifest_offset: u64) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(16);
+    payload.extend_from_slice(FOOTER_MAGIC);
+    payload.extend_from_slice(&manifest_offset.to_le_bytes());
+    match compression {
+        Compression::Zstd => {
+            let mut f = Vec::with_capacity(ZSTD_FOOTER_LEN);
+            f.extend_from_slice(&ZSTD_SKIPPABLE_MAGIC.to_le_bytes());
+            f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            f.extend_from_slice(&payload);
+            f
+        }
+        Compression::Gzip => {
+            // An empty gzip member (RFC 1952) carrying the payload in an FEXTRA subfield.
+            let mut f = Vec::with_capacity(GZIP_FOOTER_LEN);
+            f.extend_from_slice(&[0x1f, 0x8b, 8, 0x04, 0, 0, 0, 0, 0, 0xff]);
+            f.extend_from_slice(&((4 + payload.len()) as u16).to_le_bytes());
+            f.extend_from_slice(b"FA");
+            f.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+            f.extend_from_slice(&payload);
+            // A final fixed-Huffman block holding only end-of-block, then CRC32 and
+            // ISIZE of the empty content.
+            f.extend_from_slice(&[0x03, 0x00]);
+            f.extend_from_slice(&[0; 8]);
+            f
+        }
+    }
+}
+
+/// Builds the intent's object into `path` from the events in `store`.
+pub fn build_segment(
+    store: &dyn StateStore,
+    intent: &ArchiveIntent,
+    path: &Path,
+) -> Result<UploadedSegment, ArchiveError> {
+    let io_err = |source| ArchiveError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let file = std::fs::File::create(path).map_err(io_err)?;
+    let mut writer = SegmentWriter::new(io::BufWriter::with_capacity(1 << 20, file), intent);
+    for part in &intent.parts {
+        let m = &part.meta;
+        writer.write_part(part, |sink| {
+            store
+                .for_each_event(&m.tenant, &m.flow_id, m.part, sink)
+                .map_err(ArchiveError::from)
+        })?;
+    }
+    let (buffered, uploaded) = writer.finish()?;
+    let file = buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
+    file.sync_all().map_err(io_err)?;
+    Ok(uploaded)
+}

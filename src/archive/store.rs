@@ -1,0 +1,282 @@
+//! The object store holding archive objects: a local directory or S3, both through
+//! `object_store`.
+//!
+//! Uploads send the object's SHA-256 (`x-amz-checksum-sha256` on S3, which rejects a
+//! body that does not match) and keep it as `x-amz-meta-sha256`. A successful PUT is
+//! not taken as proof: [`ArchiveStore::verify`] reads the object back and re-hashes it.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::{hex_sha256, ArchiveError};
+use crate::config::ArchiveConfig;
+
+const SHA256_METADATA: &str = "sha256";
+
+/// An object store plus the facts about it the archive needs.
+#[derive(Debug, Clone)]
+pub struct ArchiveStore {
+    inner: Arc<dyn ObjectStore>,
+    /// `s3://bucket` or `file:///abs/dir`, the base of object URIs.
+    base_uri: String,
+    prefix: String,
+    /// Local stores cannot keep user metadata.
+    keeps_metadata: bool,
+    multipart_threshold: u64,
+}
+
+impl ArchiveStore {
+    pub fn from_config(cfg: &ArchiveConfig) -> Result<ArchiveStore, ArchiveError> {
+        let (inner, base_uri, keeps_metadata): (Arc<dyn ObjectStore>, String, bool) = match &cfg
+            .bucket
+        {
+            Some(bucket) => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+                    .with_virtual_hosted_style_request(cfg.virtual_hosted_style);
+                if let Some(endpoint) = &cfg.endpoint {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(region) = &cfg.region {
+                    b = b.with_region(region);
+                } else if b.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
+                    b = b.with_region("us-east-1");
+                }
+                let s3 = b.build().map_err(|e| ArchiveError::Config(e.to_string()))?;
+                (Arc::new(s3), format!("s3://{bucket}"), true)
+            }
+            None => {
+                std::fs::create_dir_all(&cfg.dir).map_err(|source| ArchiveError::Io {
+                    path: cfg.dir.display().to_string(),
+                    source,
+                })?;
+                let local = LocalFileSystem::new_with_prefix(&cfg.dir)
+                    .map_err(|e| ArchiveError::Config(e.to_string()))?;
+                let abs = std::fs::canonicalize(&cfg.dir).map_err(|source| ArchiveError::Io {
+                    path: cfg.dir.display().to_string(),
+                    source,
+                })?;
+                (Arc::new(local), format!("file://{}", abs.display()), false)
+            }
+        };
+        Ok(ArchiveStore {
+            inner,
+            base_uri,
+            prefix: cfg.prefix.trim_matches('/').to_string(),
+            keeps_metadata,
+            multipart_threshold: cfg.multipart_threshold_bytes,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The URI of an object key, as published in `flow.archived`.
+    pub fn uri(&self, key: &str) -> String {
+        format!("{}/{}", self.base_uri, key)
+    }
+
+    /// The key inside this store of a URI (or of a bare key).
+    pub fn key_of<'a>(&self, uri: &'a str) -> &'a str {
+        uri.strip_prefix(&self.base_uri)
+            .map(|k| k.trim_start_matches('/'))
+            .unwrap_or(uri)
+    }
+
+    fn err(&self, action: &'static str, key: &str, e: object_store::Error) -> ArchiveError {
+        ArchiveError::Store {
+            store: self.base_uri.clone(),
+            action,
+            key: key.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    /// A cheap authenticated call, so bad credentials or a missing bucket fail before
+    /// any flow is sealed.
+    pub async fn preflight(&self) -> Result<(), ArchiveError> {
+        let prefix = ObjectPath::from(self.prefix.as_str());
+        self.inner
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map(drop)
+            .map_err(|e| self.err("list", &self.prefix, e))
+    }
+
+    /// Uploads a local file under `key`, sending its SHA-256; multipart above the
+    /// configured threshold so memory stays bounded.
+    pub async fn upload(&self, key: &str, file: &Path, sha256: &str) -> Result<(), ArchiveError> {
+        let location = ObjectPath::from(key);
+        let io_err = |source| ArchiveError::Io {
+            path: file.display().to_string(),
+            source,
+        };
+        let mut attributes = Attributes::new();
+        if self.keeps_metadata {
+            attributes.insert(
+                Attribute::Metadata(SHA256_METADATA.into()),
+                AttributeValue::from(sha256.to_string()),
+            );
+            attributes.insert(
+                Attribute::ContentType,
+                AttributeValue::from(if key.ends_with(".gz") {
+                    "application/gzip"
+                } else {
+                    "application/zstd"
+                }),
+            );
+        }
+        let size = tokio::fs::metadata(file).await.map_err(io_err)?.len();
+        if size <= self.multipart_threshold {
+            let body = tokio::fs::read(file).await.map_err(io_err)?;
+            // Overwrite: a re-run of the same intent writes the same bytes under the same
+            // key, which is the idempotent path (a create-only put can fail spuriously on
+            // a retried request that had in fact succeeded).
+            let opts = PutOptions {
+                attributes,
+                ..Default::default()
+            };
+            self.inner
+                .put_opts(&location, PutPayload::from(body), opts)
+                .await
+                .map_err(|e| self.err("put", key, e))?;
+            return Ok(());
+        }
+        let opts = PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
+        let mut upload = self
+            .inner
+            .put_multipart_opts(&location, opts)
+            .await
+            .map_err(|e| self.err("start multipart upload", key, e))?;
+        let mut f = tokio::fs::File::open(file).await.map_err(io_err)?;
+        let chunk = self.multipart_threshold as usize;
+        loop {
+            let mut buf = Vec::with_capacity(chunk);
+            let n = (&mut f)
+                .take(chunk as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = upload.put_part(PutPayload::from(buf)).await {
+                let _ = upload.abort().await;
+                return Err(self.err("upload part", key, e));
+            }
+        }
+        upload
+            .complete()
+            .await
+            .map_err(|e| self.err("complete multipart upload", key, e))?;
+        Ok(())
+    }
+
+    /// Reads the object back and checks its size and SHA-256.
+    pub async fn verify(&self, key: &str, sha256: &str, size: u64) -> Result<(), ArchiveError> {
+        let (actual, metadata) = self.object_sha256(key).await?;
+        let corrupted = |what: &str, expected: String, actual: String| ArchiveError::Corrupted {
+            key: key.to_string(),
+            what: what.to_string(),
+            expected,
+            actual,
+        };
+        if actual != sha256 {
+            return Err(corrupted(
+                "object sha256 on read-back",
+                sha256.into(),
+                actual,
+            ));
+        }
+        if let Some(meta) = metadata {
+            if meta != sha256 {
+                return Err(corrupted("x-amz-meta-sha256", sha256.into(), meta));
+            }
+        }
+        let stored = self.size(key).await?;
+        if stored != size {
+            return Err(corrupted(
+                "object size",
+                size.to_string(),
+                stored.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Streams the whole object: its actual SHA-256, and the one kept in its metadata.
+    pub async fn object_sha256(&self, key: &str) -> Result<(String, Option<String>), ArchiveError> {
+        let location = ObjectPath::from(key);
+        let result = self
+            .inner
+            .get(&location)
+            .await
+            .map_err(|e| self.err("get", key, e))?;
+        let metadata = result
+            .attributes
+            .get(&Attribute::Metadata(SHA256_METADATA.into()))
+            .map(|v| v.to_string());
+        let mut stream = result.into_stream();
+        let mut hash = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.err("read", key, e))?;
+            hash.update(&chunk);
+        }
+        Ok((hex_sha256(hash.finalize()), metadata))
+    }
+
+    pub async fn size(&self, key: &str) -> Result<u64, ArchiveError> {
+        let meta = self
+            .inner
+            .head(&ObjectPath::from(key))
+            .await
+            .map_err(|e| self.err("head", key, e))?;
+        Ok(meta.size)
+    }
+
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ArchiveError> {
+        self.inner
+            .get_range(&ObjectPath::from(key), range)
+            .await
+            .map_err(|e| self.err("get range", key, e))
+    }
+
+    /// Every object key under the configured prefix (or a narrower one).
+    pub async fn list_keys(&self, under: Option<&str>) -> Result<Vec<String>, ArchiveError> {
+        let prefix = match under {
+            Some(p) => ObjectPath::from(p),
+            None => ObjectPath::from(self.prefix.as_str()),
+        };
+        let mut keys = Vec::new();
+        let mut listing = self.inner.list(Some(&prefix));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.err("list", prefix.as_ref(), e))?;
+            let key = meta.location.to_string();
+            if key.ends_with(".jsonl.zst") || key.ends_with(".jsonl.gz") {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}

@@ -1,0 +1,255 @@
+//! `flow-archiver bench`: the load generator and the measured figures.
+//!
+//! Generates N flows × M events as CloudEvents JSON Lines, ingests them from the file
+//! source into a fresh durable store, archives every terminal flow to a directory
+//! store, and prints ingest events/s and MB/s, archive MB/s of raw history, the
+//! stored/raw ratio, batch and segment latency percentiles, and peak RSS. When the
+//! `zstd` and `sha256sum` tools are installed it times `zstd -3 -T1 | sha256sum` over
+//! the same JSON Lines in the same run, as the reference for archive throughput.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Config, Retention};
+use crate::ops::{peak_rss_bytes, percentile};
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::policy::ManualClock;
+use crate::workload::{generate, WorkloadSpec};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Flows to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub flows: u64,
+    /// Events per flow.
+    #[arg(long, default_value_t = 10)]
+    pub events: u32,
+    /// Work directory (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Skip the archive phase (ingest and memory only).
+    #[arg(long)]
+    pub ingest_only: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub flows: u64,
+    pub events: u64,
+    pub input_bytes: u64,
+    pub ingest_seconds: f64,
+    pub ingest_events_per_sec: f64,
+    pub ingest_mb_per_sec: f64,
+    pub ingest_batch_p50_ms: f64,
+    pub ingest_batch_p99_ms: f64,
+    pub tracked_flows: u64,
+    pub archived_parts: u64,
+    pub archive_raw_bytes: u64,
+    pub archive_stored_bytes: u64,
+    pub archive_seconds: f64,
+    pub archive_mb_per_sec: f64,
+    pub stored_ratio: f64,
+    pub segment_p50_ms: f64,
+    pub segment_p99_ms: f64,
+    /// `zstd -3 -T1 | sha256sum` over the same input, MB/s (None when the tools are missing).
+    pub reference_mb_per_sec: Option<f64>,
+    pub archive_vs_reference: Option<f64>,
+    pub peak_rss_bytes: u64,
+    pub machine: String,
+}
+
+const MB: f64 = 1_000_000.0;
+
+pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let input = dir.join("events.jsonl");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let spec = WorkloadSpec {
+        flows: args.flows,
+        events_per_flow: args.events,
+        tenants: 8,
+        running_share: 0.05,
+        start_ms: now_ms - 3_600_000,
+        span_ms: 3_000_000,
+        seed: 7,
+        run_id: "bench".into(),
+        interleave: 256,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
+    let file = std::fs::File::create(&input).map_err(|e| io_err("events.jsonl", e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let workload = generate(&spec, &mut out).map_err(|e| io_err("events.jsonl", e))?;
+    drop(out);
+
+    let mut config = Config::default();
+    config.state.path = dir.join("state");
+    config.archive.dir = dir.join("archive");
+    config.archive.spool_dir = dir.join("spool");
+    config.publish.archived_path = dir.join("archived.jsonl");
+    config.dead_letter.path = dir.join("dead-letter.jsonl");
+    let hour = Retention::After(std::time::Duration::from_secs(3600));
+    let r = &mut config.retention;
+    (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
+    let clock = Arc::new(ManualClock::new(now_ms));
+    let pipeline = Pipeline::open(config, clock.clone())?;
+
+    let mut batch_ms = Vec::new();
+    let mut last = Instant::now();
+    let started = Instant::now();
+    let totals = crate::ops::ingest(&pipeline, &input.display().to_string(), &mut |_| {
+        batch_ms.push(last.elapsed().as_secs_f64() * 1000.0);
+        last = Instant::now();
+    })
+    .await?;
+    let ingest_seconds = started.elapsed().as_secs_f64();
+    let store = pipeline.store.clone();
+    let stats = tokio::task::spawn_blocking(move || store.stats()).await??;
+
+    let (mut segment_ms, sweep) = if args.ingest_only {
+        (Vec::new(), None)
+    } else {
+        // Every terminal flow is due two hours later.
+        let sweep = pipeline.sweep(now_ms + 2 * 3_600_000, &mut |_| {}).await?;
+        let ms: Vec<f64> = sweep.segment_seconds.iter().map(|s| s * 1000.0).collect();
+        (ms, Some(sweep))
+    };
+    let reference = if args.ingest_only {
+        None
+    } else {
+        reference_mb_per_sec(&input)
+    };
+    let (raw, stored, secs, parts) = sweep
+        .as_ref()
+        .map(|s| (s.raw_bytes, s.stored_bytes, s.seconds, s.flow_parts))
+        .unwrap_or_default();
+    let archive_mb_per_sec = if secs > 0.0 {
+        raw as f64 / MB / secs
+    } else {
+        0.0
+    };
+    Ok(BenchReport {
+        flows: workload.flows,
+        events: totals.stored,
+        input_bytes: workload.bytes,
+        ingest_seconds,
+        ingest_events_per_sec: totals.stored as f64 / ingest_seconds,
+        ingest_mb_per_sec: workload.bytes as f64 / MB / ingest_seconds,
+        ingest_batch_p50_ms: percentile(&mut batch_ms, 50.0),
+        ingest_batch_p99_ms: percentile(&mut batch_ms, 99.0),
+        tracked_flows: stats.live_flows,
+        archived_parts: parts,
+        archive_raw_bytes: raw,
+        archive_stored_bytes: stored,
+        archive_seconds: secs,
+        archive_mb_per_sec,
+        stored_ratio: stored as f64 / raw.max(1) as f64,
+        segment_p50_ms: percentile(&mut segment_ms, 50.0),
+        segment_p99_ms: percentile(&mut segment_ms, 99.0),
+        reference_mb_per_sec: reference,
+        archive_vs_reference: reference.map(|r| archive_mb_per_sec / r),
+        peak_rss_bytes: peak_rss_bytes(),
+        machine: machine(),
+    })
+}
+
+fn io_err(path: &str, source: std::io::Error) -> PipelineError {
+    PipelineError::Publish(crate::publish::PublishError::Io {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Times `zstd -3 -T1 -c FILE | sha256sum` in MB/s of input.
+fn reference_mb_per_sec(input: &std::path::Path) -> Option<f64> {
+    let size = std::fs::metadata(input).ok()?.len();
+    let started = Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("zstd -3 -T1 -q -c \"$1\" | sha256sum > /dev/null")
+        .arg("sh")
+        .arg(input)
+        .status()
+        .ok()?;
+    status
+        .success()
+        .then(|| size as f64 / MB / started.elapsed().as_secs_f64())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{cpu}, {cores} cores")
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        writeln!(f, "flow-archiver bench on {}", self.machine)?;
+        writeln!(
+            f,
+            "  workload   {} flows, {} events, {:.1} MiB of JSON Lines",
+            self.flows,
+            self.events,
+            mib(self.input_bytes)
+        )?;
+        writeln!(
+            f,
+            "  ingest     {:.0} events/s, {:.1} MB/s ({:.2}s); batch latency p50 {:.1} ms, p99 {:.1} ms",
+            self.ingest_events_per_sec, self.ingest_mb_per_sec, self.ingest_seconds, self.ingest_batch_p50_ms, self.ingest_batch_p99_ms
+        )?;
+        writeln!(
+            f,
+            "  tracked    {} live flows after ingest",
+            self.tracked_flows
+        )?;
+        if self.archived_parts > 0 {
+            writeln!(
+                f,
+                "  archive    {} flow parts, {:.1} MB/s of raw history ({:.2}s); segment latency p50 {:.0} ms, p99 {:.0} ms",
+                self.archived_parts, self.archive_mb_per_sec, self.archive_seconds, self.segment_p50_ms, self.segment_p99_ms
+            )?;
+            writeln!(
+                f,
+                "  stored     {:.1} MiB of {:.1} MiB raw (ratio {:.3})",
+                mib(self.archive_stored_bytes),
+                mib(self.archive_raw_bytes),
+                self.stored_ratio
+            )?;
+        }
+        if let (Some(r), Some(ratio)) = (self.reference_mb_per_sec, self.archive_vs_reference) {
+            writeln!(
+                f,
+                "  reference  zstd -3 -T1 | sha256sum: {r:.1} MB/s; archive = {:.0}% of it",
+                ratio * 100.0
+            )?;
+        }
+        writeln!(
+            f,
+            "  memory     peak RSS {:.1} MiB",
+            mib(self.peak_rss_bytes)
+        )
+    }
+}

@@ -1,0 +1,288 @@
+//! The operations behind the CLI, as library calls returning reports: tests call
+//! exactly what users run, and `main.rs` only parses arguments and prints.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::archive::{rfc3339_ms, verify_object, VerifyProblem};
+use crate::config::{Config, ConfigError, Retention};
+use crate::pipeline::{IngestTotals, Pipeline, PipelineError, SweepReport};
+use crate::policy::{Clock, SystemClock};
+use crate::source::open_spec;
+use crate::workload::{generate, WorkloadSpec, WorkloadStats};
+
+/// Loads the configuration from `--config` (or `./flow-archiver.toml`) and the process
+/// environment.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    Config::load(path, &env)
+}
+
+/// Ingests a file (`PATH`, `file:PATH`) or stdin (`-`) to its end.
+pub async fn ingest(
+    p: &Pipeline,
+    spec: &str,
+    on_batch: &mut (dyn FnMut(&IngestTotals) + Send),
+) -> Result<IngestTotals, PipelineError> {
+    let mut source = open_spec(spec, false, p.config.input.max_event_bytes)?;
+    p.ingest_stage()
+        .run(
+            &mut source,
+            &tokio_util::sync::CancellationToken::new(),
+            on_batch,
+        )
+        .await
+}
+
+/// A live flow as JSON: metadata, a snapshot and every event in order; `None` when
+/// the store does not hold it (not seen, or already archived).
+pub async fn get_flow(
+    p: &Pipeline,
+    tenant: &str,
+    flow_id: &str,
+) -> Result<Option<Value>, PipelineError> {
+    let store = p.store.clone();
+    let (t, f) = (tenant.to_string(), flow_id.to_string());
+    let found = tokio::task::spawn_blocking(move || -> Result<_, crate::state::StateError> {
+        // A flow sealed for archival is still readable until its intent completes.
+        let (meta, intent) = match store.live_flow(&t, &f)? {
+            Some(m) => (m, None),
+            None => {
+                let sealed = store.intents()?.into_iter().find_map(|i| {
+                    let id = i.id.clone();
+                    i.parts
+                        .into_iter()
+                        .find(|p| p.meta.tenant == t && p.meta.flow_id == f)
+                        .map(|p| (p.meta, Some(id)))
+                });
+                match sealed {
+                    Some(s) => s,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let mut events = Vec::with_capacity(meta.event_count as usize);
+        store.for_each_event(&t, &f, meta.part, &mut |bytes| {
+            let v: Value = serde_json::from_slice(bytes).map_err(std::io::Error::other)?;
+            events.push(v);
+            Ok(())
+        })?;
+        Ok(Some((meta, intent, events)))
+    })
+    .await??;
+    Ok(found.map(|(m, intent, events)| {
+        json!({
+            "tenant": m.tenant,
+            "flow_id": m.flow_id,
+            "part": m.part,
+            "status": m.status,
+            "labels": m.labels,
+            "archived": false,
+            "archiving": intent,
+            "event_count": m.event_count,
+            "first_event_time": rfc3339_ms(m.first_event_ms),
+            "last_event_time": rfc3339_ms(m.last_event_ms),
+            "due_at": m.deadline_ms.map(rfc3339_ms),
+            "snapshot": {
+                "status": m.status,
+                "last_event_type": m.event_type,
+                "labels": m.labels,
+                "traceparent": m.traceparent,
+            },
+            "events": events,
+        })
+    }))
+}
+
+/// The outcome of `verify`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub objects: u64,
+    pub flow_parts: u64,
+    pub problems: Vec<VerifyProblem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Re-reads archive objects and checks every checksum: each frame's `frame_sha256`
+/// and `events_sha256`, event counts, the manifest, and the object SHA-256 against the
+/// store's metadata and the published `flow.archived` records. `target` is an object
+/// URI or key, or a key prefix; `None` checks everything under the archive prefix.
+pub async fn verify(
+    p: &Pipeline,
+    target: Option<&str>,
+    on_object: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<VerifyReport, PipelineError> {
+    let objects = &p.objects;
+    let keys = match target {
+        Some(t) => {
+            let key = objects.key_of(t);
+            if key.ends_with(".jsonl.zst") || key.ends_with(".jsonl.gz") {
+                vec![key.to_string()]
+            } else {
+                objects.list_keys(Some(key)).await?
+            }
+        }
+        None => objects.list_keys(None).await?,
+    };
+    let published = published_object_hashes(&p.config.publish.archived_path)?;
+    let mut report = VerifyReport::default();
+    let total = keys.len() as u64;
+    for key in keys {
+        let expected = published.get(&key).map(String::as_str);
+        let (parts, problems) = verify_object(objects, &key, expected).await?;
+        report.objects += 1;
+        report.flow_parts += parts as u64;
+        report.problems.extend(problems);
+        on_object(report.objects, total);
+    }
+    Ok(report)
+}
+
+/// object key → object SHA-256, from the published records file (if present).
+fn published_object_hashes(path: &Path) -> Result<HashMap<String, String>, PipelineError> {
+    let mut map = HashMap::new();
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(map);
+    };
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|source| crate::publish::PublishError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let (Some(k), Some(s)) = (
+                v["data"]["object_key"].as_str(),
+                v["data"]["object_sha256"].as_str(),
+            ) {
+                map.insert(k.to_string(), s.to_string());
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// The outcome of `demo`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub workload: WorkloadStats,
+    pub input_file: String,
+    pub ingest: IngestTotals,
+    pub ingest_seconds: f64,
+    pub sweep: SweepReport,
+    pub live_flows: u64,
+    pub archive: String,
+    pub published: String,
+    pub verify_command: String,
+}
+
+/// Generates a realistic workload, runs it through the real pipeline into the
+/// configured directories with shortened retention, and reports what happened.
+pub async fn demo(mut config: Config, flows: u64) -> Result<DemoReport, PipelineError> {
+    // Shortened retention: flows that ended more than a few minutes ago are due now;
+    // the most recent ones and every running flow stay live.
+    let minutes = |m: u64| Retention::After(Duration::from_secs(m * 60));
+    let r = &mut config.retention;
+    (r.completed, r.cancelled) = (minutes(3), minutes(3));
+    (r.failed, r.error, r.timed_out) = (minutes(6), minutes(6), minutes(6));
+    r.abandoned = Retention::Off;
+    let clock = Arc::new(SystemClock);
+    let now = clock.now_ms();
+    let run_id = format!("demo{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let input = config
+        .state
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("demo/{run_id}.jsonl"));
+    if let Some(dir) = input.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| crate::publish::PublishError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let spec = WorkloadSpec {
+        flows,
+        events_per_flow: 8,
+        tenants: 4,
+        running_share: 0.1,
+        start_ms: now - 20 * 60_000,
+        span_ms: 18 * 60_000,
+        seed: rand::random(),
+        run_id,
+        interleave: 64,
+    };
+    let io_err = |source| crate::publish::PublishError::Io {
+        path: input.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::create(&input).map_err(io_err)?;
+    let mut out = std::io::BufWriter::new(file);
+    let workload = generate(&spec, &mut out).map_err(io_err)?;
+    drop(out);
+
+    let p = Pipeline::open(config, clock.clone())?;
+    let started = Instant::now();
+    let ingest = ingest(&p, &input.display().to_string(), &mut |_| {}).await?;
+    let ingest_seconds = started.elapsed().as_secs_f64();
+    let sweep = p.sweep(clock.now_ms(), &mut |_| {}).await?;
+    let store = p.store.clone();
+    let stats = tokio::task::spawn_blocking(move || store.stats()).await??;
+    Ok(DemoReport {
+        workload,
+        input_file: input.display().to_string(),
+        ingest,
+        ingest_seconds,
+        sweep,
+        live_flows: stats.live_flows,
+        archive: p.objects.uri(p.objects.prefix()),
+        published: p.config.publish.archived_path.display().to_string(),
+        verify_command: "flow-archiver verify".into(),
+    })
+}
+
+/// Human-readable byte counts.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Peak resident set size of this process, in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// The p-th percentile (0–100) of `values` (sorted in place).
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
+    values[rank.min(values.len() - 1)]
+}

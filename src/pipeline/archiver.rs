@@ -1,0 +1,158 @@
+//! Executes the archive commit protocol for one intent (DESIGN.md §3.6 step 2):
+//!
+//! ```text
+//! sealed intent ─► build segment (spool file) ─► upload ─► read back + verify
+//!   ─► record "verified" ─► publish flow.archived (durable) ─► delete state + intent
+//! ```
+//!
+//! Every step is safe to repeat, so recovery simply runs the intent again from the
+//! stage it recorded: a `Pending` intent is rebuilt from the still-present events into
+//! the same bytes under the same key; a `Verified` one resumes at publish, skipping
+//! events the publisher already holds. State is deleted only after the publisher
+//! reported every record durable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{failpoint, PipelineError};
+use crate::archive::{build_segment, ArchiveStore};
+use crate::publish::{PublishedEvent, Publisher};
+use crate::state::{ArchiveIntent, IntentStage, StateStore};
+
+/// What one completed intent produced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ArchivedSegment {
+    pub intent_id: String,
+    pub object_uri: String,
+    pub parts: u64,
+    pub events: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// From the start of processing to the state deletion.
+    pub seconds: f64,
+    /// Per part: `archived_at - deadline` in ms (how late after becoming due).
+    #[serde(skip)]
+    pub lateness_ms: Vec<i64>,
+}
+
+#[derive(Clone)]
+pub struct Archiver {
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) objects: ArchiveStore,
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) spool_dir: PathBuf,
+}
+
+impl Archiver {
+    /// Runs the intent to completion. `resumed` says the intent may have been partly
+    /// processed before (a restart, or a retry after an error).
+    pub async fn process(
+        &self,
+        intent: ArchiveIntent,
+        resumed: bool,
+    ) -> Result<ArchivedSegment, PipelineError> {
+        let started = Instant::now();
+        let key = intent.object_key.clone();
+        let upload = match &intent.stage {
+            IntentStage::Verified(upload) => upload.clone(),
+            IntentStage::Pending => {
+                let spool = self.spool_dir.join(format!("{}.segment", intent.id));
+                let store = self.store.clone();
+                let for_build = intent.clone();
+                let path = spool.clone();
+                let upload =
+                    tokio::task::spawn_blocking(move || build_segment(&*store, &for_build, &path))
+                        .await??;
+                self.objects
+                    .upload(&key, &spool, &upload.object_sha256)
+                    .await?;
+                failpoint::hit("after-upload");
+                self.objects
+                    .verify(&key, &upload.object_sha256, upload.object_size)
+                    .await?;
+                let store = self.store.clone();
+                let (id, recorded) = (intent.id.clone(), upload.clone());
+                tokio::task::spawn_blocking(move || store.record_upload(&id, &recorded)).await??;
+                let _ = tokio::fs::remove_file(&spool).await;
+                failpoint::hit("after-verify");
+                upload
+            }
+        };
+
+        let uri = self.objects.uri(&key);
+        let mut events = PublishedEvent::archived(&intent, &upload, &uri);
+        if resumed {
+            let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+            let done = self.publisher.already_published(&ids).await?;
+            events.retain(|e| !done.contains(&e.id));
+        }
+        self.publisher.publish(&events).await?;
+        failpoint::hit("after-publish");
+
+        let store = self.store.clone();
+        let id = intent.id.clone();
+        tokio::task::spawn_blocking(move || store.complete(&id)).await??;
+
+        let archived_at = intent.archived_at_ms;
+        Ok(ArchivedSegment {
+            intent_id: intent.id.clone(),
+            object_uri: uri,
+            parts: intent.parts.len() as u64,
+            events: upload.locations.iter().map(|l| l.event_count).sum(),
+            raw_bytes: upload.locations.iter().map(|l| l.raw_bytes).sum(),
+            stored_bytes: upload.object_size,
+            seconds: started.elapsed().as_secs_f64(),
+            lateness_ms: intent
+                .parts
+                .iter()
+                .map(|p| archived_at - p.meta.deadline_ms.unwrap_or(archived_at))
+                .collect(),
+        })
+    }
+
+    /// [`Archiver::process`] with exponential backoff (1 s doubling to 60 s) for up to
+    /// `attempts` tries (`None`: until it succeeds or `cancel` fires). Each retry
+    /// reloads the intent, which records how far the last try got.
+    pub async fn process_with_retry(
+        &self,
+        intent: ArchiveIntent,
+        mut resumed: bool,
+        attempts: Option<u32>,
+        cancel: &CancellationToken,
+    ) -> Result<ArchivedSegment, PipelineError> {
+        let mut delay = Duration::from_secs(1);
+        let mut tries = 0;
+        let mut current = intent;
+        loop {
+            tries += 1;
+            match self.process(current.clone(), resumed).await {
+                Ok(done) => return Ok(done),
+                Err(error) => {
+                    if attempts.is_some_and(|max| tries >= max) || cancel.is_cancelled() {
+                        return Err(error);
+                    }
+                    tracing::warn!(intent = %current.id, %error, retry_in = ?delay, "Archive attempt failed.");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(error),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                    resumed = true;
+                    let store = self.store.clone();
+                    let id = current.id.clone();
+                    let reloaded = tokio::task::spawn_blocking(move || store.intents()).await??;
+                    match reloaded.into_iter().find(|i| i.id == id) {
+                        Some(i) => current = i,
+                        // Completed by the failed attempt after all (e.g. an error
+                        // reported after the state deletion): nothing left to do.
+                        None => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The running pipeline: stages wired together (DESIGN.md §2).
+//!
+//! [`Pipeline`] owns the components built from a validated [`Config`]. `run` starts
+//! one task per stage — ingest, scheduler, archive — joined by a bounded channel (the
+//! scheduler waits while the archive stage is busy) and stopped by one
+//! [`CancellationToken`]: the source stops reading, in-flight segments finish or are
+//! left as intents for the next start, and every task is awaited before `run` returns.
+
+pub mod archiver;
+pub mod failpoint;
+pub mod ingest;
+pub mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use archiver::{ArchivedSegment, Archiver};
+pub use ingest::{Ingest, IngestTotals};
+pub use scheduler::{plan, IntentIds};
+
+use crate::archive::{ArchiveError, ArchiveStore};
+use crate::config::Config;
+use crate::event::Decoder;
+use crate::policy::{Clock, RetentionPolicy};
+use crate::publish::{DeadLetterSink, FileDeadLetters, FilePublisher, PublishError, Publisher};
+use crate::source::{Source, SourceError};
+use crate::state::{ArchiveIntent, EmbeddedStore, StateError, StateStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("a pipeline task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// One planned segment, as a dry run reports it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlannedSegment {
+    pub tenant: String,
+    pub object_key: String,
+    pub flows: Vec<String>,
+    pub events: u64,
+    pub raw_bytes: u64,
+}
+
+/// The outcome of a sweep (or dry run).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SweepReport {
+    pub dry_run: bool,
+    pub now: String,
+    pub recovered_intents: u64,
+    pub segments: u64,
+    pub flow_parts: u64,
+    pub events: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub seconds: f64,
+    pub failures: Vec<String>,
+    /// Dry run only: what a live run would write.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PlannedSegment>,
+    #[serde(skip)]
+    pub segment_seconds: Vec<f64>,
+    #[serde(skip)]
+    pub lateness_ms: Vec<i64>,
+}
+
+impl SweepReport {
+    fn add(&mut self, s: &ArchivedSegment) {
+        self.segments += 1;
+        self.flow_parts += s.parts;
+        self.events += s.events;
+        self.raw_bytes += s.raw_bytes;
+        self.stored_bytes += s.stored_bytes;
+        self.segment_seconds.push(s.seconds);
+        self.lateness_ms.extend_from_slice(&s.lateness_ms);
+    }
+}
+
+/// The components of one flow-archiver instance.
+pub struct Pipeline {
+    pub config: Config,
+    pub store: Arc<dyn StateStore>,
+    pub policy: Arc<RetentionPolicy>,
+    pub objects: ArchiveStore,
+    pub publisher: Arc<dyn Publisher>,
+    pub dead_letters: Arc<dyn DeadLetterSink>,
+    pub clock: Arc<dyn Clock>,
+    ids: IntentIds,
+}
+
+/// Runs a blocking state-store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, PipelineError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+impl Pipeline {
+    /// Opens the state store, object store and destinations named by `config`.
+    pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Pipeline, PipelineError> {
+        let store = EmbeddedStore::open(&config.state.path, config.state.cache_bytes)?;
+        let policy = RetentionPolicy::new(config.retention.clone());
+        let updated = store.apply_policy(&policy)?;
+        if updated > 0 {
+            tracing::info!(
+                flows = updated,
+                "Retention policy changed; deadlines recomputed."
+            );
+        }
+        let objects = ArchiveStore::from_config(&config.archive)?;
+        let publisher = FilePublisher::open(&config.publish.archived_path)?;
+        let dead_letters = FileDeadLetters::open(&config.dead_letter.path)?;
+        Ok(Pipeline {
+            store: Arc::new(store),
+            policy: Arc::new(policy),
+            objects,
+            publisher: Arc::new(publisher),
+            dead_letters: Arc::new(dead_letters),
+            clock,
+            ids: IntentIds::default(),
+            config,
+        })
+    }
+
+    pub fn ingest_stage(&self) -> Ingest {
+        Ingest {
+            decoder: Decoder::new(&self.config.input),
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+            dead_letters: self.dead_letters.clone(),
+            clock: self.clock.clone(),
+            batch_size: self.config.input.batch_size,
+        }
+    }
+
+    pub fn archiver(&self) -> Archiver {
+        Archiver {
+            store: self.store.clone(),
+            objects: self.objects.clone(),
+            publisher: self.publisher.clone(),
+            spool_dir: self.config.archive.spool_dir.clone(),
+        }
+    }
+
+    /// Plans the due flows without changing anything.
+    pub async fn dry_run(&self, now_ms: i64) -> Result<SweepReport, PipelineError> {
+        let store = self.store.clone();
+        // A dry run lists everything due; its memory is proportional to the report.
+        let due = blocking(move || store.due_flows(now_ms, usize::MAX)).await?;
+        let intents = plan(due, &self.policy, &self.config.archive, now_ms, &self.ids);
+        let mut report = SweepReport {
+            dry_run: true,
+            now: crate::archive::rfc3339_ms(now_ms),
+            ..Default::default()
+        };
+        for intent in intents {
+            let events: u64 = intent.parts.iter().map(|p| p.meta.event_count).sum();
+            let raw: u64 = intent.parts.iter().map(|p| p.meta.raw_bytes).sum();
+            report.segments += 1;
+            report.flow_parts += intent.parts.len() as u64;
+            report.events += events;
+            report.raw_bytes += raw;
+            report.planned.push(PlannedSegment {
+                tenant: intent.tenant.clone(),
+                object_key: intent.object_key.clone(),
+                flows: intent
+                    .parts
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}/{} part {} ({})",
+                            p.meta.tenant, p.meta.flow_id, p.meta.part, p.archive_status
+                        )
+                    })
+                    .collect(),
+                events,
+                raw_bytes: raw,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Archives every due flow once (after finishing any interrupted intents), with
+    /// `archive.concurrency` segments in flight. Stops sealing new segments after the
+    /// first failure; failed intents stay in the store for the next run.
+    pub async fn sweep(
+        &self,
+        now_ms: i64,
+        on_segment: &mut (dyn FnMut(&SweepReport) + Send),
+    ) -> Result<SweepReport, PipelineError> {
+        let started = std::time::Instant::now();
+        self.objects.preflight().await?;
+        let mut report = SweepReport {
+            now: crate::archive::rfc3339_ms(now_ms),
+            ..Default::default()
+        };
+        let archiver = self.archiver();
+        let cancel = CancellationToken::new();
+        let concurrency = self.config.archive.concurrency;
+        let mut jobs: JoinSet<Result<ArchivedSegment, (String, PipelineError)>> = JoinSet::new();
+        let spawn = |jobs: &mut JoinSet<_>, intent: ArchiveIntent, resumed: bool| {
+            let archiver = archiver.clone();
+            let cancel = cancel.clone();
+            jobs.spawn(async move {
+                let id = intent.id.clone();
+                archiver
+                    .process_with_retry(intent, resumed, Some(3), &cancel)
+                    .await
+                    .map_err(|e| (id, e))
+            });
+        };
+        let mut collect = |report: &mut SweepReport,
+                           done: Result<
+            Result<ArchivedSegment, (String, PipelineError)>,
+            tokio::task::JoinError,
+        >| {
+            match done {
+                Ok(Ok(segment)) => report.add(&segment),
+                Ok(Err((id, e))) => report.failures.push(format!("intent {id}: {e}")),
+                Err(e) => report.failures.push(format!("archive task: {e}")),
+            }
+            on_segment(report);
+        };
+
+        let store = self.store.clone();
+        let pending = blocking(move || store.intents()).await?;
+        report.recovered_intents = pending.len() as u64;
+        for intent in pending {
+            while jobs.len() >= concurrency {
+                if let Some(done) = jobs.join_next().await {
+                    collect(&mut report, done);
+                }
+            }
+            spawn(&mut jobs, intent, true);
+        }
+
+        let batch = self.config.archive.batch_size;
+        'passes: while report.failures.is_empty() {
+            let store = self.store.clone();
+            let due = blocking(move || store.due_flows(now_ms, batch)).await?;
+            if due.is_empty() {
+                break;
+            }
+            let mut sealed_any = false;
+            for intent in plan(due, &self.policy, &self.config.archive, now_ms, &self.ids) {
+                let store = self.store.clone();
+                let Some(sealed) = blocking(move || store.seal(&intent)).await? else {
+                    continue;
+                };
+                sealed_any = true;
+                failpoint::hit("after-intent");
+                while jobs.len() >= concurrency {
+                    if let Some(done) = jobs.join_next().await {
+                        collect(&mut report, done);
+                    }
+                }
+                if !report.failures.is_empty() {
+                    // Sealed but not started: it stays pending for the next run.
+                    break 'passes;
+                }
+                spawn(&mut jobs, sealed, false);
+            }
+            if !sealed_any {
+                break;
+            }
+        }
+        while let Some(done) = jobs.join_next().await {
+            collect(&mut report, done);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Archives one live flow now, whatever its timer says.
+    pub async fn archive_flow(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+    ) -> Result<SweepReport, PipelineError> {
+        self.objects.preflight().await?;
+        let now_ms = self.clock.now_ms();
+        let store = self.store.clone();
+        let (t, f) = (tenant.to_string(), flow_id.to_string());
+        let meta = blocking(move || store.live_flow(&t, &f))
+            .await?
+            .ok_or_else(|| PipelineError::NotFound(format!("no live flow {tenant}/{flow_id}")))?;
+        let mut report = SweepReport {
+            now: crate::archive::rfc3339_ms(now_ms),
+            ..Default::default()
+        };
+        for intent in plan(
+            vec![meta],
+            &self.policy,
+            &self.config.archive,
+            now_ms,
+            &self.ids,
+        ) {
+            let store = self.store.clone();
+            let Some(sealed) = blocking(move || store.seal(&intent)).await? else {
+                return Err(PipelineError::NotFound(format!(
+                    "{tenant}/{flow_id} changed while being archived; try again"
+                )));
+            };
+            failpoint::hit("after-intent");
+            let done = self
+                .archiver()
+                .process_with_retry(sealed, false, Some(3), &CancellationToken::new())
+                .await?;
+            report.add(&done);
+        }
+        Ok(report)
+    }
+
+    /// The long-running service: ingest from `source` (if any) while archiving due
+    /// flows every `scheduler.interval`, until `cancel` fires.
+    pub async fn run(
+        self: Arc<Self>,
+        source: Option<Box<dyn Source>>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, PipelineError> {
+        self.objects.preflight().await?;
+        let concurrency = self.config.archive.concurrency;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ArchiveIntent, bool)>(concurrency);
+        let mut tasks: JoinSet<Result<RunReport, PipelineError>> = JoinSet::new();
+
+        if let Some(mut source) = source {
+            let ingest = self.ingest_stage();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let totals = ingest.run(&mut *source, &cancel, &mut |_| {}).await?;
+                tracing::info!(
+                    records = totals.records,
+                    stored = totals.stored,
+                    "Ingest stopped."
+                );
+                Ok(RunReport {
+                    ingest: totals,
+                    ..Default::default()
+                })
+            });
+        }
+
+        // Scheduler: finish interrupted intents, then seal due flows on every tick.
+        {
+            let this = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let store = this.store.clone();
+                for intent in blocking(move || store.intents()).await? {
+                    if tx.send((intent, true)).await.is_err() {
+                        return Ok(RunReport::default());
+                    }
+                }
+                let mut tick = tokio::time::interval(this.config.scheduler.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let now_ms = this.clock.now_ms();
+                    let store = this.store.clone();
+                    let batch = this.config.archive.batch_size;
+                    let due = blocking(move || store.due_flows(now_ms, batch)).await?;
+                    for intent in plan(due, &this.policy, &this.config.archive, now_ms, &this.ids) {
+                        let store = this.store.clone();
+                        let Some(sealed) = blocking(move || store.seal(&intent)).await? else {
+                            continue;
+                        };
+                        failpoint::hit("after-intent");
+                        tokio::select! {
+                            // Cancelled while the archive stage is busy: the sealed
+                            // intent is picked up again at the next start.
+                            _ = cancel.cancelled() => break,
+                            sent = tx.send((sealed, false)) => if sent.is_err() { break },
+                        }
+                    }
+                }
+                Ok(RunReport::default())
+            });
+        }
+
+        // Archive stage: up to `concurrency` intents in flight.
+        {
+            let archiver = self.archiver();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let mut report = RunReport::default();
+                let mut jobs = JoinSet::new();
+                let record = |report: &mut RunReport, done: Result<Result<ArchivedSegment, PipelineError>, tokio::task::JoinError>| match done {
+                    Ok(Ok(s)) => {
+                        tracing::info!(segment = %s.intent_id, uri = %s.object_uri, parts = s.parts, events = s.events, bytes = s.stored_bytes, "Archived segment.");
+                        report.sweep.add(&s);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "Segment left for the next start.");
+                        report.sweep.failures.push(error.to_string());
+                    }
+                    Err(error) => report.sweep.failures.push(error.to_string()),
+                };
+                while let Some((intent, resumed)) = rx.recv().await {
+                    while jobs.len() >= concurrency {
+                        if let Some(done) = jobs.join_next().await {
+                            record(&mut report, done);
+                        }
+                    }
+                    let archiver = archiver.clone();
+                    let cancel = cancel.clone();
+                    jobs.spawn(async move {
+                        archiver.process_with_retry(intent, resumed, None, &cancel).await
+                    });
+                }
+                while let Some(done) = jobs.join_next().await {
+                    record(&mut report, done);
+                }
+                Ok(report)
+            });
+        }
+
+        let mut total = RunReport::default();
+        let mut first_error = None;
+        loop {
+            let next = if cancel.is_cancelled() {
+                match tokio::time::timeout(SHUTDOWN_PATIENCE, tasks.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::warn!("In-flight work did not finish in time; aborting it (intents resume at the next start).");
+                        tasks.abort_all();
+                        continue;
+                    }
+                }
+            } else {
+                tokio::select! {
+                    next = tasks.join_next() => next,
+                    _ = cancel.cancelled() => continue,
+                }
+            };
+            let Some(done) = next else { break };
+            match done {
+                Ok(Ok(r)) => total.merge(r),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "Pipeline stage failed; shutting down.");
+                    cancel.cancel();
+                    first_error.get_or_insert(e);
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    cancel.cancel();
+                    first_error.get_or_insert(PipelineError::Task(e));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+}
+
+/// What `run` did before it stopped.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    pub ingest: IngestTotals,
+    pub sweep: SweepReport,
+}
+
+impl RunReport {
+    fn merge(&mut self, other: RunReport) {
+        if other.ingest.records > 0 || other.ingest.batches > 0 {
+            self.ingest = other.ingest;
+        }
+        let s = other.sweep;
+        self.sweep.segments += s.segments;
+        self.sweep.flow_parts += s.flow_parts;
+        self.sweep.events += s.events;
+        self.sweep.raw_bytes += s.raw_bytes;
+        self.sweep.stored_bytes += s.stored_bytes;
+        self.sweep.failures.extend(s.failures);
+    }
+}
+
+/// How long `run` waits for in-flight work after a shutdown signal.
+pub const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(30);

@@ -1,0 +1,185 @@
+//! Publishing `flow.archived` events (DESIGN.md §3.5) and dead-letter records (§3.2).
+//!
+//! [`Publisher`] and [`DeadLetterSink`] are the seams; the file implementations write
+//! JSON Lines with fsync. Kafka and NATS implementations plug in here.
+//!
+//! Published events are CloudEvents in structured mode whose `data` follows
+//! `schemas/flow_archived.avsc` field for field. The event `id` is deterministic
+//! (`{tenant}/{flow_id}/{part}/archived`), so it doubles as a dedupe key for consumers
+//! and for recovery (see [`Publisher::already_published`]).
+
+mod file;
+
+use std::collections::{BTreeMap, HashSet};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use file::{FileDeadLetters, FilePublisher, JsonLinesFile};
+
+use crate::archive::rfc3339_ms;
+use crate::event::RejectReason;
+use crate::state::{ArchiveIntent, UploadedSegment};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot encode record: {0}")]
+    Encode(String),
+}
+
+/// CloudEvents `type` of the archived event.
+pub const ARCHIVED_TYPE: &str = "io.flowarchiver.flow.archived";
+/// CloudEvents `source` of everything this service publishes.
+pub const EVENT_SOURCE: &str = "flow-archiver";
+pub const ARCHIVED_SCHEMA: &str = "urn:flow-archiver:schema:flow_archived:1";
+
+/// The `data` of a `flow.archived` event; mirrors `schemas/flow_archived.avsc`.
+/// Times are microseconds since the epoch (Avro `timestamp-micros`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowArchived {
+    pub format: String,
+    pub tenant: String,
+    pub flow_id: String,
+    pub part: i32,
+    pub status: String,
+    pub labels: BTreeMap<String, String>,
+    pub event_count: i64,
+    pub raw_bytes: i64,
+    pub stored_bytes: i64,
+    pub first_event_time: i64,
+    pub last_event_time: i64,
+    pub archived_at: i64,
+    pub purge_at: i64,
+    pub object_uri: String,
+    pub object_key: String,
+    pub segment_id: String,
+    pub compression: String,
+    pub offset: i64,
+    pub length: i64,
+    pub frame_sha256: String,
+    pub events_sha256: String,
+    pub object_sha256: String,
+    pub traceparent: Option<String>,
+}
+
+/// One CloudEvent to publish, in structured mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subject: String,
+    pub time: String,
+    pub datacontenttype: String,
+    pub dataschema: String,
+    pub tenant: String,
+    /// `{tenant}/{flow_id}/{part}`: the record key on brokers.
+    pub partitionkey: String,
+    pub data: FlowArchived,
+}
+
+impl PublishedEvent {
+    /// The `flow.archived` events for a verified intent, one per part, in part order.
+    pub fn archived(
+        intent: &ArchiveIntent,
+        upload: &UploadedSegment,
+        object_uri: &str,
+    ) -> Vec<Self> {
+        intent
+            .parts
+            .iter()
+            .zip(&upload.locations)
+            .map(|(part, loc)| {
+                let m = &part.meta;
+                let key = format!("{}/{}/{}", m.tenant, m.flow_id, m.part);
+                PublishedEvent {
+                    specversion: "1.0".into(),
+                    id: format!("{key}/archived"),
+                    source: EVENT_SOURCE.into(),
+                    event_type: ARCHIVED_TYPE.into(),
+                    subject: m.flow_id.clone(),
+                    time: rfc3339_ms(intent.archived_at_ms),
+                    datacontenttype: "application/json".into(),
+                    dataschema: ARCHIVED_SCHEMA.into(),
+                    tenant: m.tenant.clone(),
+                    partitionkey: key,
+                    data: FlowArchived {
+                        format: crate::archive::FORMAT.into(),
+                        tenant: m.tenant.clone(),
+                        flow_id: m.flow_id.clone(),
+                        part: m.part as i32,
+                        status: part.archive_status.as_str().into(),
+                        labels: m.labels.clone(),
+                        event_count: loc.event_count as i64,
+                        raw_bytes: loc.raw_bytes as i64,
+                        stored_bytes: loc.length as i64,
+                        first_event_time: m.first_event_ms * 1000,
+                        last_event_time: m.last_event_ms * 1000,
+                        archived_at: intent.archived_at_ms * 1000,
+                        purge_at: part.purge_at_ms * 1000,
+                        object_uri: object_uri.to_string(),
+                        object_key: intent.object_key.clone(),
+                        segment_id: intent.id.clone(),
+                        compression: intent.compression.as_str().into(),
+                        offset: loc.offset as i64,
+                        length: loc.length as i64,
+                        frame_sha256: loc.frame_sha256.clone(),
+                        events_sha256: loc.events_sha256.clone(),
+                        object_sha256: upload.object_sha256.clone(),
+                        traceparent: m.traceparent.clone(),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Where `flow.archived` events go.
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes the events and returns once every one is durable (fsynced, or
+    /// acknowledged by the broker). On error, some may have been published: the caller
+    /// retries, and recovery consults [`Publisher::already_published`].
+    async fn publish(&self, events: &[PublishedEvent]) -> Result<(), PublishError>;
+
+    /// Of `ids`, those already durably published. Consulted only when resuming an
+    /// intent whose publish step may have run. A publisher that cannot tell returns
+    /// the empty set; consumers then dedupe by event id (the broker record key).
+    async fn already_published(&self, ids: &[String]) -> Result<HashSet<String>, PublishError>;
+}
+
+/// A refused input record, with everything needed to replay or inspect it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// `{source}@{position}`: stable across re-reads of the same input.
+    pub id: String,
+    pub reason: RejectReason,
+    pub detail: String,
+    /// Input name, e.g. `file:/path` or `stdin`.
+    pub source: String,
+    /// Position in the input (byte offset of the record for files).
+    pub position: String,
+    pub received_at: String,
+    /// Original bytes, base64; cut at `input.max_event_bytes` when `truncated`.
+    pub payload_base64: String,
+    /// The original bytes as text, when they are valid UTF-8.
+    pub payload_text: Option<String>,
+    pub payload_bytes: u64,
+    pub truncated: bool,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Where refused input goes.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    /// Writes the records durably before returning: the source may acknowledge the
+    /// originals afterwards.
+    async fn send(&self, letters: &[DeadLetter]) -> Result<(), PublishError>;
+}
