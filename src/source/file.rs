@@ -29,6 +29,7 @@ pub struct FileSource {
     /// Partial line carried over while following.
     pending: Vec<u8>,
     pending_len: u64,
+    pending_terminated: bool,
     eof: bool,
 }
 
@@ -44,6 +45,7 @@ impl FileSource {
             offset: 0,
             pending: Vec::new(),
             pending_len: 0,
+            pending_terminated: false,
             eof: false,
         }
     }
@@ -58,6 +60,7 @@ impl FileSource {
             offset: 0,
             pending: Vec::new(),
             pending_len: 0,
+            pending_terminated: false,
             eof: false,
         }
     }
@@ -113,6 +116,7 @@ impl FileSource {
             self.pending_len += n as u64;
             reader.consume(n);
             if done {
+                self.pending_terminated = true;
                 return Ok(true);
             }
         }
@@ -124,14 +128,18 @@ impl FileSource {
         self.pending_len = 0;
         let start = self.offset;
         self.offset += len;
-        if payload.last() == Some(&b'\n') {
-            payload.pop();
+        let kept_whole = payload.len() as u64 == len;
+        if self.pending_terminated {
             len -= 1;
-            if payload.last() == Some(&b'\r') {
+            if kept_whole {
+                payload.pop();
+            }
+            if kept_whole && payload.last() == Some(&b'\r') {
                 payload.pop();
                 len -= 1;
             }
         }
+        self.pending_terminated = false;
         let truncated = len > payload.len() as u64;
         RawRecord {
             payload,
