@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::{InputConfig, InputFormat};
@@ -249,15 +250,148 @@ pub struct Decoder {
     max_event_bytes: usize,
     max_future_skew_ms: i64,
     mapping: crate::config::FieldMapping,
+    p: Pointers,
+}
+
+/// The mapping's JSON pointers, split into reference tokens once.
+#[derive(Debug, Clone)]
+struct Pointers {
+    flow_id: Pointer,
+    tenant: Pointer,
+    sequence: Pointer,
+    event_type: Pointer,
+    status: Option<Pointer>,
+    time: Pointer,
+    labels: Pointer,
+    traceparent: Pointer,
+    tracestate: Pointer,
+    dedupe: Option<(Pointer, Pointer)>,
+}
+
+#[derive(Debug, Clone)]
+struct Pointer {
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    fn new(text: &str) -> Pointer {
+        let tokens = if text.is_empty() {
+            Vec::new()
+        } else {
+            text.split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect()
+        };
+        Pointer {
+            text: text.to_string(),
+            tokens,
+        }
+    }
+}
+
+/// An object key that borrows from the input unless it contains escapes.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One JSON object level, values left unparsed until a pointer needs them. Later
+/// duplicate keys win, as with `serde_json::Value`.
+struct Lazy<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Lazy<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Lazy<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Lazy<'de>, A::Error> {
+                let mut entries = Vec::with_capacity(16);
+                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    entries.push((k, v));
+                }
+                Ok(Lazy(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Lazy<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.0 == key)
+            .map(|(_, v)| *v)
+    }
+
+    /// Follows a pointer; `None` when any step is missing or not a container.
+    fn lookup(&self, pointer: &Pointer) -> Option<&'a RawValue> {
+        let (first, rest) = pointer.tokens.split_first()?;
+        let mut current = self.get(first)?;
+        for token in rest {
+            let text = current.get();
+            current = if text.starts_with('{') {
+                serde_json::from_str::<Lazy>(text).ok()?.get(token)?
+            } else if text.starts_with('[') {
+                let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+                *items.get(token.parse::<usize>().ok()?)?
+            } else {
+                return None;
+            };
+        }
+        Some(current)
+    }
 }
 
 impl Decoder {
     pub fn new(input: &InputConfig) -> Self {
+        let mapping = input.effective_mapping();
+        let p = Pointers {
+            flow_id: Pointer::new(&mapping.flow_id),
+            tenant: Pointer::new(&mapping.tenant),
+            sequence: Pointer::new(&mapping.sequence),
+            event_type: Pointer::new(&mapping.event_type),
+            status: mapping.status.as_deref().map(Pointer::new),
+            time: Pointer::new(&mapping.time),
+            labels: Pointer::new(&mapping.labels),
+            traceparent: Pointer::new(&mapping.traceparent),
+            tracestate: Pointer::new(&mapping.tracestate),
+            dedupe: mapping
+                .dedupe
+                .as_ref()
+                .map(|(a, b)| (Pointer::new(a), Pointer::new(b))),
+        };
         Decoder {
             format: input.format,
             max_event_bytes: input.max_event_bytes,
             max_future_skew_ms: input.max_future_skew.as_millis() as i64,
-            mapping: input.effective_mapping(),
+            mapping,
+            p,
         }
     }
 
@@ -284,19 +418,26 @@ impl Decoder {
         if text.trim().is_empty() {
             return Err(Rejection::new(RejectReason::Empty, "empty record"));
         }
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))?;
-        let Value::Object(_) = &value else {
-            return Err(Rejection::new(
-                RejectReason::NotAnObject,
-                "the event is not a JSON object",
-            ));
+        let value: Lazy = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                // Tell "valid JSON, but not an object" from "not JSON".
+                return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    Ok(_) => {
+                        Rejection::new(RejectReason::NotAnObject, "the event is not a JSON object")
+                    }
+                    Err(_) => Rejection::new(RejectReason::MalformedJson, e.to_string()),
+                });
+            }
         };
 
         if self.format == InputFormat::Cloudevents {
-            match value.get("specversion") {
-                Some(Value::String(v)) if v == "1.0" => {}
-                Some(Value::String(v)) => {
+            match value
+                .get("specversion")
+                .map(|r| serde_json::from_str::<Value>(r.get()))
+            {
+                Some(Ok(Value::String(v))) if v == "1.0" => {}
+                Some(Ok(Value::String(v))) => {
                     return Err(Rejection::new(
                         RejectReason::UnsupportedSpecversion,
                         format!("specversion {v:?} is not \"1.0\""),
@@ -316,34 +457,30 @@ impl Decoder {
                 }
             }
             for required in ["id", "source", "type"] {
-                match value.get(required) {
-                    Some(Value::String(s)) if !s.is_empty() => {}
-                    Some(Value::String(_)) | None => {
+                match value.get(required).map(|r| as_string(r, required)) {
+                    Some(Ok(Some(s))) if !s.is_empty() => {}
+                    Some(Ok(_)) | None => {
                         return Err(Rejection::new(
                             RejectReason::MissingField,
                             format!("{required} is missing or empty"),
                         ))
                     }
-                    Some(_) => {
-                        return Err(Rejection::new(
-                            RejectReason::WrongType,
-                            format!("{required} is not a string"),
-                        ))
-                    }
+                    Some(Err(e)) => return Err(e),
                 }
             }
         }
 
         let m = &self.mapping;
-        let flow_id = required_string(&value, &m.flow_id, "flow id")?;
+        let p = &self.p;
+        let flow_id = required_string(&value, &p.flow_id, "flow id")?;
         validate_identifier("flow id", &flow_id)
             .map_err(|e| Rejection::new(RejectReason::InvalidIdentifier, e))?;
-        let tenant = optional_string(&value, &m.tenant, "tenant")?
+        let tenant = optional_string(&value, &p.tenant, "tenant")?
             .unwrap_or_else(|| m.default_tenant.clone());
         validate_identifier("tenant", &tenant)
             .map_err(|e| Rejection::new(RejectReason::InvalidIdentifier, e))?;
 
-        let dedupe_key = match &m.dedupe {
+        let dedupe_key = match &p.dedupe {
             Some((a, b)) => {
                 let first = optional_scalar(&value, a, "dedupe key")?;
                 let second = optional_scalar(&value, b, "dedupe key")?;
@@ -352,19 +489,20 @@ impl Decoder {
             None => None,
         };
 
-        let sequence = match lookup(&value, &m.sequence) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(parse_sequence(v)?),
+        let sequence = match value.lookup(&p.sequence) {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(parse_sequence(&parse_value(raw)?)?),
         };
 
-        let event_type = optional_string(&value, &m.event_type, "type")?.unwrap_or_default();
-        let status_text = match &m.status {
-            Some(p) => optional_string(&value, p, "status")?,
+        let event_type = optional_string(&value, &p.event_type, "type")?.unwrap_or_default();
+        let status_text = match &p.status {
+            Some(ptr) => optional_string(&value, ptr, "status")?,
             None => None,
         };
         let status = FlowStatus::from_type(status_text.as_deref().unwrap_or(&event_type));
 
-        let time_ms = match optional_string(&value, &m.time, "time")? {
+        let time_ms = match optional_string(&value, &p.time, "time")? {
             None => now_ms,
             Some(t) => {
                 let parsed = chrono::DateTime::parse_from_rfc3339(&t).map_err(|e| {
@@ -381,36 +519,39 @@ impl Decoder {
             }
         };
 
-        let labels = match lookup(&value, &m.labels) {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(Value::Object(map)) => {
-                let mut labels = BTreeMap::new();
-                for (k, v) in map {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => {
-                            return Err(Rejection::new(
-                                RejectReason::InvalidLabels,
-                                format!("label {k:?} is not a string, number or boolean"),
-                            ))
-                        }
-                    };
-                    labels.insert(k.clone(), v);
+        let labels = match value.lookup(&p.labels) {
+            None => BTreeMap::new(),
+            Some(raw) if raw.get() == "null" => BTreeMap::new(),
+            Some(raw) => match parse_value(raw)? {
+                Value::Object(map) => {
+                    let mut labels = BTreeMap::new();
+                    for (k, v) in map {
+                        let v = match v {
+                            Value::String(s) => s,
+                            Value::Number(n) => n.to_string(),
+                            Value::Bool(b) => b.to_string(),
+                            _ => {
+                                return Err(Rejection::new(
+                                    RejectReason::InvalidLabels,
+                                    format!("label {k:?} is not a string, number or boolean"),
+                                ))
+                            }
+                        };
+                        labels.insert(k, v);
+                    }
+                    labels
                 }
-                labels
-            }
-            Some(_) => {
-                return Err(Rejection::new(
-                    RejectReason::InvalidLabels,
-                    format!("{} is not an object", m.labels),
-                ))
-            }
+                _ => {
+                    return Err(Rejection::new(
+                        RejectReason::InvalidLabels,
+                        format!("{} is not an object", m.labels),
+                    ))
+                }
+            },
         };
 
-        let traceparent = optional_string(&value, &m.traceparent, "traceparent")?;
-        let tracestate = optional_string(&value, &m.tracestate, "tracestate")?;
+        let traceparent = optional_string(&value, &p.traceparent, "traceparent")?;
+        let tracestate = optional_string(&value, &p.tracestate, "tracestate")?;
 
         let mut raw = bytes.to_vec();
         raw.retain(|&b| b != b'\n' && b != b'\r');
@@ -430,42 +571,64 @@ impl Decoder {
     }
 }
 
-fn lookup<'v>(value: &'v Value, pointer: &str) -> Option<&'v Value> {
-    if pointer.is_empty() {
-        return None;
-    }
-    value.pointer(pointer)
+fn parse_value(raw: &RawValue) -> Result<Value, Rejection> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))
 }
 
-fn required_string(value: &Value, pointer: &str, what: &str) -> Result<String, Rejection> {
+/// A JSON string (or null) as text; anything else is a wrong type.
+fn as_string(raw: &RawValue, what: &str) -> Result<Option<String>, Rejection> {
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if !text.starts_with('"') {
+        return Err(Rejection::new(
+            RejectReason::WrongType,
+            format!("{what} is not a string"),
+        ));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Some)
+        .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))
+}
+
+fn required_string(value: &Lazy, pointer: &Pointer, what: &str) -> Result<String, Rejection> {
     optional_string(value, pointer, what)?.ok_or_else(|| {
         Rejection::new(
             RejectReason::MissingField,
-            format!("{what} ({pointer}) is missing"),
+            format!("{what} ({}) is missing", pointer.text),
         )
     })
 }
 
-fn optional_string(value: &Value, pointer: &str, what: &str) -> Result<Option<String>, Rejection> {
-    match lookup(value, pointer) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Rejection::new(
-            RejectReason::WrongType,
-            format!("{what} ({pointer}) is not a string"),
-        )),
+fn optional_string(
+    value: &Lazy,
+    pointer: &Pointer,
+    what: &str,
+) -> Result<Option<String>, Rejection> {
+    match value.lookup(pointer) {
+        None => Ok(None),
+        Some(raw) => as_string(raw, &format!("{what} ({})", pointer.text)),
     }
 }
 
-fn optional_scalar(value: &Value, pointer: &str, what: &str) -> Result<Option<String>, Rejection> {
-    match lookup(value, pointer) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(Rejection::new(
-            RejectReason::WrongType,
-            format!("{what} ({pointer}) is not a string or number"),
-        )),
+fn optional_scalar(
+    value: &Lazy,
+    pointer: &Pointer,
+    what: &str,
+) -> Result<Option<String>, Rejection> {
+    match value.lookup(pointer) {
+        None => Ok(None),
+        Some(raw) => match parse_value(raw)? {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            Value::Number(n) => Ok(Some(n.to_string())),
+            _ => Err(Rejection::new(
+                RejectReason::WrongType,
+                format!("{what} ({}) is not a string or number", pointer.text),
+            )),
+        },
     }
 }
 

@@ -100,7 +100,15 @@ pub struct SegmentWriter<W: Write> {
     archived_at_ms: i64,
     manifest: Vec<serde_json::Value>,
     locations: Vec<PartLocation>,
+    /// Reused across small zstd frames: a fresh context per frame costs more than
+    /// compressing a typical flow.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    plain: Vec<u8>,
 }
+
+/// Parts up to this much raw history are framed in memory with a reused compressor
+/// and a known content size; larger parts stream through a streaming encoder.
+pub(crate) const IN_MEMORY_PART_BYTES: u64 = 4 << 20;
 
 impl<W: Write> SegmentWriter<W> {
     pub fn new(out: W, intent: &ArchiveIntent) -> Self {
@@ -118,7 +126,23 @@ impl<W: Write> SegmentWriter<W> {
             archived_at_ms: intent.archived_at_ms,
             manifest: Vec::new(),
             locations: Vec::new(),
+            compressor: None,
+            plain: Vec::new(),
         }
+    }
+
+    /// Compresses `self.plain` as one zstd frame with the reused context.
+    fn write_small_zstd_frame(&mut self) -> io::Result<()> {
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            None => {
+                let mut c = zstd::bulk::Compressor::new(self.level)?;
+                c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+                self.compressor.insert(c)
+            }
+        };
+        let frame = compressor.compress(&self.plain)?;
+        self.out.write_all(&frame)
     }
 
     /// Writes one part's frame. `events` streams the part's events (without newlines)
@@ -129,8 +153,9 @@ impl<W: Write> SegmentWriter<W> {
         events: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<(), ArchiveError>,
     ) -> Result<PartLocation, ArchiveError> {
         let m = &part.meta;
+        let segment_id = self.segment_id.clone();
         let io_err = |source| ArchiveError::Io {
-            path: format!("segment {}", self.segment_id),
+            path: format!("segment {segment_id}"),
             source,
         };
         let offset = self.out.position;
@@ -153,7 +178,26 @@ impl<W: Write> SegmentWriter<W> {
         let mut events_hash = Sha256::new();
         let mut count = 0u64;
         let mut raw_bytes = 0u64;
-        {
+        let small = self.compression == crate::config::Compression::Zstd
+            && m.raw_bytes <= IN_MEMORY_PART_BYTES;
+        if small {
+            let mut plain = std::mem::take(&mut self.plain);
+            plain.clear();
+            write_line(&mut plain, &header).map_err(io_err)?;
+            events(&mut |event: &[u8]| {
+                plain.extend_from_slice(event);
+                plain.push(b'\n');
+                events_hash.update(event);
+                events_hash.update(b"\n");
+                count += 1;
+                raw_bytes += event.len() as u64;
+                Ok(())
+            })?;
+            let trailer = trailer_record(part, count, raw_bytes, &events_hash);
+            write_line(&mut plain, &trailer).map_err(io_err)?;
+            self.plain = plain;
+            self.write_small_zstd_frame().map_err(io_err)?;
+        } else {
             let mut enc =
                 FrameEncoder::new(&mut self.out, self.compression, self.level).map_err(io_err)?;
             write_line(&mut enc, &header).map_err(io_err)?;
@@ -166,28 +210,7 @@ impl<W: Write> SegmentWriter<W> {
                 raw_bytes += event.len() as u64;
                 Ok(())
             })?;
-            let events_sha256 = hex_sha256(events_hash.clone().finalize());
-            let trailer = json!({
-                "record": "trailer",
-                "tenant": m.tenant,
-                "flow_id": m.flow_id,
-                "part": m.part,
-                "event_count": count,
-                "raw_bytes": raw_bytes,
-                "events_sha256": events_sha256,
-                "snapshot": {
-                    "status": part.archive_status,
-                    "last_status": m.status,
-                    "last_event_type": m.event_type,
-                    "labels": m.labels,
-                    "first_event_time": rfc3339_ms(m.first_event_ms),
-                    "last_event_time": rfc3339_ms(m.last_event_ms),
-                    "first_ingest_time": rfc3339_ms(m.first_ingest_ms),
-                    "last_ingest_time": rfc3339_ms(m.last_ingest_ms),
-                    "traceparent": m.traceparent,
-                    "tracestate": m.tracestate,
-                },
-            });
+            let trailer = trailer_record(part, count, raw_bytes, &events_hash);
             write_line(&mut enc, &trailer).map_err(io_err)?;
             enc.finish().map_err(io_err)?;
         }
@@ -265,6 +288,36 @@ impl<W: Write> SegmentWriter<W> {
             },
         ))
     }
+}
+
+fn trailer_record(
+    part: &SealedPart,
+    count: u64,
+    raw_bytes: u64,
+    events_hash: &Sha256,
+) -> serde_json::Value {
+    let m = &part.meta;
+    json!({
+        "record": "trailer",
+        "tenant": m.tenant,
+        "flow_id": m.flow_id,
+        "part": m.part,
+        "event_count": count,
+        "raw_bytes": raw_bytes,
+        "events_sha256": hex_sha256(events_hash.clone().finalize()),
+        "snapshot": {
+            "status": part.archive_status,
+            "last_status": m.status,
+            "last_event_type": m.event_type,
+            "labels": m.labels,
+            "first_event_time": rfc3339_ms(m.first_event_ms),
+            "last_event_time": rfc3339_ms(m.last_event_ms),
+            "first_ingest_time": rfc3339_ms(m.first_ingest_ms),
+            "last_ingest_time": rfc3339_ms(m.last_ingest_ms),
+            "traceparent": m.traceparent,
+            "tracestate": m.tracestate,
+        },
+    })
 }
 
 fn write_line(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()> {

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{failpoint, PipelineError};
 use crate::archive::rfc3339_ms;
-use crate::event::{Decoder, RejectReason};
+use crate::event::{Decoder, FlowEvent, RejectReason};
 use crate::policy::{Clock, RetentionPolicy};
 use crate::publish::{DeadLetter, DeadLetterSink};
 use crate::source::{Batch, Source};
-use crate::state::StateStore;
+use crate::state::{IngestOutcome, StateError, StateStore};
 
 /// Running totals of an ingest.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -61,6 +61,10 @@ impl Ingest {
             }
         }
         let mut totals = IngestTotals::default();
+        // Decoding batch N+1 overlaps the durable write of batch N; writes (and so
+        // checkpoints and upstream commits) still happen strictly in order.
+        let mut writing: Option<tokio::task::JoinHandle<Result<IngestOutcome, StateError>>> = None;
+        let in_state = source.checkpoint_in_state();
         loop {
             let batch = tokio::select! {
                 biased;
@@ -68,24 +72,28 @@ impl Ingest {
                 batch = source.next_batch(self.batch_size) => batch?,
             };
             let Some(batch) = batch else { break };
-            let in_state = source.checkpoint_in_state();
-            self.apply(source.name(), batch, in_state, &mut totals)
+            let (good, checkpoint) = self.decode(source.name(), batch, &mut totals).await?;
+            if let Some(previous) = writing.take() {
+                self.finish_write(previous, source, &mut totals, on_batch)
+                    .await?;
+            }
+            writing = Some(self.start_write(good, source.name(), checkpoint.filter(|_| in_state)));
+        }
+        if let Some(previous) = writing.take() {
+            self.finish_write(previous, source, &mut totals, on_batch)
                 .await?;
-            source.commit().await?;
-            failpoint::hit("after-ingest");
-            on_batch(&totals);
         }
         Ok(totals)
     }
 
-    /// Decodes and stores one batch durably.
-    pub async fn apply(
+    /// Decodes one batch and writes its dead letters durably; returns the good events
+    /// and the batch checkpoint.
+    pub async fn decode(
         &self,
         source_name: &str,
         batch: Batch,
-        checkpoint_in_state: bool,
         totals: &mut IngestTotals,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<(Vec<FlowEvent>, Option<Vec<u8>>), PipelineError> {
         let now = self.clock.now_ms();
         let mut good = Vec::with_capacity(batch.records.len());
         let mut bad = Vec::new();
@@ -119,19 +127,40 @@ impl Ingest {
             self.dead_letters.send(&bad).await?;
             totals.dead_lettered += bad.len() as u64;
         }
+        Ok((good, batch.checkpoint))
+    }
+
+    fn start_write(
+        &self,
+        good: Vec<FlowEvent>,
+        source_name: &str,
+        checkpoint: Option<Vec<u8>>,
+    ) -> tokio::task::JoinHandle<Result<IngestOutcome, StateError>> {
         let store = self.store.clone();
         let policy = self.policy.clone();
         let name = source_name.to_string();
-        let checkpoint = batch.checkpoint.filter(|_| checkpoint_in_state);
-        let outcome = tokio::task::spawn_blocking(move || {
+        let now = self.clock.now_ms();
+        tokio::task::spawn_blocking(move || {
             let cp = checkpoint.as_deref().map(|c| (name.as_str(), c));
             store.ingest(&good, &policy, now, cp)
         })
-        .await??;
+    }
+
+    async fn finish_write(
+        &self,
+        write: tokio::task::JoinHandle<Result<IngestOutcome, StateError>>,
+        source: &mut dyn Source,
+        totals: &mut IngestTotals,
+        on_batch: &mut (dyn FnMut(&IngestTotals) + Send),
+    ) -> Result<(), PipelineError> {
+        let outcome = write.await??;
         totals.stored += outcome.stored;
         totals.duplicates += outcome.duplicates;
         totals.reopened += outcome.reopened;
         totals.batches += 1;
+        source.commit().await?;
+        failpoint::hit("after-ingest");
+        on_batch(totals);
         Ok(())
     }
 }
