@@ -62,6 +62,7 @@ pub struct BenchReport {
     pub archive_vs_reference: Option<f64>,
     pub peak_rss_bytes: u64,
     pub machine: String,
+    pub archive_steps: crate::pipeline::archiver::StepSeconds,
 }
 
 const MB: f64 = 1_000_000.0;
@@ -162,6 +163,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
         archive_vs_reference: reference.map(|r| archive_mb_per_sec / r),
         peak_rss_bytes: peak_rss_bytes(),
         machine: machine(),
+        archive_steps: sweep.as_ref().map(|s| s.steps).unwrap_or_default(),
     })
 }
 
@@ -230,6 +232,12 @@ impl fmt::Display for BenchReport {
                 f,
                 "  archive    {} flow parts, {:.1} MB/s of raw history ({:.2}s); segment latency p50 {:.0} ms, p99 {:.0} ms",
                 self.archived_parts, self.archive_mb_per_sec, self.archive_seconds, self.segment_p50_ms, self.segment_p99_ms
+            )?;
+            let t = &self.archive_steps;
+            writeln!(
+                f,
+                "  steps      build {:.2}s, upload {:.2}s, verify {:.2}s, record {:.2}s, publish {:.2}s, delete {:.2}s (summed over concurrent segments)",
+                t.build, t.upload, t.verify, t.record, t.publish, t.delete
             )?;
             writeln!(
                 f,

@@ -9,11 +9,15 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::ManifestPart;
 use super::{hex_sha256, rfc3339_ms, ArchiveError, FORMAT};
 use crate::config::Compression;
+use crate::event::FlowStatus;
 use crate::state::{ArchiveIntent, PartLocation, SealedPart, StateStore, UploadedSegment};
 
 /// First 8 bytes of the footer payload.
@@ -98,7 +102,7 @@ pub struct SegmentWriter<W: Write> {
     segment_id: String,
     tenant: String,
     archived_at_ms: i64,
-    manifest: Vec<serde_json::Value>,
+    manifest: Vec<ManifestPart>,
     locations: Vec<PartLocation>,
     /// Reused across small zstd frames: a fresh context per frame costs more than
     /// compressing a typical flow.
@@ -160,21 +164,21 @@ impl<W: Write> SegmentWriter<W> {
         };
         let offset = self.out.position;
         self.out.frame = Sha256::new();
-        let header = json!({
-            "record": "header",
-            "format": FORMAT,
-            "segment_id": self.segment_id,
-            "tenant": m.tenant,
-            "flow_id": m.flow_id,
-            "part": m.part,
-            "status": part.archive_status,
-            "labels": m.labels,
-            "event_count": m.event_count,
-            "first_event_time": rfc3339_ms(m.first_event_ms),
-            "last_event_time": rfc3339_ms(m.last_event_ms),
-            "archived_at": rfc3339_ms(self.archived_at_ms),
-            "purge_at": rfc3339_ms(part.purge_at_ms),
-        });
+        let header = HeaderRecord {
+            record: "header",
+            format: FORMAT,
+            segment_id: &self.segment_id,
+            tenant: &m.tenant,
+            flow_id: &m.flow_id,
+            part: m.part,
+            status: part.archive_status,
+            labels: &m.labels,
+            event_count: m.event_count,
+            first_event_time: rfc3339_ms(m.first_event_ms),
+            last_event_time: rfc3339_ms(m.last_event_ms),
+            archived_at: rfc3339_ms(self.archived_at_ms),
+            purge_at: rfc3339_ms(part.purge_at_ms),
+        };
         let mut events_hash = Sha256::new();
         let mut count = 0u64;
         let mut raw_bytes = 0u64;
@@ -231,47 +235,54 @@ impl<W: Write> SegmentWriter<W> {
             event_count: count,
             raw_bytes,
         };
-        self.manifest.push(json!({
-            "tenant": m.tenant,
-            "flow_id": m.flow_id,
-            "part": m.part,
-            "status": part.archive_status,
-            "labels": m.labels,
-            "offset": location.offset,
-            "length": location.length,
-            "frame_sha256": location.frame_sha256,
-            "events_sha256": location.events_sha256,
-            "event_count": location.event_count,
-            "raw_bytes": location.raw_bytes,
-            "first_event_time": rfc3339_ms(m.first_event_ms),
-            "last_event_time": rfc3339_ms(m.last_event_ms),
-            "purge_at": rfc3339_ms(part.purge_at_ms),
-            "traceparent": m.traceparent,
-        }));
+        self.manifest.push(ManifestPart {
+            tenant: m.tenant.clone(),
+            flow_id: m.flow_id.clone(),
+            part: m.part,
+            status: part.archive_status.as_str().to_string(),
+            labels: m.labels.clone(),
+            offset: location.offset,
+            length: location.length,
+            frame_sha256: location.frame_sha256.clone(),
+            events_sha256: location.events_sha256.clone(),
+            event_count: location.event_count,
+            raw_bytes: location.raw_bytes,
+            first_event_time: rfc3339_ms(m.first_event_ms),
+            last_event_time: rfc3339_ms(m.last_event_ms),
+            purge_at: rfc3339_ms(part.purge_at_ms),
+            traceparent: m.traceparent.clone(),
+        });
         self.locations.push(location.clone());
         Ok(location)
     }
 
     /// Writes the manifest frame and the footer; returns the sink and the checksums.
     pub fn finish(mut self) -> Result<(W, UploadedSegment), ArchiveError> {
+        let segment_id = self.segment_id.clone();
         let io_err = |source| ArchiveError::Io {
-            path: format!("segment {}", self.segment_id),
+            path: format!("segment {segment_id}"),
             source,
         };
         let manifest_offset = self.out.position;
-        let manifest = json!({
-            "record": "manifest",
-            "format": FORMAT,
-            "segment_id": self.segment_id,
-            "tenant": self.tenant,
-            "compression": self.compression.as_str(),
-            "archived_at": rfc3339_ms(self.archived_at_ms),
-            "parts": self.manifest,
-        });
-        {
+        let manifest = ManifestRecord {
+            record: "manifest",
+            format: FORMAT,
+            segment_id: &self.segment_id,
+            tenant: &self.tenant,
+            compression: self.compression.as_str(),
+            archived_at: rfc3339_ms(self.archived_at_ms),
+            parts: &self.manifest,
+        };
+        // Serialized first: many small writes through a streaming encoder are slow.
+        let mut plain = Vec::with_capacity(256 * self.locations.len() + 256);
+        write_line(&mut plain, &manifest).map_err(io_err)?;
+        if self.compression == crate::config::Compression::Zstd {
+            self.plain = plain;
+            self.write_small_zstd_frame().map_err(io_err)?;
+        } else {
             let mut enc =
                 FrameEncoder::new(&mut self.out, self.compression, self.level).map_err(io_err)?;
-            write_line(&mut enc, &manifest).map_err(io_err)?;
+            enc.write_all(&plain).map_err(io_err)?;
             enc.finish().map_err(io_err)?;
         }
         let footer = footer_bytes(self.compression, manifest_offset);
@@ -290,37 +301,92 @@ impl<W: Write> SegmentWriter<W> {
     }
 }
 
-fn trailer_record(
-    part: &SealedPart,
+fn trailer_record<'a>(
+    part: &'a SealedPart,
     count: u64,
     raw_bytes: u64,
     events_hash: &Sha256,
-) -> serde_json::Value {
+) -> TrailerRecord<'a> {
     let m = &part.meta;
-    json!({
-        "record": "trailer",
-        "tenant": m.tenant,
-        "flow_id": m.flow_id,
-        "part": m.part,
-        "event_count": count,
-        "raw_bytes": raw_bytes,
-        "events_sha256": hex_sha256(events_hash.clone().finalize()),
-        "snapshot": {
-            "status": part.archive_status,
-            "last_status": m.status,
-            "last_event_type": m.event_type,
-            "labels": m.labels,
-            "first_event_time": rfc3339_ms(m.first_event_ms),
-            "last_event_time": rfc3339_ms(m.last_event_ms),
-            "first_ingest_time": rfc3339_ms(m.first_ingest_ms),
-            "last_ingest_time": rfc3339_ms(m.last_ingest_ms),
-            "traceparent": m.traceparent,
-            "tracestate": m.tracestate,
+    TrailerRecord {
+        record: "trailer",
+        tenant: &m.tenant,
+        flow_id: &m.flow_id,
+        part: m.part,
+        event_count: count,
+        raw_bytes,
+        events_sha256: hex_sha256(events_hash.clone().finalize()),
+        snapshot: SnapshotRecord {
+            status: part.archive_status,
+            last_status: m.status,
+            last_event_type: &m.event_type,
+            labels: &m.labels,
+            first_event_time: rfc3339_ms(m.first_event_ms),
+            last_event_time: rfc3339_ms(m.last_event_ms),
+            first_ingest_time: rfc3339_ms(m.first_ingest_ms),
+            last_ingest_time: rfc3339_ms(m.last_ingest_ms),
+            traceparent: m.traceparent.as_deref(),
+            tracestate: m.tracestate.as_deref(),
         },
-    })
+    }
 }
 
-fn write_line(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()> {
+// The records of a frame, field order as in schemas/ARCHIVE_FORMAT.md.
+#[derive(Serialize)]
+struct HeaderRecord<'a> {
+    record: &'static str,
+    format: &'static str,
+    segment_id: &'a str,
+    tenant: &'a str,
+    flow_id: &'a str,
+    part: u32,
+    status: FlowStatus,
+    labels: &'a BTreeMap<String, String>,
+    event_count: u64,
+    first_event_time: String,
+    last_event_time: String,
+    archived_at: String,
+    purge_at: String,
+}
+
+#[derive(Serialize)]
+struct TrailerRecord<'a> {
+    record: &'static str,
+    tenant: &'a str,
+    flow_id: &'a str,
+    part: u32,
+    event_count: u64,
+    raw_bytes: u64,
+    events_sha256: String,
+    snapshot: SnapshotRecord<'a>,
+}
+
+#[derive(Serialize)]
+struct SnapshotRecord<'a> {
+    status: FlowStatus,
+    last_status: FlowStatus,
+    last_event_type: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    first_event_time: String,
+    last_event_time: String,
+    first_ingest_time: String,
+    last_ingest_time: String,
+    traceparent: Option<&'a str>,
+    tracestate: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ManifestRecord<'a> {
+    record: &'static str,
+    format: &'static str,
+    segment_id: &'a str,
+    tenant: &'a str,
+    compression: &'static str,
+    archived_at: String,
+    parts: &'a [ManifestPart],
+}
+
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
 }
@@ -370,10 +436,11 @@ pub fn build_segment(
     }
     let file = std::fs::File::create(path).map_err(io_err)?;
     let mut writer = SegmentWriter::new(io::BufWriter::with_capacity(1 << 20, file), intent);
+    let reader = store.event_reader()?;
     for part in &intent.parts {
         let m = &part.meta;
         writer.write_part(part, |sink| {
-            store
+            reader
                 .for_each_event(&m.tenant, &m.flow_id, m.part, sink)
                 .map_err(ArchiveError::from)
         })?;

@@ -37,6 +37,36 @@ pub struct ArchivedSegment {
     /// Per part: `archived_at - deadline` in ms (how late after becoming due).
     #[serde(skip)]
     pub lateness_ms: Vec<i64>,
+    /// Seconds spent in each step of the commit protocol.
+    pub steps: StepSeconds,
+}
+
+/// Time spent per commit-protocol step, summed over segments in reports.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct StepSeconds {
+    pub build: f64,
+    pub upload: f64,
+    pub verify: f64,
+    pub record: f64,
+    pub publish: f64,
+    pub delete: f64,
+}
+
+impl StepSeconds {
+    pub fn add(&mut self, o: &StepSeconds) {
+        self.build += o.build;
+        self.upload += o.upload;
+        self.verify += o.verify;
+        self.record += o.record;
+        self.publish += o.publish;
+        self.delete += o.delete;
+    }
+}
+
+fn lap(clock: &mut Instant) -> f64 {
+    let s = clock.elapsed().as_secs_f64();
+    *clock = Instant::now();
+    s
 }
 
 #[derive(Clone)]
@@ -56,6 +86,8 @@ impl Archiver {
         resumed: bool,
     ) -> Result<ArchivedSegment, PipelineError> {
         let started = Instant::now();
+        let mut step = Instant::now();
+        let mut steps = StepSeconds::default();
         let key = intent.object_key.clone();
         let upload = match &intent.stage {
             IntentStage::Verified(upload) => upload.clone(),
@@ -67,16 +99,20 @@ impl Archiver {
                 let upload =
                     tokio::task::spawn_blocking(move || build_segment(&*store, &for_build, &path))
                         .await??;
+                steps.build = lap(&mut step);
                 self.objects
                     .upload(&key, &spool, &upload.object_sha256)
                     .await?;
+                steps.upload = lap(&mut step);
                 failpoint::hit("after-upload");
                 self.objects
                     .verify(&key, &upload.object_sha256, upload.object_size)
                     .await?;
+                steps.verify = lap(&mut step);
                 let store = self.store.clone();
                 let (id, recorded) = (intent.id.clone(), upload.clone());
                 tokio::task::spawn_blocking(move || store.record_upload(&id, &recorded)).await??;
+                steps.record = lap(&mut step);
                 let _ = tokio::fs::remove_file(&spool).await;
                 failpoint::hit("after-verify");
                 upload
@@ -91,11 +127,13 @@ impl Archiver {
             events.retain(|e| !done.contains(&e.id));
         }
         self.publisher.publish(&events).await?;
+        steps.publish = lap(&mut step);
         failpoint::hit("after-publish");
 
         let store = self.store.clone();
         let id = intent.id.clone();
         tokio::task::spawn_blocking(move || store.complete(&id)).await??;
+        steps.delete = lap(&mut step);
 
         let archived_at = intent.archived_at_ms;
         Ok(ArchivedSegment {
@@ -111,6 +149,7 @@ impl Archiver {
                 .iter()
                 .map(|p| archived_at - p.meta.deadline_ms.unwrap_or(archived_at))
                 .collect(),
+            steps,
         })
     }
 

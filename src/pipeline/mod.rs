@@ -76,10 +76,13 @@ pub struct SweepReport {
     pub segment_seconds: Vec<f64>,
     #[serde(skip)]
     pub lateness_ms: Vec<i64>,
+    /// Time per commit-protocol step, summed over segments.
+    pub steps: archiver::StepSeconds,
 }
 
 impl SweepReport {
     fn add(&mut self, s: &ArchivedSegment) {
+        self.steps.add(&s.steps);
         self.segments += 1;
         self.flow_parts += s.parts;
         self.events += s.events;

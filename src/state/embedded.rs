@@ -346,23 +346,14 @@ impl StateStore for EmbeddedStore {
         part: u32,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), StateError> {
+        self.event_reader()?
+            .for_each_event(tenant, flow_id, part, sink)
+    }
+
+    fn event_reader(&self) -> Result<Box<dyn EventReader>, StateError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
-        let start = part_prefix(&flow_key(tenant, flow_id), part);
-        let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
-        for entry in events
-            .range::<&[u8]>(start.as_slice()..end.as_slice())
-            .map_err(storage)?
-        {
-            let (_, value) = entry.map_err(storage)?;
-            sink(value.value()).map_err(|source| StateError::Stream {
-                tenant: tenant.to_string(),
-                flow_id: flow_id.to_string(),
-                part,
-                source,
-            })?;
-        }
-        Ok(())
+        Ok(Box::new(EmbeddedEventReader { events }))
     }
 
     fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
@@ -554,5 +545,37 @@ impl StateStore for EmbeddedStore {
                 .len()
                 .map_err(storage)?,
         })
+    }
+}
+
+/// A read-only snapshot of the events table (it keeps its transaction alive).
+struct EmbeddedEventReader {
+    events: redb::ReadOnlyTable<Bytes<'static>, Bytes<'static>>,
+}
+
+impl EventReader for EmbeddedEventReader {
+    fn for_each_event(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        part: u32,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), StateError> {
+        let start = part_prefix(&flow_key(tenant, flow_id), part);
+        let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
+        for entry in self
+            .events
+            .range::<&[u8]>(start.as_slice()..end.as_slice())
+            .map_err(storage)?
+        {
+            let (_, value) = entry.map_err(storage)?;
+            sink(value.value()).map_err(|source| StateError::Stream {
+                tenant: tenant.to_string(),
+                flow_id: flow_id.to_string(),
+                part,
+                source,
+            })?;
+        }
+        Ok(())
     }
 }

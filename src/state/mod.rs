@@ -153,6 +153,18 @@ pub struct StoreStats {
     pub timers: u64,
 }
 
+/// Streams stored events from one snapshot of the store.
+pub trait EventReader: Send {
+    /// As [`StateStore::for_each_event`], within the reader's snapshot.
+    fn for_each_event(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        part: u32,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), StateError>;
+}
+
 /// The state store seam (DESIGN.md §2). Each method's contract is in the module doc;
 /// a method that returns an error has changed nothing.
 pub trait StateStore: Send + Sync + 'static {
@@ -184,6 +196,10 @@ pub trait StateStore: Send + Sync + 'static {
         part: u32,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), StateError>;
+
+    /// A consistent read-only view for streaming the events of many parts (one
+    /// segment) without a transaction per part.
+    fn event_reader(&self) -> Result<Box<dyn EventReader>, StateError>;
 
     /// Seals the intent's parts whose live meta still equals the one given (a flow that
     /// changed since it was read is left for the next pass) and stores the intent.
