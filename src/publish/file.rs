@@ -139,6 +139,7 @@ impl Publisher for FilePublisher {
                 if let Some((i, _)) = half {
                     out.append_raw(&buf[..=i])?;
                     crate::pipeline::failpoint::hit("mid-publish");
+                    return out.append_raw(&buf[i + 1..]);
                 }
             }
             out.append_raw(&buf)

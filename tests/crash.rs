@@ -1,0 +1,234 @@
+//! Crash safety of the commit protocol (DESIGN.md §3.6), with the real binary:
+//! SIGKILL after the intent, after the upload, after verification, halfway through
+//! publishing and after publishing (before the state is deleted); then restart. Every
+//! flow part must appear exactly once in the published records, every object must
+//! verify, and nothing may be lost. Also `kill -9` at a random moment during ingest.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const CONFIG: &str = r#"
+[input]
+batch_size = 16
+[archive]
+segment_max_flows = 4
+concurrency = 2
+"#;
+
+const FLOWS: usize = 30;
+
+/// 30 terminal flows of 3–6 events, plus one running flow; returns (input, events per flow).
+fn workload() -> (String, BTreeMap<String, usize>) {
+    let mut lines = Vec::new();
+    let mut counts = BTreeMap::new();
+    for f in 0..FLOWS {
+        let flow = format!("flow-{f:02}");
+        let n = 3 + f % 4;
+        for seq in 1..=n {
+            let kind = if seq == n { "completed" } else { "step" };
+            lines.push(ce(
+                &format!("t{}", f % 2),
+                &flow,
+                &format!("{flow}-{seq}"),
+                seq as u64,
+                kind,
+                "2026-01-01T00:00:00Z",
+            ));
+        }
+        counts.insert(format!("t{}/{flow}", f % 2), n);
+    }
+    lines.push(ce(
+        "t0",
+        "running",
+        "r1",
+        1,
+        "started",
+        "2026-01-01T00:00:00Z",
+    ));
+    (lines.join("\n") + "\n", counts)
+}
+
+const NOW: &str = "2026-06-01T00:00:00Z";
+
+fn assert_archived_exactly_once(env: &Env, counts: &BTreeMap<String, usize>) {
+    let records = env.archived();
+    let mut by_key: HashMap<String, Vec<&Value>> = HashMap::new();
+    for r in &records {
+        by_key
+            .entry(r["partitionkey"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r);
+    }
+    for (key, recs) in &by_key {
+        assert_eq!(recs.len(), 1, "{key} published {} times", recs.len());
+    }
+    assert_eq!(
+        by_key.len(),
+        counts.len(),
+        "every terminal flow archived: {:?}",
+        by_key.keys().collect::<Vec<_>>()
+    );
+    for (flow, n) in counts {
+        let rec = by_key
+            .get(&format!("{flow}/1"))
+            .unwrap_or_else(|| panic!("{flow} not archived"));
+        assert_eq!(
+            rec[0]["data"]["event_count"].as_u64().unwrap() as usize,
+            *n,
+            "{flow} lost events"
+        );
+    }
+    let verify = env.run(&["verify", "--json"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        describe(&["verify"], env.path(), &verify)
+    );
+    let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(
+        report["flow_parts"].as_u64().unwrap() as usize,
+        counts.len(),
+        "no orphaned or duplicate parts in the archive"
+    );
+    // Nothing left to archive, nothing pending; the running flow is still live.
+    let dry: Value =
+        serde_json::from_str(&env.ok(&["sweep", "--dry-run", "--now", NOW, "--json"])).unwrap();
+    assert_eq!(dry["flow_parts"], 0);
+    let again: Value = serde_json::from_str(&env.ok(&["sweep", "--now", NOW, "--json"])).unwrap();
+    assert_eq!(again["recovered_intents"], 0, "no intent left behind");
+    assert_eq!(again["flow_parts"], 0);
+    env.ok(&["get", "t0/running"]);
+    let gone = env.run(&["get", "t0/flow-00"]);
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "archived flows are deleted from the live state"
+    );
+}
+
+fn crash_during_sweep_at(failpoint: &str) {
+    let env = Env::new(CONFIG);
+    let (input, counts) = workload();
+    env.write("events.jsonl", input.as_bytes());
+    env.ok(&["ingest", "events.jsonl"]);
+
+    let out = env
+        .command(&["sweep", "--now", NOW])
+        .env("FLOW_ARCHIVER_FAILPOINT", failpoint)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "failpoint {failpoint} must kill the process: {}",
+        describe(&["sweep"], env.path(), &out)
+    );
+
+    let out = env.run(&["sweep", "--now", NOW, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        describe(&["sweep (restart)"], env.path(), &out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["recovered_intents"].as_u64().unwrap() >= 1,
+        "the interrupted intent is resumed: {report}"
+    );
+    assert_archived_exactly_once(&env, &counts);
+}
+
+#[test]
+fn sigkill_after_intent() {
+    crash_during_sweep_at("after-intent:3");
+}
+
+#[test]
+fn sigkill_after_upload_before_verify() {
+    crash_during_sweep_at("after-upload:2");
+}
+
+#[test]
+fn sigkill_after_verify_before_publish() {
+    crash_during_sweep_at("after-verify:2");
+}
+
+#[test]
+fn sigkill_halfway_through_publishing() {
+    crash_during_sweep_at("mid-publish:2");
+}
+
+#[test]
+fn sigkill_after_publish_before_delete() {
+    crash_during_sweep_at("after-publish:2");
+}
+
+#[test]
+fn sigkill_between_ingest_batches_resumes_at_the_checkpoint() {
+    let env = Env::new(CONFIG);
+    let (input, counts) = workload();
+    env.write("events.jsonl", input.as_bytes());
+    let out = env
+        .command(&["ingest", "events.jsonl"])
+        .env("FLOW_ARCHIVER_FAILPOINT", "after-ingest:3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    let totals: Value =
+        serde_json::from_str(&env.ok(&["ingest", "events.jsonl", "--json"])).unwrap();
+    assert_eq!(
+        totals["duplicates"], 0,
+        "the restart resumes after the last durable batch"
+    );
+    env.ok(&["sweep", "--now", NOW]);
+    assert_archived_exactly_once(&env, &counts);
+}
+
+#[test]
+fn kill_9_at_a_random_moment_during_ingest_loses_nothing() {
+    let env = Env::new("[input]\nbatch_size = 64\n");
+    let mut lines = Vec::new();
+    let flows = 2000;
+    for f in 0..flows {
+        for seq in 1..=5u64 {
+            let kind = if seq == 5 { "completed" } else { "step" };
+            lines.push(ce(
+                "t",
+                &format!("f{f}"),
+                &format!("{f}-{seq}"),
+                seq,
+                kind,
+                "2026-01-01T00:00:00Z",
+            ));
+        }
+    }
+    env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
+    let mut child = env.command(&["ingest", "events.jsonl"]).spawn().unwrap();
+    // Somewhere in the middle of ingesting 10k events.
+    let wait = 50 + (std::process::id() as u64 % 200);
+    std::thread::sleep(Duration::from_millis(wait));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let resumed: Value =
+        serde_json::from_str(&env.ok(&["ingest", "events.jsonl", "--json"])).unwrap();
+    eprintln!(
+        "killed after {wait} ms ({status:?}); the restart ingested {}",
+        resumed["stored"]
+    );
+    let report: Value = serde_json::from_str(&env.ok(&["sweep", "--now", NOW, "--json"])).unwrap();
+    assert_eq!(report["flow_parts"].as_u64().unwrap(), flows);
+    assert_eq!(
+        report["events"].as_u64().unwrap(),
+        flows * 5,
+        "no event lost or stored twice"
+    );
+    let records = env.archived();
+    assert_eq!(records.len() as u64, flows);
+    assert!(records.iter().all(|r| r["data"]["event_count"] == 5));
+}
