@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some())
                 || e.downcast_ref::<UsageError>().is_some();
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -129,6 +129,22 @@ fn main() -> ExitCode {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct UsageError(String);
+
+/// The error and its causes, skipping causes whose text an outer message already
+/// includes (library errors often embed their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

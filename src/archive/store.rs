@@ -101,6 +101,22 @@ impl ArchiveStore {
     }
 
     fn err(&self, action: &'static str, key: &str, e: object_store::Error) -> ArchiveError {
+        let text = e.to_string();
+        if [
+            "403 Forbidden",
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId",
+            "AccessDenied",
+        ]
+        .iter()
+        .any(|s| text.contains(s))
+        {
+            return ArchiveError::Config(format!(
+                "{} refused the credentials for {action} {key} (check AWS_ACCESS_KEY_ID, \
+                 AWS_SECRET_ACCESS_KEY and the bucket policy): {text}",
+                self.base_uri
+            ));
+        }
         ArchiveError::Store {
             store: self.base_uri.clone(),
             action,
