@@ -62,7 +62,7 @@ pub struct Config {
 pub struct StateConfig {
     /// Directory holding the store (`state.redb`). Default `./data/state`.
     pub path: PathBuf,
-    /// Page cache of the store, in bytes. Default 64 MiB; memory use does not grow
+    /// Page cache of the store, in bytes. Default 16 MiB; memory use does not grow
     /// with the number of tracked flows beyond this.
     pub cache_bytes: u64,
 }
@@ -71,7 +71,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             path: PathBuf::from("./data/state"),
-            cache_bytes: 64 << 20,
+            cache_bytes: 16 << 20,
         }
     }
 }

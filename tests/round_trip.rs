@@ -272,3 +272,36 @@ fn dry_run_reports_what_a_live_run_does_and_changes_nothing() {
     assert_eq!(live["events"], dry["events"]);
     assert_eq!(live["raw_bytes"], dry["raw_bytes"]);
 }
+
+#[test]
+fn per_flow_layout_writes_one_object_per_flow_part() {
+    let env = Env::new(
+        "[archive]\nlayout = \"per-flow\"\ncompression = \"gzip\"\nprefix = \"archive/v1\"\n",
+    );
+    let (input, expected) = workload();
+    env.write("events.jsonl", input.as_bytes());
+    env.ok(&["ingest", "events.jsonl"]);
+    env.ok(&["sweep", "--now", "2026-06-01T00:00:00Z"]);
+    let records = env.archived();
+    assert_eq!(records.len(), expected.len());
+    for r in &records {
+        let d = &r["data"];
+        let key = format!(
+            "archive/v1/{}/flows/{}/1.jsonl.gz",
+            d["tenant"].as_str().unwrap(),
+            d["flow_id"].as_str().unwrap()
+        );
+        assert_eq!(d["object_key"], key);
+        assert_eq!(d["offset"], 0, "the only part starts the object");
+        let object = std::fs::read(env.path().join("data/archive").join(&key)).unwrap();
+        let text = String::from_utf8(pipe(&["gzip", "-dc"], &object)).unwrap();
+        assert!(text
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"record\":\"manifest\""));
+    }
+    assert!(env
+        .ok(&["verify"])
+        .contains(&format!("checked {} objects", expected.len())));
+}

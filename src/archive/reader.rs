@@ -97,7 +97,11 @@ fn decompress(key: &str, compression: Compression, bytes: &[u8]) -> Result<Vec<u
 }
 
 /// Parses the footer (the last bytes of the object) into the manifest offset.
-fn parse_footer(key: &str, compression: Compression, tail: &[u8]) -> Result<u64, ArchiveError> {
+pub(crate) fn parse_footer(
+    key: &str,
+    compression: Compression,
+    tail: &[u8],
+) -> Result<u64, ArchiveError> {
     let payload = match compression {
         Compression::Zstd => {
             if tail.len() != ZSTD_FOOTER_LEN
@@ -171,7 +175,11 @@ pub async fn read_part(
     decode_part(key, part, &frame)
 }
 
-fn decode_part(key: &str, part: &ManifestPart, frame: &[u8]) -> Result<PartContents, ArchiveError> {
+pub(crate) fn decode_part(
+    key: &str,
+    part: &ManifestPart,
+    frame: &[u8],
+) -> Result<PartContents, ArchiveError> {
     let flow = format!("{}/{} part {}", part.tenant, part.flow_id, part.part);
     let actual = hex_sha256(Sha256::digest(frame));
     if actual != part.frame_sha256 {

@@ -450,3 +450,115 @@ pub fn build_segment(
     file.sync_all().map_err(io_err)?;
     Ok(uploaded)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::archive::reader::{decode_part, parse_footer};
+    use crate::state::{FlowMeta, IntentStage};
+
+    fn sealed(flow: usize, events: &[String]) -> SealedPart {
+        SealedPart {
+            meta: FlowMeta {
+                tenant: "t".into(),
+                flow_id: format!("flow-{flow}"),
+                part: 1 + flow as u32 % 3,
+                status: FlowStatus::Completed,
+                event_type: "x.completed".into(),
+                status_order: Vec::new(),
+                labels: BTreeMap::from([("k".to_string(), format!("v{flow}"))]),
+                first_event_ms: 0,
+                last_event_ms: 1_000,
+                first_ingest_ms: 0,
+                last_ingest_ms: 1_000,
+                event_count: events.len() as u64,
+                raw_bytes: events.iter().map(|e| e.len() as u64).sum(),
+                next_arrival: events.len() as u64,
+                deadline_ms: Some(0),
+                traceparent: None,
+                tracestate: None,
+            },
+            archive_status: FlowStatus::Completed,
+            purge_at_ms: 86_400_000,
+        }
+    }
+
+    fn decompress_all(compression: Compression, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match compression {
+            Compression::Zstd => {
+                io::Read::read_to_end(
+                    &mut zstd::stream::read::Decoder::new(bytes).unwrap(),
+                    &mut out,
+                )
+                .unwrap();
+            }
+            Compression::Gzip => {
+                io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(bytes), &mut out)
+                    .unwrap();
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_parts_round_trip_through_frames_manifest_and_footer(
+            parts in prop::collection::vec(prop::collection::vec("\\PC{0,120}", 0..12), 1..6),
+            gzip in any::<bool>(),
+        ) {
+            let compression = if gzip { Compression::Gzip } else { Compression::Zstd };
+            let intent = ArchiveIntent {
+                id: "seg".into(),
+                tenant: "t".into(),
+                object_key: "k".into(),
+                archived_at_ms: 5,
+                compression,
+                zstd_level: 3,
+                parts: parts.iter().enumerate().map(|(i, e)| sealed(i, e)).collect(),
+                stage: IntentStage::Pending,
+            };
+            let mut writer = SegmentWriter::new(Vec::new(), &intent);
+            for (part, events) in intent.parts.iter().zip(&parts) {
+                writer.write_part(part, |sink| {
+                    for e in events {
+                        sink(e.as_bytes()).map_err(|source| ArchiveError::Io { path: String::new(), source })?;
+                    }
+                    Ok(())
+                }).unwrap();
+            }
+            let (bytes, uploaded) = writer.finish().unwrap();
+            prop_assert_eq!(hex_sha256(Sha256::digest(&bytes)), uploaded.object_sha256.clone());
+            prop_assert_eq!(bytes.len() as u64, uploaded.object_size);
+
+            // The footer points at the manifest, which lists exactly our parts.
+            let footer_len = if gzip { GZIP_FOOTER_LEN } else { ZSTD_FOOTER_LEN };
+            let manifest_at = parse_footer("k", compression, &bytes[bytes.len() - footer_len..]).unwrap();
+            let manifest_text = decompress_all(compression, &bytes[manifest_at as usize..bytes.len() - footer_len]);
+            let manifest: crate::archive::Manifest = serde_json::from_slice(manifest_text.trim_ascii_end()).unwrap();
+            prop_assert_eq!(manifest.parts.len(), parts.len());
+
+            let mut end = 0;
+            for ((m, loc), events) in manifest.parts.iter().zip(&uploaded.locations).zip(&parts) {
+                prop_assert_eq!(m.offset, end, "frames tile the object");
+                prop_assert_eq!((m.offset, m.length), (loc.offset, loc.length));
+                end = m.offset + m.length;
+                let frame = &bytes[m.offset as usize..end as usize];
+                let decoded = decode_part(if gzip { "k.gz" } else { "k.zst" }, m, frame).unwrap();
+                let want: Vec<Vec<u8>> = events.iter().map(|e| e.as_bytes().to_vec()).collect();
+                prop_assert_eq!(decoded.events, want);
+                prop_assert_eq!(&decoded.trailer["events_sha256"], &serde_json::json!(m.events_sha256));
+            }
+            prop_assert_eq!(end, manifest_at);
+
+            // The whole object decodes as one stream: parts' lines, then the manifest.
+            let all = decompress_all(compression, &bytes);
+            let lines = all.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+            let non_empty_events: usize = parts.iter().flatten().filter(|e| !e.is_empty()).count();
+            prop_assert_eq!(lines, non_empty_events + 2 * parts.len() + 1);
+        }
+    }
+}

@@ -19,9 +19,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{failpoint, PipelineError};
-use crate::archive::{build_segment, ArchiveStore};
+use crate::archive::{build_segment, read_manifest, ArchiveStore};
 use crate::publish::{PublishedEvent, Publisher};
-use crate::state::{ArchiveIntent, IntentStage, StateStore};
+use crate::state::{
+    ArchiveIntent, IntentStage, PartLocation, StateStore, UploadedSegment, VerifiedObject,
+};
 
 /// What one completed intent produced.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -90,7 +92,7 @@ impl Archiver {
         let mut steps = StepSeconds::default();
         let key = intent.object_key.clone();
         let upload = match &intent.stage {
-            IntentStage::Verified(upload) => upload.clone(),
+            IntentStage::Verified(proof) => self.locations_from_manifest(&intent, proof).await?,
             IntentStage::Pending => {
                 let spool = self.spool_dir.join(format!("{}.segment", intent.id));
                 let store = self.store.clone();
@@ -110,8 +112,12 @@ impl Archiver {
                     .await?;
                 steps.verify = lap(&mut step);
                 let store = self.store.clone();
-                let (id, recorded) = (intent.id.clone(), upload.clone());
-                tokio::task::spawn_blocking(move || store.record_upload(&id, &recorded)).await??;
+                let id = intent.id.clone();
+                let proof = VerifiedObject {
+                    object_sha256: upload.object_sha256.clone(),
+                    object_size: upload.object_size,
+                };
+                tokio::task::spawn_blocking(move || store.record_upload(&id, &proof)).await??;
                 steps.record = lap(&mut step);
                 let _ = tokio::fs::remove_file(&spool).await;
                 failpoint::hit("after-verify");
@@ -150,6 +156,48 @@ impl Archiver {
                 .map(|p| archived_at - p.meta.deadline_ms.unwrap_or(archived_at))
                 .collect(),
             steps,
+        })
+    }
+
+    /// Rebuilds part locations of a verified object from its manifest (the object
+    /// was read back intact before it was recorded as verified; checked again here).
+    async fn locations_from_manifest(
+        &self,
+        intent: &ArchiveIntent,
+        proof: &VerifiedObject,
+    ) -> Result<UploadedSegment, PipelineError> {
+        let key = &intent.object_key;
+        self.objects
+            .verify(key, &proof.object_sha256, proof.object_size)
+            .await?;
+        let manifest = read_manifest(&self.objects, key).await?;
+        let matches = manifest.parts.len() == intent.parts.len()
+            && manifest.parts.iter().zip(&intent.parts).all(|(m, p)| {
+                m.tenant == p.meta.tenant && m.flow_id == p.meta.flow_id && m.part == p.meta.part
+            });
+        if !matches {
+            return Err(PipelineError::Archive(
+                crate::archive::ArchiveError::Format {
+                    key: key.clone(),
+                    detail: format!("manifest does not list the parts of intent {}", intent.id),
+                },
+            ));
+        }
+        Ok(UploadedSegment {
+            object_sha256: proof.object_sha256.clone(),
+            object_size: proof.object_size,
+            locations: manifest
+                .parts
+                .iter()
+                .map(|m| PartLocation {
+                    offset: m.offset,
+                    length: m.length,
+                    frame_sha256: m.frame_sha256.clone(),
+                    events_sha256: m.events_sha256.clone(),
+                    event_count: m.event_count,
+                    raw_bytes: m.raw_bytes,
+                })
+                .collect(),
         })
     }
 

@@ -2,16 +2,19 @@
 //! B-trees, fsync on commit (`Durability::Immediate`), a bounded page cache.
 //!
 //! Key layout (all integers big-endian so byte order is numeric order):
-//! - `flow key` = `u16 len | tenant | u16 len | flow_id`
-//! - `flows`:     flow key → postcard [`FlowMeta`] of the open part
-//! - `events`:    flow key | u32 part | order | u64 arrival → event bytes, where
-//!   `order` is the encoded [`Sequence`] or `0x02` when the event has none
+//! - `flow key` = `u16 len | tenant | u16 len | flow_id` (prefix-free)
+//! - `flows`, one table for everything about a flow, so that one flow's records
+//!   share B-tree pages and an ingest batch dirties one region per flow, not three:
+//!   - flow key | `0x00` → postcard [`FlowMeta`] of the open part
+//!   - flow key | `0x01` | u16 len | key a | u16 len | key b → `[]` (dedupe key)
+//!   - flow key | `0x02` | u32 part | order | u64 arrival → event bytes, where
+//!     `order` is the encoded [`Sequence`] or `0x02` when the event has none
 //! - `deadlines`: u64 (deadline ms, sign bit flipped) | flow key → ()
-//! - `dedupe`:    flow key | u16 len | key a | u16 len | key b → ()
 //! - `archived`:  flow key → u32 next part (tombstone of an archived flow)
-//! - `intents`:   intent id → postcard [`ArchiveIntent`]
+//! - `intents`:   intent id → postcard [`ArchiveIntent`] (written once, at seal)
+//! - `verified`:  intent id → postcard [`VerifiedObject`]
 //! - `checkpoints`: source name → opaque position
-//! - `settings`:  name → bytes (policy fingerprint)
+//! - `settings`:  name → bytes (policy fingerprint, live flow and event counters)
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -26,11 +29,16 @@ use crate::event::Sequence;
 
 type Bytes<'a> = &'a [u8];
 const FLOWS: TableDefinition<Bytes, Bytes> = TableDefinition::new("flows");
-const EVENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("events");
 const DEADLINES: TableDefinition<Bytes, ()> = TableDefinition::new("deadlines");
-const DEDUPE: TableDefinition<Bytes, ()> = TableDefinition::new("dedupe");
+
+const META: u8 = 0;
+const DEDUPE: u8 = 1;
+const EVENT: u8 = 2;
+const LIVE_FLOWS: &str = "live_flows";
+const STORED_EVENTS: &str = "stored_events";
 const ARCHIVED: TableDefinition<Bytes, u32> = TableDefinition::new("archived");
 const INTENTS: TableDefinition<&str, Bytes> = TableDefinition::new("intents");
+const VERIFIED: TableDefinition<&str, Bytes> = TableDefinition::new("verified");
 const CHECKPOINTS: TableDefinition<&str, Bytes> = TableDefinition::new("checkpoints");
 const SETTINGS: TableDefinition<&str, Bytes> = TableDefinition::new("settings");
 
@@ -62,10 +70,56 @@ pub(crate) fn flow_key(tenant: &str, flow_id: &str) -> Vec<u8> {
     k
 }
 
+fn meta_key(flow_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(flow_key.len() + 1);
+    k.extend_from_slice(flow_key);
+    k.push(META);
+    k
+}
+
 fn part_prefix(flow_key: &[u8], part: u32) -> Vec<u8> {
-    let mut k = flow_key.to_vec();
+    let mut k = Vec::with_capacity(flow_key.len() + 5);
+    k.extend_from_slice(flow_key);
+    k.push(EVENT);
     k.extend_from_slice(&part.to_be_bytes());
     k
+}
+
+/// Length of the flow key at the start of a `flows` key.
+fn flow_key_len(key: &[u8]) -> Option<usize> {
+    let t = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
+    let f_at = 2 + t;
+    let f = u16::from_be_bytes([*key.get(f_at)?, *key.get(f_at + 1)?]) as usize;
+    let len = f_at + 2 + f;
+    (key.len() > len).then_some(len)
+}
+
+fn add_counter(
+    settings: &mut redb::Table<&str, Bytes>,
+    name: &str,
+    delta: i64,
+) -> Result<(), StateError> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let current = read_counter(settings, name)?;
+    let next = (current as i64).saturating_add(delta).max(0) as u64;
+    settings
+        .insert(name, next.to_be_bytes().as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
+
+fn read_counter(
+    settings: &impl ReadableTable<&'static str, Bytes<'static>>,
+    name: &str,
+) -> Result<u64, StateError> {
+    Ok(settings
+        .get(name)
+        .map_err(storage)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
 }
 
 /// The smallest key greater than every key starting with `prefix`.
@@ -134,11 +188,10 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
         {
             txn.open_table(FLOWS).map_err(|e| open_err(e.into()))?;
-            txn.open_table(EVENTS).map_err(|e| open_err(e.into()))?;
             txn.open_table(DEADLINES).map_err(|e| open_err(e.into()))?;
-            txn.open_table(DEDUPE).map_err(|e| open_err(e.into()))?;
             txn.open_table(ARCHIVED).map_err(|e| open_err(e.into()))?;
             txn.open_table(INTENTS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(VERIFIED).map_err(|e| open_err(e.into()))?;
             txn.open_table(CHECKPOINTS)
                 .map_err(|e| open_err(e.into()))?;
             txn.open_table(SETTINGS).map_err(|e| open_err(e.into()))?;
@@ -173,10 +226,9 @@ impl StateStore for EmbeddedStore {
         let txn = self.write()?;
         {
             let mut flows = txn.open_table(FLOWS).map_err(storage)?;
-            let mut stored = txn.open_table(EVENTS).map_err(storage)?;
             let mut deadlines = txn.open_table(DEADLINES).map_err(storage)?;
-            let mut dedupe = txn.open_table(DEDUPE).map_err(storage)?;
             let archived = txn.open_table(ARCHIVED).map_err(storage)?;
+            let mut new_flows = 0i64;
             // Metas are updated in memory and written once per flow per batch: a batch
             // usually carries several events of the same flow.
             let mut touched: HashMap<Vec<u8>, Touched> = HashMap::new();
@@ -185,10 +237,11 @@ impl StateStore for EmbeddedStore {
                 let fkey = flow_key(&event.tenant, &event.flow_id);
                 if let Some((a, b)) = &event.dedupe_key {
                     let mut dkey = fkey.clone();
+                    dkey.push(DEDUPE);
                     put_component(&mut dkey, a.as_bytes());
                     put_component(&mut dkey, b.as_bytes());
-                    if dedupe
-                        .insert(dkey.as_slice(), ())
+                    if flows
+                        .insert(dkey.as_slice(), [].as_slice())
                         .map_err(storage)?
                         .is_some()
                     {
@@ -197,7 +250,7 @@ impl StateStore for EmbeddedStore {
                     }
                 }
                 if !touched.contains_key(&fkey) {
-                    let entry = match flows.get(fkey.as_slice()).map_err(storage)? {
+                    let entry = match flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
                         Some(v) => {
                             let meta = decode_meta(v.value())?;
                             Touched {
@@ -206,6 +259,7 @@ impl StateStore for EmbeddedStore {
                             }
                         }
                         None => {
+                            new_flows += 1;
                             let part = match archived.get(fkey.as_slice()).map_err(storage)? {
                                 Some(next) => {
                                     outcome.reopened += 1;
@@ -248,7 +302,7 @@ impl StateStore for EmbeddedStore {
                 meta.next_arrival += 1;
                 let mut ekey = part_prefix(&fkey, meta.part);
                 ekey.extend_from_slice(&order);
-                stored
+                flows
                     .insert(ekey.as_slice(), event.raw.as_slice())
                     .map_err(storage)?;
                 if order >= meta.status_order {
@@ -288,9 +342,15 @@ impl StateStore for EmbeddedStore {
                     }
                 }
                 flows
-                    .insert(fkey.as_slice(), encode("flow meta", &meta)?.as_slice())
+                    .insert(
+                        meta_key(&fkey).as_slice(),
+                        encode("flow meta", &meta)?.as_slice(),
+                    )
                     .map_err(storage)?;
             }
+            let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
+            add_counter(&mut settings, LIVE_FLOWS, new_flows)?;
+            add_counter(&mut settings, STORED_EVENTS, outcome.stored as i64)?;
             if let Some((source, position)) = checkpoint {
                 let mut cps = txn.open_table(CHECKPOINTS).map_err(storage)?;
                 cps.insert(source, position).map_err(storage)?;
@@ -323,7 +383,7 @@ impl StateStore for EmbeddedStore {
             }
             let (key, _) = entry.map_err(storage)?;
             let fkey = &key.value()[8..];
-            match flows.get(fkey).map_err(storage)? {
+            match flows.get(meta_key(fkey).as_slice()).map_err(storage)? {
                 Some(v) => due.push(decode_meta(v.value())?),
                 None => return Err(corrupt("deadline index", "entry without a live flow")),
             }
@@ -334,8 +394,9 @@ impl StateStore for EmbeddedStore {
     fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let flows = txn.open_table(FLOWS).map_err(storage)?;
-        let fkey = flow_key(tenant, flow_id);
-        let got = flows.get(fkey.as_slice()).map_err(storage)?;
+        let got = flows
+            .get(meta_key(&flow_key(tenant, flow_id)).as_slice())
+            .map_err(storage)?;
         got.map(|v| decode_meta(v.value())).transpose()
     }
 
@@ -352,7 +413,7 @@ impl StateStore for EmbeddedStore {
 
     fn event_reader(&self) -> Result<Box<dyn EventReader>, StateError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let events = txn.open_table(FLOWS).map_err(storage)?;
         Ok(Box::new(EmbeddedEventReader { events }))
     }
 
@@ -367,14 +428,14 @@ impl StateStore for EmbeddedStore {
             for part in &intent.parts {
                 let m = &part.meta;
                 let fkey = flow_key(&m.tenant, &m.flow_id);
-                let current = match flows.get(fkey.as_slice()).map_err(storage)? {
+                let current = match flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
                     Some(v) => decode_meta(v.value())?,
                     None => continue,
                 };
                 if current != *m {
                     continue;
                 }
-                flows.remove(fkey.as_slice()).map_err(storage)?;
+                flows.remove(meta_key(&fkey).as_slice()).map_err(storage)?;
                 if let Some(d) = m.deadline_ms {
                     deadlines
                         .remove(deadline_key(d, &fkey).as_slice())
@@ -394,6 +455,8 @@ impl StateStore for EmbeddedStore {
             intents
                 .insert(sealed.id.as_str(), encode("intent", &sealed)?.as_slice())
                 .map_err(storage)?;
+            let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
+            add_counter(&mut settings, LIVE_FLOWS, -(sealed.parts.len() as i64))?;
         }
         txn.commit().map_err(storage)?;
         Ok(Some(sealed))
@@ -402,28 +465,32 @@ impl StateStore for EmbeddedStore {
     fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let intents = txn.open_table(INTENTS).map_err(storage)?;
+        let verified = txn.open_table(VERIFIED).map_err(storage)?;
         let mut out = Vec::new();
         for entry in intents.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
-            let intent: ArchiveIntent = postcard::from_bytes(v.value())
+            let mut intent: ArchiveIntent = postcard::from_bytes(v.value())
                 .map_err(|e| corrupt(format!("intent {}", k.value()), e))?;
+            if let Some(v) = verified.get(k.value()).map_err(storage)? {
+                let proof: VerifiedObject = postcard::from_bytes(v.value())
+                    .map_err(|e| corrupt(format!("verified record of {}", k.value()), e))?;
+                intent.stage = IntentStage::Verified(proof);
+            }
             out.push(intent);
         }
         Ok(out)
     }
 
-    fn record_upload(&self, intent_id: &str, upload: &UploadedSegment) -> Result<(), StateError> {
+    fn record_upload(&self, intent_id: &str, verified: &VerifiedObject) -> Result<(), StateError> {
         let txn = self.write()?;
         {
-            let mut intents = txn.open_table(INTENTS).map_err(storage)?;
-            let mut intent: ArchiveIntent = match intents.get(intent_id).map_err(storage)? {
-                Some(v) => postcard::from_bytes(v.value())
-                    .map_err(|e| corrupt(format!("intent {intent_id}"), e))?,
-                None => return Err(StateError::UnknownIntent(intent_id.to_string())),
-            };
-            intent.stage = IntentStage::Verified(upload.clone());
-            intents
-                .insert(intent_id, encode("intent", &intent)?.as_slice())
+            let intents = txn.open_table(INTENTS).map_err(storage)?;
+            if intents.get(intent_id).map_err(storage)?.is_none() {
+                return Err(StateError::UnknownIntent(intent_id.to_string()));
+            }
+            let mut table = txn.open_table(VERIFIED).map_err(storage)?;
+            table
+                .insert(intent_id, encode("verified record", verified)?.as_slice())
                 .map_err(storage)?;
         }
         txn.commit().map_err(storage)
@@ -438,7 +505,14 @@ impl StateStore for EmbeddedStore {
                     .map_err(|e| corrupt(format!("intent {intent_id}"), e))?,
                 None => return Err(StateError::UnknownIntent(intent_id.to_string())),
             };
-            let mut events = txn.open_table(EVENTS).map_err(storage)?;
+            txn.open_table(VERIFIED)
+                .map_err(storage)?
+                .remove(intent_id)
+                .map_err(storage)?;
+            let mut events = txn.open_table(FLOWS).map_err(storage)?;
+            let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
+            let removed: u64 = intent.parts.iter().map(|p| p.meta.event_count).sum();
+            add_counter(&mut settings, STORED_EVENTS, -(removed as i64))?;
             for part in &intent.parts {
                 let start = part_prefix(
                     &flow_key(&part.meta.tenant, &part.meta.flow_id),
@@ -482,12 +556,19 @@ impl StateStore for EmbeddedStore {
                     None => flows.range::<&[u8]>(..),
                 }
                 .map_err(storage)?;
+                let mut last = None;
                 for entry in range.take(10_000) {
                     let (k, v) = entry.map_err(storage)?;
-                    chunk.push((k.value().to_vec(), decode_meta(v.value())?));
+                    let key = k.value();
+                    last = Some(key.to_vec());
+                    if let Some(len) = flow_key_len(key) {
+                        if key[len] == META && key.len() == len + 1 {
+                            chunk.push((key[..len].to_vec(), decode_meta(v.value())?));
+                        }
+                    }
                 }
-                let Some((last, _)) = chunk.last() else { break };
-                cursor = Some(last.clone());
+                let Some(last) = last else { break };
+                cursor = Some(last);
                 for (fkey, mut meta) in chunk {
                     let new = policy
                         .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
@@ -507,7 +588,10 @@ impl StateStore for EmbeddedStore {
                     }
                     meta.deadline_ms = new;
                     flows
-                        .insert(fkey.as_slice(), encode("flow meta", &meta)?.as_slice())
+                        .insert(
+                            meta_key(&fkey).as_slice(),
+                            encode("flow meta", &meta)?.as_slice(),
+                        )
                         .map_err(storage)?;
                     updated += 1;
                 }
@@ -523,17 +607,10 @@ impl StateStore for EmbeddedStore {
 
     fn stats(&self) -> Result<StoreStats, StateError> {
         let txn = self.db.begin_read().map_err(storage)?;
+        let settings = txn.open_table(SETTINGS).map_err(storage)?;
         Ok(StoreStats {
-            live_flows: txn
-                .open_table(FLOWS)
-                .map_err(storage)?
-                .len()
-                .map_err(storage)?,
-            stored_events: txn
-                .open_table(EVENTS)
-                .map_err(storage)?
-                .len()
-                .map_err(storage)?,
+            live_flows: read_counter(&settings, LIVE_FLOWS)?,
+            stored_events: read_counter(&settings, STORED_EVENTS)?,
             pending_intents: txn
                 .open_table(INTENTS)
                 .map_err(storage)?

@@ -111,13 +111,21 @@ pub struct UploadedSegment {
     pub locations: Vec<PartLocation>,
 }
 
+/// Proof that an intent's object is uploaded and was read back intact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedObject {
+    pub object_sha256: String,
+    pub object_size: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IntentStage {
     /// Sealed; the object may or may not exist yet. Recovery rebuilds and re-uploads
     /// (same key, same bytes).
     Pending,
-    /// The object is uploaded and verified; recovery resumes at publish.
-    Verified(UploadedSegment),
+    /// The object is uploaded and verified; recovery resumes at publish, taking part
+    /// locations from the object's manifest.
+    Verified(VerifiedObject),
 }
 
 /// The durable record of one archival in progress (DESIGN.md §3.6 step 2).
@@ -209,8 +217,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Intents not yet completed, oldest first.
     fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError>;
 
-    /// Records that the intent's object is uploaded and verified.
-    fn record_upload(&self, intent_id: &str, upload: &UploadedSegment) -> Result<(), StateError>;
+    /// Records that the intent's object is uploaded and verified (a small record:
+    /// the intent itself is not rewritten).
+    fn record_upload(&self, intent_id: &str, verified: &VerifiedObject) -> Result<(), StateError>;
 
     /// Deletes the intent's sealed events and the intent itself.
     fn complete(&self, intent_id: &str) -> Result<(), StateError>;

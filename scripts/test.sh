@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs what the end-to-end tests need (once; skipped when
+# present), then runs every test. Tests start their own servers on free loopback
+# ports in temporary directories and stop them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Command-line tools the tests use as independent readers of the archive.
+missing=()
+for tool in zstd gzip sha256sum; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)"
+  apt-get update -qq && apt-get install -y -qq zstd gzip coreutils >/dev/null
+fi
+
+# A real S3 server (DESIGN.md §5).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "installing s3s-fs 0.14.1 (about 2 minutes, once)"
+  cargo install s3s-fs@0.14.1 --locked --features binary --quiet
+fi
+
+cargo test --locked "$@"
