@@ -103,6 +103,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -439,6 +440,20 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{report}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// glibc gives each allocating thread its own arena (up to 8 per core) and keeps freed
+/// memory in it. Measured with `bench` (30k flows x 10 events, blocking pool capped at
+/// 8 threads): 4 arenas keep throughput within noise of the default while peak RSS
+/// falls from ~210 MiB to ~118 MiB; 2 arenas save more memory but cost ~25% of ingest.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 4);
         }
     }
 }
