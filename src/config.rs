@@ -254,11 +254,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration like \"30d\", \"12h\" or \"0s\" ({e})"))
 }
 
+/// Formats in the largest unit that represents `d` exactly (`90d`, `12h`, `1500ms`),
+/// so `config check` prints what an operator would write and it parses back.
 pub fn format_duration(d: Duration) -> String {
-    if d.is_zero() {
+    let ms = d.as_millis();
+    if ms == 0 {
         return "0s".into();
     }
-    humantime::format_duration(d).to_string().replace(' ', "")
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 mod duration_text {
@@ -834,6 +847,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("archive.bucket"), "{err}");
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_exact_unit() {
+        let f = |s: u64| format_duration(Duration::from_secs(s));
+        assert_eq!(f(90 * 86_400), "90d");
+        assert_eq!(f(7200), "2h");
+        assert_eq!(f(90), "90s");
+        assert_eq!(f(0), "0s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        let five_years = parse_duration("5y").unwrap();
+        assert_eq!(
+            parse_duration(&format_duration(five_years)).unwrap(),
+            five_years
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn config_check_prints_the_effective_config_or_names_the_bad_key() {
     let effective: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(effective["archive"]["prefix"].as_str(), Some("ops/flows"));
     assert_eq!(effective["archive"]["concurrency"].as_integer(), Some(2));
-    assert_eq!(effective["retention"]["failed"].as_str(), Some("7days"));
+    assert_eq!(effective["retention"]["failed"].as_str(), Some("7d"));
 
     for (toml_text, key) in [
         ("[archive]\nconcurrency = 0\n", "archive.concurrency"),
