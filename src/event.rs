@@ -554,7 +554,9 @@ impl Decoder {
         let tracestate = optional_string(&value, &p.tracestate, "tracestate")?;
 
         let mut raw = bytes.to_vec();
-        raw.retain(|&b| b != b'\n' && b != b'\r');
+        if raw.iter().any(|&b| b == b'\n' || b == b'\r') {
+            raw.retain(|&b| b != b'\n' && b != b'\r');
+        }
         Ok(FlowEvent {
             tenant,
             flow_id,
