@@ -104,6 +104,13 @@ fn check_round_trip(config: &str, decompress: &[&str]) {
             d["frame_sha256"],
             "frame checksum of {key:?}"
         );
+        // The same with the standard tool, over exactly the bytes the record names.
+        let tool = String::from_utf8(pipe(&["sha256sum"], frame)).unwrap();
+        assert_eq!(
+            tool.split_whitespace().next(),
+            d["frame_sha256"].as_str(),
+            "sha256sum of {key:?}'s frame"
+        );
 
         // The frame alone decodes with the standard tool.
         let text = String::from_utf8(pipe(decompress, frame)).unwrap();
@@ -128,6 +135,8 @@ fn check_round_trip(config: &str, decompress: &[&str]) {
             event_bytes.push(b'\n');
         }
         assert_eq!(sha256_hex(&event_bytes), d["events_sha256"]);
+        let tool = String::from_utf8(pipe(&["sha256sum"], &event_bytes)).unwrap();
+        assert_eq!(tool.split_whitespace().next(), d["events_sha256"].as_str());
         assert_eq!(trailer["events_sha256"], d["events_sha256"]);
         assert_eq!(d["event_count"].as_u64().unwrap() as usize, want.len());
         let last_kind = if want.last().unwrap().contains("flow.failed") {

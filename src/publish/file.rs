@@ -156,27 +156,25 @@ impl Publisher for FilePublisher {
 }
 
 fn scan_ids(path: &Path, wanted: &HashSet<String>) -> Result<HashSet<String>, PublishError> {
-    {
-        let io_err = |source| PublishError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io_err)?;
-        let mut found = HashSet::new();
-        #[derive(serde::Deserialize)]
-        struct IdOnly {
-            id: String,
-        }
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line.map_err(io_err)?;
-            if let Ok(rec) = serde_json::from_str::<IdOnly>(&line) {
-                if wanted.contains(&rec.id) {
-                    found.insert(rec.id);
-                }
+    let io_err = |source| PublishError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut found = HashSet::new();
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(io_err)?;
+        if let Ok(rec) = serde_json::from_str::<IdOnly>(&line) {
+            if wanted.contains(&rec.id) {
+                found.insert(rec.id);
             }
         }
-        Ok(found)
     }
+    Ok(found)
 }
 
 /// Runs blocking file I/O off the async workers.
