@@ -179,45 +179,27 @@ impl<W: Write> SegmentWriter<W> {
             archived_at: rfc3339_ms(self.archived_at_ms),
             purge_at: rfc3339_ms(part.purge_at_ms),
         };
-        let mut events_hash = Sha256::new();
-        let mut count = 0u64;
-        let mut raw_bytes = 0u64;
         let small = self.compression == crate::config::Compression::Zstd
             && m.raw_bytes <= IN_MEMORY_PART_BYTES;
-        if small {
+        let tally = if small {
             let mut plain = std::mem::take(&mut self.plain);
             plain.clear();
-            write_line(&mut plain, &header).map_err(io_err)?;
-            events(&mut |event: &[u8]| {
-                plain.extend_from_slice(event);
-                plain.push(b'\n');
-                events_hash.update(event);
-                events_hash.update(b"\n");
-                count += 1;
-                raw_bytes += event.len() as u64;
-                Ok(())
-            })?;
-            let trailer = trailer_record(part, count, raw_bytes, &events_hash);
-            write_line(&mut plain, &trailer).map_err(io_err)?;
+            let tally = write_frame_content(&mut plain, &header, part, events, &io_err)?;
             self.plain = plain;
             self.write_small_zstd_frame().map_err(io_err)?;
+            tally
         } else {
             let mut enc =
                 FrameEncoder::new(&mut self.out, self.compression, self.level).map_err(io_err)?;
-            write_line(&mut enc, &header).map_err(io_err)?;
-            events(&mut |event: &[u8]| {
-                enc.write_all(event)?;
-                enc.write_all(b"\n")?;
-                events_hash.update(event);
-                events_hash.update(b"\n");
-                count += 1;
-                raw_bytes += event.len() as u64;
-                Ok(())
-            })?;
-            let trailer = trailer_record(part, count, raw_bytes, &events_hash);
-            write_line(&mut enc, &trailer).map_err(io_err)?;
+            let tally = write_frame_content(&mut enc, &header, part, events, &io_err)?;
             enc.finish().map_err(io_err)?;
-        }
+            tally
+        };
+        let FrameTally {
+            count,
+            raw_bytes,
+            events_sha256,
+        } = tally;
         if count != m.event_count {
             return Err(ArchiveError::Inconsistent {
                 tenant: m.tenant.clone(),
@@ -231,7 +213,7 @@ impl<W: Write> SegmentWriter<W> {
             offset,
             length: self.out.position - offset,
             frame_sha256: hex_sha256(self.out.frame.clone().finalize()),
-            events_sha256: hex_sha256(events_hash.finalize()),
+            events_sha256,
             event_count: count,
             raw_bytes,
         };
@@ -301,11 +283,52 @@ impl<W: Write> SegmentWriter<W> {
     }
 }
 
+/// What a frame's events added up to.
+struct FrameTally {
+    count: u64,
+    raw_bytes: u64,
+    events_sha256: String,
+}
+
+/// Writes a frame's plaintext — header, the streamed events, trailer — to `out`,
+/// hashing and counting the events on the way.
+fn write_frame_content(
+    out: &mut dyn Write,
+    header: &HeaderRecord<'_>,
+    part: &SealedPart,
+    events: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<(), ArchiveError>,
+    io_err: &dyn Fn(io::Error) -> ArchiveError,
+) -> Result<FrameTally, ArchiveError> {
+    let mut hash = Sha256::new();
+    let (mut count, mut raw_bytes) = (0u64, 0u64);
+    write_line(&mut &mut *out, header).map_err(io_err)?;
+    events(&mut |event: &[u8]| {
+        out.write_all(event)?;
+        out.write_all(b"\n")?;
+        hash.update(event);
+        hash.update(b"\n");
+        count += 1;
+        raw_bytes += event.len() as u64;
+        Ok(())
+    })?;
+    let events_sha256 = hex_sha256(hash.finalize());
+    write_line(
+        &mut &mut *out,
+        &trailer_record(part, count, raw_bytes, &events_sha256),
+    )
+    .map_err(io_err)?;
+    Ok(FrameTally {
+        count,
+        raw_bytes,
+        events_sha256,
+    })
+}
+
 fn trailer_record<'a>(
     part: &'a SealedPart,
     count: u64,
     raw_bytes: u64,
-    events_hash: &Sha256,
+    events_sha256: &str,
 ) -> TrailerRecord<'a> {
     let m = &part.meta;
     TrailerRecord {
@@ -315,7 +338,7 @@ fn trailer_record<'a>(
         part: m.part,
         event_count: count,
         raw_bytes,
-        events_sha256: hex_sha256(events_hash.clone().finalize()),
+        events_sha256: events_sha256.to_string(),
         snapshot: SnapshotRecord {
             status: part.archive_status,
             last_status: m.status,
