@@ -186,3 +186,24 @@ fn run_follows_a_file_archives_on_its_timer_and_stops_cleanly() {
     assert_eq!(keys.len(), 18, "each flow archived exactly once");
     assert_eq!(records.len(), 18);
 }
+
+#[test]
+fn a_second_process_on_the_same_state_is_refused_with_a_clear_error() {
+    let env = Env::new("");
+    let mut first = env.command(&["run"]).spawn().unwrap();
+    wait_for(
+        "the first process to open its store",
+        Duration::from_secs(20),
+        || env.path().join("data/state/state.redb").exists(),
+    );
+    // Give it a moment to take the lock after creating the file.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = env.run(&["get", "t/f"]);
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGTERM);
+    }
+    assert!(first.wait().unwrap().success());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+}

@@ -180,10 +180,18 @@ impl EmbeddedStore {
             source: Box::new(e),
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(redb::Error::Io(e)))?;
-        let db = Database::builder()
+        let db = match Database::builder()
             .set_cache_size(cache_bytes as usize)
             .create(&path)
-            .map_err(|e| open_err(e.into()))?;
+        {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StateError::Locked {
+                    path: path.display().to_string(),
+                })
+            }
+            Err(e) => return Err(open_err(e.into())),
+        };
         // Create every table once so read transactions never meet a missing table.
         let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
         {

@@ -36,6 +36,8 @@ pub enum StateError {
         path: String,
         source: Box<redb::Error>,
     },
+    #[error("state store at {path} is in use by another process (one flow-archiver per state.path: stop the other one, or give this one its own state.path)")]
+    Locked { path: String },
     #[error("state store: {0}")]
     Storage(#[from] Box<redb::Error>),
     #[error("state store record {what} is corrupt: {detail}")]
