@@ -856,4 +856,35 @@ mod tests {
         assert_eq!(e.sequence, Some(Sequence::Number("3".into())));
         assert_eq!(e.labels.get("a").map(String::as_str), Some("b"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Hostile input never panics, and anything accepted has safe identifiers.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Ok(e) = decoder().decode(&bytes, NOW) {
+                proptest::prop_assert!(validate_identifier("flow id", &e.flow_id).is_ok());
+            }
+        }
+
+        #[test]
+        fn mutated_cloudevents_never_panic_and_keep_ids_safe(
+            subject in "\\PC{0,40}",
+            tenant in proptest::option::of("\\PC{0,20}"),
+            sequence in proptest::option::of("[0-9a-z]{0,30}"),
+            ty in "[a-z._]{0,30}",
+        ) {
+            let mut v = serde_json::json!({
+                "specversion": "1.0", "id": "1", "source": "s", "type": ty, "subject": subject,
+            });
+            if let Some(t) = tenant { v["tenant"] = serde_json::json!(t); }
+            if let Some(q) = sequence { v["sequence"] = serde_json::json!(q); }
+            let line = serde_json::to_vec(&v).unwrap();
+            if let Ok(e) = decoder().decode(&line, NOW) {
+                proptest::prop_assert!(validate_identifier("flow id", &e.flow_id).is_ok());
+                proptest::prop_assert!(validate_identifier("tenant", &e.tenant).is_ok());
+                proptest::prop_assert!(!e.raw.contains(&b'\n'));
+            }
+        }
+    }
 }

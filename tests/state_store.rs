@@ -1,0 +1,280 @@
+//! `StateStore` conformance: each scenario is written once and instantiated for every
+//! backend by `conformance!` (today the embedded redb store, on real disk).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flow_archiver::config::{Compression, Config, Retention};
+use flow_archiver::event::{FlowEvent, FlowStatus, Sequence};
+use flow_archiver::policy::RetentionPolicy;
+use flow_archiver::state::{
+    ArchiveIntent, EmbeddedStore, IntentStage, SealedPart, StateStore, VerifiedObject,
+};
+
+const MIN: i64 = 60_000;
+
+fn policy() -> RetentionPolicy {
+    let mut r = Config::default().retention;
+    r.completed = Retention::After(Duration::from_secs(600));
+    RetentionPolicy::new(r)
+}
+
+fn event(flow: &str, id: &str, seq: u64, status: FlowStatus, time_ms: i64) -> FlowEvent {
+    FlowEvent {
+        tenant: "t".into(),
+        flow_id: flow.into(),
+        dedupe_key: Some(("src".into(), id.into())),
+        sequence: Some(Sequence::Number(seq.to_string())),
+        status,
+        event_type: format!("x.{status}"),
+        time_ms,
+        labels: BTreeMap::from([("k".to_string(), id.to_string())]),
+        traceparent: None,
+        tracestate: None,
+        raw: format!("{{\"id\":\"{id}\",\"seq\":{seq}}}").into_bytes(),
+    }
+}
+
+fn events_of(store: &dyn StateStore, flow: &str, part: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    store
+        .for_each_event("t", flow, part, &mut |b| {
+            out.push(String::from_utf8_lossy(b).into_owned());
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+fn intent_for(store: &dyn StateStore, id: &str, flows: &[&str]) -> ArchiveIntent {
+    let parts = flows
+        .iter()
+        .map(|f| SealedPart {
+            meta: store.live_flow("t", f).unwrap().expect("live flow"),
+            archive_status: FlowStatus::Completed,
+            purge_at_ms: 0,
+        })
+        .collect();
+    ArchiveIntent {
+        id: id.into(),
+        tenant: "t".into(),
+        object_key: format!("k/{id}"),
+        archived_at_ms: 0,
+        compression: Compression::Zstd,
+        zstd_level: 3,
+        parts,
+        stage: IntentStage::Pending,
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
+
+            fn open(dir: &std::path::Path) -> Box<dyn StateStore> {
+                #[allow(clippy::redundant_closure_call)]
+                ($open)(dir)
+            }
+
+            #[test]
+            fn events_come_back_in_sequence_order_without_duplicates() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                let batch = [
+                    event("f", "c", 10, FlowStatus::Completed, 3),
+                    event("f", "a", 2, FlowStatus::Running, 1),
+                    event("f", "b", 9, FlowStatus::Running, 2),
+                    event("f", "a", 2, FlowStatus::Running, 1),
+                ];
+                let out = s.ingest(&batch, &p, 0, Some(("src", b"pos-1"))).unwrap();
+                assert_eq!((out.stored, out.duplicates), (3, 1));
+                let again = s.ingest(&batch[..1], &p, 0, None).unwrap();
+                assert_eq!(again.duplicates, 1, "duplicates across batches too");
+                assert_eq!(
+                    events_of(&*s, "f", 1),
+                    vec![
+                        r#"{"id":"a","seq":2}"#,
+                        r#"{"id":"b","seq":9}"#,
+                        r#"{"id":"c","seq":10}"#
+                    ]
+                );
+                let meta = s.live_flow("t", "f").unwrap().unwrap();
+                assert_eq!(
+                    meta.status,
+                    FlowStatus::Completed,
+                    "status of the highest sequence"
+                );
+                assert_eq!(meta.event_count, 3);
+                assert_eq!(s.checkpoint("src").unwrap().as_deref(), Some(&b"pos-1"[..]));
+                let stats = s.stats().unwrap();
+                assert_eq!((stats.live_flows, stats.stored_events), (1, 3));
+            }
+
+            #[test]
+            fn due_flows_come_from_the_deadline_index_in_deadline_order() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                let mut batch = Vec::new();
+                for i in 0..50 {
+                    // Completed flows at staggered times, plus running flows that are never due.
+                    batch.push(event(
+                        &format!("done-{i:02}"),
+                        "e",
+                        1,
+                        FlowStatus::Completed,
+                        i * MIN,
+                    ));
+                    batch.push(event(
+                        &format!("busy-{i:02}"),
+                        "e",
+                        1,
+                        FlowStatus::Running,
+                        0,
+                    ));
+                }
+                s.ingest(&batch, &p, 0, None).unwrap();
+                assert!(
+                    s.due_flows(10 * MIN - 1, 100).unwrap().is_empty(),
+                    "nothing one ms early"
+                );
+                let due = s.due_flows(10 * MIN + 5 * MIN, 100).unwrap();
+                let ids: Vec<&str> = due.iter().map(|m| m.flow_id.as_str()).collect();
+                assert_eq!(
+                    ids,
+                    ["done-00", "done-01", "done-02", "done-03", "done-04", "done-05"]
+                );
+                assert_eq!(
+                    s.due_flows(i64::MAX / 2, 3).unwrap().len(),
+                    3,
+                    "limit respected"
+                );
+                // A new event moves the timer.
+                s.ingest(
+                    &[event("done-00", "late", 2, FlowStatus::Completed, 30 * MIN)],
+                    &p,
+                    0,
+                    None,
+                )
+                .unwrap();
+                let due = s.due_flows(15 * MIN, 100).unwrap();
+                assert!(due.iter().all(|m| m.flow_id != "done-00"));
+            }
+
+            #[test]
+            fn seal_complete_and_the_next_part() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                s.ingest(
+                    &[
+                        event("f", "1", 1, FlowStatus::Completed, 0),
+                        event("g", "1", 1, FlowStatus::Completed, 0),
+                    ],
+                    &p,
+                    0,
+                    None,
+                )
+                .unwrap();
+                let intent = intent_for(&*s, "i1", &["f", "g"]);
+                // g changes after it was read: it is left for the next pass.
+                s.ingest(&[event("g", "2", 2, FlowStatus::Completed, 0)], &p, 0, None)
+                    .unwrap();
+                let sealed = s.seal(&intent).unwrap().expect("f qualifies");
+                assert_eq!(sealed.parts.len(), 1);
+                assert!(
+                    s.live_flow("t", "f").unwrap().is_none(),
+                    "sealed flows leave the live set"
+                );
+                assert!(s
+                    .due_flows(i64::MAX / 2, 10)
+                    .unwrap()
+                    .iter()
+                    .all(|m| m.flow_id != "f"));
+                assert_eq!(
+                    events_of(&*s, "f", 1).len(),
+                    1,
+                    "sealed events stay until complete"
+                );
+
+                // An event during archival opens part 2; part 1 is untouched.
+                s.ingest(&[event("f", "3", 3, FlowStatus::Completed, 0)], &p, 0, None)
+                    .unwrap();
+                assert_eq!(s.live_flow("t", "f").unwrap().unwrap().part, 2);
+                assert_eq!(events_of(&*s, "f", 1).len(), 1);
+
+                let proof = VerifiedObject {
+                    object_sha256: "ab".into(),
+                    object_size: 1,
+                };
+                s.record_upload("i1", &proof).unwrap();
+                let pending = s.intents().unwrap();
+                assert_eq!(pending.len(), 1);
+                assert_eq!(pending[0].stage, IntentStage::Verified(proof));
+
+                s.complete("i1").unwrap();
+                assert!(s.intents().unwrap().is_empty());
+                assert!(
+                    events_of(&*s, "f", 1).is_empty(),
+                    "archived events are deleted"
+                );
+                assert_eq!(events_of(&*s, "f", 2).len(), 1);
+                assert!(
+                    s.complete("i1").is_err(),
+                    "completing twice is an error, not a no-op"
+                );
+                // A redelivered event of the archived part is still a duplicate.
+                let out = s
+                    .ingest(&[event("f", "1", 1, FlowStatus::Completed, 0)], &p, 0, None)
+                    .unwrap();
+                assert_eq!(out.duplicates, 1);
+            }
+
+            #[test]
+            fn state_survives_reopening() {
+                let dir = tempfile::tempdir().unwrap();
+                {
+                    let s = open(dir.path());
+                    s.ingest(
+                        &[event("f", "1", 1, FlowStatus::Completed, 0)],
+                        &policy(),
+                        0,
+                        Some(("src", b"9")),
+                    )
+                    .unwrap();
+                    s.seal(&intent_for(&*s, "i1", &["f"])).unwrap();
+                }
+                let s = open(dir.path());
+                assert_eq!(s.checkpoint("src").unwrap().as_deref(), Some(&b"9"[..]));
+                assert_eq!(s.intents().unwrap().len(), 1);
+                assert_eq!(events_of(&*s, "f", 1).len(), 1);
+            }
+
+            #[test]
+            fn a_policy_change_recomputes_deadlines_once() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                assert_eq!(s.apply_policy(&p).unwrap(), 0);
+                s.ingest(&[event("f", "1", 1, FlowStatus::Completed, 0)], &p, 0, None)
+                    .unwrap();
+                let mut r = Config::default().retention;
+                r.completed = Retention::After(Duration::from_secs(60));
+                let shorter = RetentionPolicy::new(r);
+                assert_eq!(s.apply_policy(&shorter).unwrap(), 1);
+                assert_eq!(
+                    s.apply_policy(&shorter).unwrap(),
+                    0,
+                    "unchanged policy: no work"
+                );
+                assert_eq!(s.due_flows(MIN, 10).unwrap().len(), 1);
+            }
+        }
+    };
+}
+
+conformance!(embedded, |dir: &std::path::Path| -> Box<dyn StateStore> {
+    Box::new(EmbeddedStore::open(dir, 16 << 20).unwrap())
+});
