@@ -24,16 +24,13 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use super::keys::*;
 use super::*;
-use crate::event::Sequence;
 
 type Bytes<'a> = &'a [u8];
 const FLOWS: TableDefinition<Bytes, Bytes> = TableDefinition::new("flows");
 const DEADLINES: TableDefinition<Bytes, ()> = TableDefinition::new("deadlines");
 
-const META: u8 = 0;
-const DEDUPE: u8 = 1;
-const EVENT: u8 = 2;
 const LIVE_FLOWS: &str = "live_flows";
 const STORED_EVENTS: &str = "stored_events";
 const ARCHIVED: TableDefinition<Bytes, u32> = TableDefinition::new("archived");
@@ -46,52 +43,6 @@ const POLICY_FINGERPRINT: &str = "policy_fingerprint";
 
 fn storage<E: Into<redb::Error>>(e: E) -> StateError {
     StateError::Storage(Box::new(e.into()))
-}
-
-fn corrupt(what: impl Into<String>, detail: impl std::fmt::Display) -> StateError {
-    StateError::Corrupt {
-        what: what.into(),
-        detail: detail.to_string(),
-    }
-}
-
-fn put_component(out: &mut Vec<u8>, s: &[u8]) {
-    // Components are ≤ 1 KiB after validation; longer dedupe values are cut, which only
-    // weakens deduplication for absurd ids and never merges two flows.
-    let s = &s[..s.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-pub(crate) fn flow_key(tenant: &str, flow_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + tenant.len() + flow_id.len());
-    put_component(&mut k, tenant.as_bytes());
-    put_component(&mut k, flow_id.as_bytes());
-    k
-}
-
-fn meta_key(flow_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(flow_key.len() + 1);
-    k.extend_from_slice(flow_key);
-    k.push(META);
-    k
-}
-
-fn part_prefix(flow_key: &[u8], part: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(flow_key.len() + 5);
-    k.extend_from_slice(flow_key);
-    k.push(EVENT);
-    k.extend_from_slice(&part.to_be_bytes());
-    k
-}
-
-/// Length of the flow key at the start of a `flows` key.
-fn flow_key_len(key: &[u8]) -> Option<usize> {
-    let t = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
-    let f_at = 2 + t;
-    let f = u16::from_be_bytes([*key.get(f_at)?, *key.get(f_at + 1)?]) as usize;
-    let len = f_at + 2 + f;
-    (key.len() > len).then_some(len)
 }
 
 fn add_counter(
@@ -120,43 +71,6 @@ fn read_counter(
         .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0))
-}
-
-/// The smallest key greater than every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-fn deadline_key(deadline_ms: i64, flow_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + flow_key.len());
-    k.extend_from_slice(&((deadline_ms as u64) ^ (1 << 63)).to_be_bytes());
-    k.extend_from_slice(flow_key);
-    k
-}
-
-fn order_key(sequence: Option<&Sequence>, arrival: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24);
-    match sequence {
-        Some(s) => s.encode(&mut k),
-        None => k.push(2),
-    }
-    k.extend_from_slice(&arrival.to_be_bytes());
-    k
-}
-
-fn decode_meta(bytes: &[u8]) -> Result<FlowMeta, StateError> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt("flow meta", e))
-}
-
-fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StateError> {
-    postcard::to_allocvec(value).map_err(|e| corrupt(what, e))
 }
 
 /// The default [`StateStore`]: redb in `{dir}/state.redb`.
@@ -244,10 +158,7 @@ impl StateStore for EmbeddedStore {
             for event in events {
                 let fkey = flow_key(&event.tenant, &event.flow_id);
                 if let Some((a, b)) = &event.dedupe_key {
-                    let mut dkey = fkey.clone();
-                    dkey.push(DEDUPE);
-                    put_component(&mut dkey, a.as_bytes());
-                    put_component(&mut dkey, b.as_bytes());
+                    let dkey = dedupe_key(&fkey, a, b);
                     if flows
                         .insert(dkey.as_slice(), [].as_slice())
                         .map_err(storage)?
@@ -277,25 +188,7 @@ impl StateStore for EmbeddedStore {
                             };
                             Touched {
                                 indexed_deadline: None,
-                                meta: FlowMeta {
-                                    tenant: event.tenant.clone(),
-                                    flow_id: event.flow_id.clone(),
-                                    part,
-                                    status: event.status,
-                                    event_type: event.event_type.clone(),
-                                    status_order: Vec::new(),
-                                    labels: BTreeMap::new(),
-                                    first_event_ms: event.time_ms,
-                                    last_event_ms: event.time_ms,
-                                    first_ingest_ms: now_ms,
-                                    last_ingest_ms: now_ms,
-                                    event_count: 0,
-                                    raw_bytes: 0,
-                                    next_arrival: 0,
-                                    deadline_ms: None,
-                                    traceparent: None,
-                                    tracestate: None,
-                                },
+                                meta: new_meta(event, part, now_ms),
                             }
                         }
                     };
@@ -305,30 +198,10 @@ impl StateStore for EmbeddedStore {
                 let Some(t) = touched.get_mut(&fkey) else {
                     continue;
                 };
-                let meta = &mut t.meta;
-                let order = order_key(event.sequence.as_ref(), meta.next_arrival);
-                meta.next_arrival += 1;
-                let mut ekey = part_prefix(&fkey, meta.part);
-                ekey.extend_from_slice(&order);
+                let ekey = apply_event(&mut t.meta, &fkey, event, now_ms);
                 flows
                     .insert(ekey.as_slice(), event.raw.as_slice())
                     .map_err(storage)?;
-                if order >= meta.status_order {
-                    meta.status = event.status;
-                    meta.event_type = event.event_type.clone();
-                    meta.status_order = order;
-                }
-                meta.labels
-                    .extend(event.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-                meta.first_event_ms = meta.first_event_ms.min(event.time_ms);
-                meta.last_event_ms = meta.last_event_ms.max(event.time_ms);
-                meta.last_ingest_ms = now_ms;
-                meta.event_count += 1;
-                meta.raw_bytes += event.raw.len() as u64;
-                if meta.traceparent.is_none() && event.traceparent.is_some() {
-                    meta.traceparent = event.traceparent.clone();
-                    meta.tracestate = event.tracestate.clone();
-                }
                 outcome.stored += 1;
             }
 

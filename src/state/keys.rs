@@ -1,0 +1,159 @@
+//! The key layout shared by the state backends (documented in `embedded`): flow keys
+//! are prefix-free, integers big-endian, so byte order is the order the pipeline needs.
+
+use serde::Serialize;
+
+use std::collections::BTreeMap;
+
+use super::{FlowMeta, StateError};
+use crate::event::{FlowEvent, Sequence};
+
+pub(super) const META: u8 = 0;
+pub(super) const DEDUPE: u8 = 1;
+pub(super) const EVENT: u8 = 2;
+
+pub(super) fn corrupt(what: impl Into<String>, detail: impl std::fmt::Display) -> StateError {
+    StateError::Corrupt {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+pub(super) fn put_component(out: &mut Vec<u8>, s: &[u8]) {
+    // Components are ≤ 1 KiB after validation; longer dedupe values are cut, which only
+    // weakens deduplication for absurd ids and never merges two flows.
+    let s = &s[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+pub(super) fn flow_key(tenant: &str, flow_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + tenant.len() + flow_id.len());
+    put_component(&mut k, tenant.as_bytes());
+    put_component(&mut k, flow_id.as_bytes());
+    k
+}
+
+pub(super) fn meta_key(flow_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(flow_key.len() + 1);
+    k.extend_from_slice(flow_key);
+    k.push(META);
+    k
+}
+
+pub(super) fn part_prefix(flow_key: &[u8], part: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(flow_key.len() + 5);
+    k.extend_from_slice(flow_key);
+    k.push(EVENT);
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// Length of the flow key at the start of a `flows` key.
+pub(super) fn flow_key_len(key: &[u8]) -> Option<usize> {
+    let t = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
+    let f_at = 2 + t;
+    let f = u16::from_be_bytes([*key.get(f_at)?, *key.get(f_at + 1)?]) as usize;
+    let len = f_at + 2 + f;
+    (key.len() > len).then_some(len)
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+pub(super) fn deadline_key(deadline_ms: i64, flow_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + flow_key.len());
+    k.extend_from_slice(&((deadline_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(flow_key);
+    k
+}
+
+pub(super) fn order_key(sequence: Option<&Sequence>, arrival: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    match sequence {
+        Some(s) => s.encode(&mut k),
+        None => k.push(2),
+    }
+    k.extend_from_slice(&arrival.to_be_bytes());
+    k
+}
+
+pub(super) fn decode_meta(bytes: &[u8]) -> Result<FlowMeta, StateError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt("flow meta", e))
+}
+
+pub(super) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StateError> {
+    postcard::to_allocvec(value).map_err(|e| corrupt(what, e))
+}
+
+/// The dedupe key of an event within its flow.
+pub(super) fn dedupe_key(flow_key: &[u8], a: &str, b: &str) -> Vec<u8> {
+    let mut k = flow_key.to_vec();
+    k.push(DEDUPE);
+    put_component(&mut k, a.as_bytes());
+    put_component(&mut k, b.as_bytes());
+    k
+}
+
+/// The meta of a flow part opened by `event`.
+pub(super) fn new_meta(event: &FlowEvent, part: u32, now_ms: i64) -> FlowMeta {
+    FlowMeta {
+        tenant: event.tenant.clone(),
+        flow_id: event.flow_id.clone(),
+        part,
+        status: event.status,
+        event_type: event.event_type.clone(),
+        status_order: Vec::new(),
+        labels: BTreeMap::new(),
+        first_event_ms: event.time_ms,
+        last_event_ms: event.time_ms,
+        first_ingest_ms: now_ms,
+        last_ingest_ms: now_ms,
+        event_count: 0,
+        raw_bytes: 0,
+        next_arrival: 0,
+        deadline_ms: None,
+        traceparent: None,
+        tracestate: None,
+    }
+}
+
+/// Folds `event` into its flow's meta and returns the event's key. The status is that
+/// of the latest event in flow order; labels merge; the first trace context is kept.
+pub(super) fn apply_event(
+    meta: &mut FlowMeta,
+    flow_key: &[u8],
+    event: &FlowEvent,
+    now_ms: i64,
+) -> Vec<u8> {
+    let order = order_key(event.sequence.as_ref(), meta.next_arrival);
+    meta.next_arrival += 1;
+    let mut key = part_prefix(flow_key, meta.part);
+    key.extend_from_slice(&order);
+    if order >= meta.status_order {
+        meta.status = event.status;
+        meta.event_type = event.event_type.clone();
+        meta.status_order = order;
+    }
+    meta.labels
+        .extend(event.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    meta.first_event_ms = meta.first_event_ms.min(event.time_ms);
+    meta.last_event_ms = meta.last_event_ms.max(event.time_ms);
+    meta.last_ingest_ms = now_ms;
+    meta.event_count += 1;
+    meta.raw_bytes += event.raw.len() as u64;
+    if meta.traceparent.is_none() && event.traceparent.is_some() {
+        meta.traceparent = event.traceparent.clone();
+        meta.tracestate = event.tracestate.clone();
+    }
+    key
+}
