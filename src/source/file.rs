@@ -36,25 +36,24 @@ pub struct FileSource {
 impl FileSource {
     pub fn path(path: &str, follow: bool, limit: usize) -> FileSource {
         let abs = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
-        FileSource {
-            name: format!("file:{}", abs.display()),
-            input: Input::Path(abs),
+        Self::new(
+            format!("file:{}", abs.display()),
+            Input::Path(abs),
             follow,
             limit,
-            reader: None,
-            offset: 0,
-            pending: Vec::new(),
-            pending_len: 0,
-            pending_terminated: false,
-            eof: false,
-        }
+        )
     }
 
+    /// Stdin is read to its end; its position is not checkpointed.
     pub fn stdin(limit: usize) -> FileSource {
+        Self::new("stdin".into(), Input::Stdin, false, limit)
+    }
+
+    fn new(name: String, input: Input, follow: bool, limit: usize) -> FileSource {
         FileSource {
-            name: "stdin".into(),
-            input: Input::Stdin,
-            follow: false,
+            input,
+            name,
+            follow,
             limit,
             reader: None,
             offset: 0,
