@@ -95,12 +95,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     let workload = generate(&spec, &mut out).map_err(|e| io_err("events.jsonl", e))?;
     drop(out);
 
-    let mut config = Config::default();
-    config.state.path = dir.join("state");
-    config.archive.dir = dir.join("archive");
-    config.archive.spool_dir = dir.join("spool");
-    config.publish.archived_path = dir.join("archived.jsonl");
-    config.dead_letter.path = dir.join("dead-letter.jsonl");
+    let mut config = Config::rooted_at(&dir);
     let hour = Retention::After(std::time::Duration::from_secs(3600));
     let r = &mut config.retention;
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);

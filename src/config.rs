@@ -742,6 +742,18 @@ impl Config {
         Ok(())
     }
 
+    /// The defaults with every data path (state, archive, spool, records, dead letters)
+    /// under `dir` — for benchmarks, tests and scratch runs.
+    pub fn rooted_at(dir: &Path) -> Config {
+        let mut c = Config::default();
+        c.state.path = dir.join("state");
+        c.archive.dir = dir.join("archive");
+        c.archive.spool_dir = dir.join("spool");
+        c.publish.archived_path = dir.join("archived.jsonl");
+        c.dead_letter.path = dir.join("dead-letter.jsonl");
+        c
+    }
+
     /// The effective configuration as TOML, for `config check`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

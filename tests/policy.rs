@@ -18,12 +18,7 @@ const T0_MS: i64 = 1_777_593_600_000;
 const MIN: i64 = 60_000;
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.state.path = dir.join("state");
-    c.archive.dir = dir.join("archive");
-    c.archive.spool_dir = dir.join("spool");
-    c.publish.archived_path = dir.join("archived.jsonl");
-    c.dead_letter.path = dir.join("dead.jsonl");
+    let mut c = Config::rooted_at(dir);
     let r = &mut c.retention;
     r.completed = Retention::After(Duration::from_secs(600));
     r.failed = Retention::After(Duration::from_secs(1800));

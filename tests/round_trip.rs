@@ -94,11 +94,7 @@ fn check_round_trip(config: &str, decompress: &[&str]) {
         )
         .unwrap();
         assert_eq!(sha256_hex(&object), d["object_sha256"]);
-        let (off, len) = (
-            d["offset"].as_u64().unwrap() as usize,
-            d["length"].as_u64().unwrap() as usize,
-        );
-        let frame = &object[off..off + len];
+        let frame = frame_of(&object, d);
         assert_eq!(
             sha256_hex(frame),
             d["frame_sha256"],

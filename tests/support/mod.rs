@@ -117,6 +117,13 @@ pub fn ce(tenant: &str, flow: &str, id: &str, seq: u64, kind: &str, time: &str) 
     )
 }
 
+/// The bytes of the frame a `flow.archived` record names: `[offset, offset + length)`.
+pub fn frame_of<'a>(object: &'a [u8], data: &Value) -> &'a [u8] {
+    let offset = data["offset"].as_u64().expect("offset") as usize;
+    let length = data["length"].as_u64().expect("length") as usize;
+    &object[offset..offset + length]
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
