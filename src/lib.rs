@@ -10,6 +10,7 @@ pub mod archive;
 pub mod bench;
 pub mod config;
 pub mod event;
+pub mod kafka;
 pub mod ops;
 pub mod pipeline;
 pub mod policy;

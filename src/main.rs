@@ -40,7 +40,8 @@ enum LogFormat {
 enum Command {
     /// Run the service: ingest from a source and archive due flows until Ctrl-C.
     Run {
-        /// `file:PATH` (followed like tail -f) or `stdin`; none archives only.
+        /// `kafka` (topics from the config), `kafka:TOPIC[,TOPIC]`, `file:PATH`
+        /// (followed like tail -f) or `stdin`; none archives only.
         #[arg(long)]
         source: Option<String>,
     },
@@ -72,6 +73,16 @@ enum Command {
     Get {
         /// TENANT/FLOW_ID
         flow: String,
+    },
+    /// Re-publish an archived flow's events, in order, with their original attributes.
+    Replay {
+        /// TENANT/FLOW_ID
+        flow: String,
+        /// `kafka:TOPIC` or `stdout`.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Re-read archive objects and check every checksum.
     Verify {
@@ -244,12 +255,17 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { source } => {
             let config = load(&cli.config)?;
-            let max = config.input.max_event_bytes;
             let source = match source.as_deref() {
-                Some(spec) => Some(Box::new(
-                    flow_archiver::source::open_spec(spec, true, max)
-                        .map_err(|e| UsageError(e.to_string()))?,
-                ) as Box<dyn flow_archiver::source::Source>),
+                Some(spec) => Some(
+                    flow_archiver::source::open_for_run(spec, &config)
+                        .await
+                        .map_err(|e| match e {
+                            flow_archiver::source::SourceError::Spec(_) => {
+                                anyhow::Error::from(UsageError(e.to_string()))
+                            }
+                            e => e.into(),
+                        })?,
+                ),
                 None => None,
             };
             let pipeline = Arc::new(Pipeline::open(config, Arc::new(SystemClock))?);
@@ -262,10 +278,31 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let report = pipeline.run(source, cancel).await?;
             eprintln!(
-                "stopped: ingested {} events ({} duplicates, {} dead-lettered); archived {} flow parts in {} segments",
-                report.ingest.stored, report.ingest.duplicates, report.ingest.dead_lettered,
-                report.sweep.flow_parts, report.sweep.segments
+                "stopped: read {} records, ingested {} events ({} duplicates, {} dead-lettered); archived {} flow parts in {} segments",
+                report.ingest.records, report.ingest.stored, report.ingest.duplicates,
+                report.ingest.dead_lettered, report.sweep.flow_parts, report.sweep.segments
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { flow, to, json } => {
+            let (tenant, flow_id) = flow_ref(&flow)?;
+            let target = ops::ReplayTarget::parse(&to).map_err(UsageError)?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let report = ops::replay(&pipeline, &tenant, &flow_id, &target).await?;
+            // With `--to stdout` the events own stdout; the summary goes to stderr.
+            if json && target != ops::ReplayTarget::Stdout {
+                print_json(&report)?;
+            } else {
+                eprintln!(
+                    "replayed {}/{}: {} events ({}) from {} parts to {}",
+                    report.tenant,
+                    report.flow_id,
+                    report.events,
+                    human_bytes(report.bytes),
+                    report.parts.len(),
+                    report.target
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { input, json } => {

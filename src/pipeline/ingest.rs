@@ -63,7 +63,10 @@ impl Ingest {
         let mut totals = IngestTotals::default();
         // Decoding batch N+1 overlaps the durable write of batch N; writes (and so
         // checkpoints and upstream commits) still happen strictly in order.
-        let mut writing: Option<tokio::task::JoinHandle<Result<IngestOutcome, StateError>>> = None;
+        let mut writing: Option<(
+            tokio::task::JoinHandle<Result<IngestOutcome, StateError>>,
+            u64,
+        )> = None;
         let in_state = source.checkpoint_in_state();
         loop {
             let batch = tokio::select! {
@@ -72,17 +75,29 @@ impl Ingest {
                 batch = source.next_batch(self.batch_size) => batch?,
             };
             let Some(batch) = batch else { break };
+            if batch.records.is_empty() {
+                // The input is idle: make what is in flight durable and acknowledged.
+                if let Some((previous, seq)) = writing.take() {
+                    self.finish_write(previous, seq, source, &mut totals, on_batch)
+                        .await?;
+                }
+                source.commit(batch.seq).await?;
+                continue;
+            }
+            let seq = batch.seq;
             let (good, checkpoint) = self.decode(source.name(), batch, &mut totals).await?;
-            if let Some(previous) = writing.take() {
-                self.finish_write(previous, source, &mut totals, on_batch)
+            if let Some((previous, previous_seq)) = writing.take() {
+                self.finish_write(previous, previous_seq, source, &mut totals, on_batch)
                     .await?;
             }
-            writing = Some(self.start_write(good, source.name(), checkpoint.filter(|_| in_state)));
+            let write = self.start_write(good, source.name(), checkpoint.filter(|_| in_state));
+            writing = Some((write, seq));
         }
-        if let Some(previous) = writing.take() {
-            self.finish_write(previous, source, &mut totals, on_batch)
+        if let Some((previous, seq)) = writing.take() {
+            self.finish_write(previous, seq, source, &mut totals, on_batch)
                 .await?;
         }
+        source.close().await?;
         Ok(totals)
     }
 
@@ -110,7 +125,8 @@ impl Ingest {
                     ),
                 })
             } else {
-                self.decoder.decode(&record.payload, now)
+                self.decoder
+                    .decode_record(&record.payload, &record.headers, now)
             };
             match decoded {
                 Ok(event) => good.push(event),
@@ -149,6 +165,7 @@ impl Ingest {
     async fn finish_write(
         &self,
         write: tokio::task::JoinHandle<Result<IngestOutcome, StateError>>,
+        seq: u64,
         source: &mut dyn Source,
         totals: &mut IngestTotals,
         on_batch: &mut (dyn FnMut(&IngestTotals) + Send),
@@ -158,7 +175,7 @@ impl Ingest {
         totals.duplicates += outcome.duplicates;
         totals.reopened += outcome.reopened;
         totals.batches += 1;
-        source.commit().await?;
+        source.commit(seq).await?;
         failpoint::hit("after-ingest");
         on_batch(totals);
         Ok(())
@@ -181,12 +198,17 @@ fn dead_letter(
         reason: rejection.reason,
         detail: rejection.detail,
         source: source.to_string(),
-        position: record.position,
+        position: record.position.clone(),
         received_at: rfc3339_ms(now_ms),
         payload_base64: base64::engine::general_purpose::STANDARD.encode(&record.payload),
         payload_text: String::from_utf8(record.payload.clone()).ok(),
         payload_bytes: record.original_len,
         truncated: record.truncated,
         headers,
+        key_base64: record
+            .key
+            .as_ref()
+            .map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
+        original: record,
     }
 }

@@ -23,10 +23,13 @@ pub use ingest::{Ingest, IngestTotals};
 pub use scheduler::{plan, IntentIds};
 
 use crate::archive::{ArchiveError, ArchiveStore};
-use crate::config::Config;
+use crate::config::{Config, Destination};
 use crate::event::Decoder;
 use crate::policy::{Clock, RetentionPolicy};
-use crate::publish::{DeadLetterSink, FileDeadLetters, FilePublisher, PublishError, Publisher};
+use crate::publish::{
+    DeadLetterSink, FileDeadLetters, FilePublisher, KafkaDeadLetters, KafkaPublisher, PublishError,
+    Publisher,
+};
 use crate::source::{Source, SourceError};
 use crate::state::{ArchiveIntent, EmbeddedStore, StateError, StateStore};
 
@@ -125,14 +128,20 @@ impl Pipeline {
             );
         }
         let objects = ArchiveStore::from_config(&config.archive)?;
-        let publisher = FilePublisher::open(&config.publish.archived_path)?;
-        let dead_letters = FileDeadLetters::open(&config.dead_letter.path)?;
+        let publisher: Arc<dyn Publisher> = match config.publish.destination {
+            Destination::File => Arc::new(FilePublisher::open(&config.publish.archived_path)?),
+            Destination::Kafka => Arc::new(KafkaPublisher::open(&config.kafka)?),
+        };
+        let dead_letters: Arc<dyn DeadLetterSink> = match config.dead_letter.destination {
+            Destination::File => Arc::new(FileDeadLetters::open(&config.dead_letter.path)?),
+            Destination::Kafka => Arc::new(KafkaDeadLetters::open(&config.kafka)?),
+        };
         Ok(Pipeline {
             store: Arc::new(store),
             policy: Arc::new(policy),
             objects,
-            publisher: Arc::new(publisher),
-            dead_letters: Arc::new(dead_letters),
+            publisher,
+            dead_letters,
             clock,
             ids: IntentIds::default(),
             config,

@@ -1,14 +1,16 @@
 //! Publishing `flow.archived` events (DESIGN.md §3.5) and dead-letter records (§3.2).
 //!
 //! [`Publisher`] and [`DeadLetterSink`] are the seams; the file implementations write
-//! JSON Lines with fsync. Kafka and NATS implementations plug in here.
+//! JSON Lines with fsync; the Kafka ones write to topics.
 //!
 //! Published events are CloudEvents in structured mode whose `data` follows
 //! `schemas/flow_archived.avsc` field for field. The event `id` is deterministic
 //! (`{tenant}/{flow_id}/{part}/archived`), so it doubles as a dedupe key for consumers
 //! and for recovery (see [`Publisher::already_published`]).
 
+pub mod encoding;
 mod file;
+mod kafka;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use file::{FileDeadLetters, FilePublisher, JsonLinesFile};
+pub use kafka::{KafkaDeadLetters, KafkaEventWriter, KafkaPublisher};
 
 use crate::archive::rfc3339_ms;
 use crate::event::RejectReason;
@@ -30,6 +33,8 @@ pub enum PublishError {
     },
     #[error("cannot encode record: {0}")]
     Encode(String),
+    #[error("{0}")]
+    Broker(String),
 }
 
 /// CloudEvents `type` of the archived event.
@@ -174,6 +179,13 @@ pub struct DeadLetter {
     pub payload_bytes: u64,
     pub truncated: bool,
     pub headers: BTreeMap<String, String>,
+    /// The broker record key, base64, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    /// The record as received (exact key, value and headers), for destinations that
+    /// forward it.
+    #[serde(skip)]
+    pub original: crate::source::RawRecord,
 }
 
 /// Where refused input goes.

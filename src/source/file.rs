@@ -31,6 +31,7 @@ pub struct FileSource {
     pending_len: u64,
     pending_terminated: bool,
     eof: bool,
+    batches: u64,
 }
 
 impl FileSource {
@@ -61,6 +62,7 @@ impl FileSource {
             pending_len: 0,
             pending_terminated: false,
             eof: false,
+            batches: 0,
         }
     }
 
@@ -141,6 +143,7 @@ impl FileSource {
         self.pending_terminated = false;
         let truncated = len > payload.len() as u64;
         RawRecord {
+            key: None,
             payload,
             headers: Vec::new(),
             position: format!("offset {start}"),
@@ -183,8 +186,9 @@ impl Source for FileSource {
             // End of the input for now.
             if self.follow {
                 if records.is_empty() {
+                    // Idle: hand back an empty batch after a pause so the caller can
+                    // finish what is in flight.
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
                 }
                 break;
             }
@@ -202,13 +206,16 @@ impl Source for FileSource {
         }
         // With `follow`, a partial line stays pending: the checkpoint covers only whole
         // lines, so a restart re-reads it from its start.
+        self.batches += 1;
         Ok(Some(Batch {
+            seq: self.batches,
             records,
             checkpoint: Some(self.offset.to_be_bytes().to_vec()),
         }))
     }
 
-    async fn commit(&mut self) -> Result<(), SourceError> {
+    async fn commit(&mut self, _through: u64) -> Result<(), SourceError> {
+        // The position is stored with the events themselves.
         Ok(())
     }
 }

@@ -1,16 +1,19 @@
 //! Where workflow events come from.
 //!
-//! [`Source`] is the seam: a source hands out batches of raw records and learns,
-//! through [`Source::commit`], when records are durable in the state store so it may
-//! acknowledge them upstream (commit offsets, ack messages). It never acknowledges
-//! earlier. The file source (`file:PATH`, `stdin`) keeps its position in the state
-//! store itself, in the same transaction as the events.
+//! [`Source`] is the seam: a source hands out numbered batches of raw records and
+//! learns, through [`Source::commit`], which of them are durable in the state store so
+//! it may acknowledge them upstream (store offsets, ack messages). It never
+//! acknowledges earlier. The file source (`file:PATH`, `stdin`) keeps its position in
+//! the state store itself, in the same transaction as the events; the Kafka source
+//! stores consumer offsets only for committed batches.
 
 mod file;
+pub mod kafka;
 
 use async_trait::async_trait;
 
 pub use file::FileSource;
+pub use kafka::KafkaSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -19,13 +22,17 @@ pub enum SourceError {
         input: String,
         source: std::io::Error,
     },
-    #[error("invalid source {0:?}: use file:PATH, a path, or stdin (-)")]
+    #[error("invalid source {0:?}: use kafka, file:PATH, a path, or stdin (-)")]
     Spec(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 /// One input record, as received.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawRecord {
+    /// The broker record key, if any.
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     /// Broker headers (empty for files).
     pub headers: Vec<(String, Vec<u8>)>,
@@ -36,9 +43,14 @@ pub struct RawRecord {
     pub original_len: u64,
 }
 
-/// A batch plus the checkpoint that marks it consumed.
+/// A batch plus the checkpoint that marks it consumed. A batch may be empty: a
+/// source that waits for input returns one now and then, so that work in flight is
+/// finished and acknowledged while the input is idle.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// Numbers the batches in the order `next_batch` returns them, so that
+    /// [`Source::commit`] can say exactly which are durable.
+    pub seq: u64,
     pub records: Vec<RawRecord>,
     /// Opaque position after the batch; stored with the events when the source keeps
     /// its checkpoint in the state store.
@@ -61,8 +73,48 @@ pub trait Source: Send {
     /// source waits for more input instead.
     async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, SourceError>;
 
-    /// Everything handed out so far is durable: acknowledge it upstream.
-    async fn commit(&mut self) -> Result<(), SourceError>;
+    /// Batches up to and including `through` (by [`Batch::seq`]) are durable:
+    /// acknowledge them upstream. Batches handed out later are not covered.
+    async fn commit(&mut self, through: u64) -> Result<(), SourceError>;
+
+    /// Stops reading and releases upstream resources (leaves a consumer group after a
+    /// final commit). Called once, after the last [`Source::commit`].
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// Opens the source `run` reads: `kafka` (the `kafka` section), `kafka:T1,T2` (those
+/// topics), or a file to follow (`file:PATH`, a path, `stdin`).
+pub async fn open_for_run(
+    spec: &str,
+    config: &crate::config::Config,
+) -> Result<Box<dyn Source>, SourceError> {
+    if spec == "kafka" || spec.starts_with("kafka:") {
+        let mut k = config.kafka.clone();
+        if let Some(topics) = spec.strip_prefix("kafka:") {
+            k.topics = topics.split(',').map(|t| t.trim().to_string()).collect();
+            if let Some(bad) = k
+                .topics
+                .iter()
+                .find(|t| !crate::config::valid_topic_name(t))
+            {
+                return Err(SourceError::Spec(format!(
+                    "kafka:{topics} (topic {bad:?} is not a valid name)"
+                )));
+            }
+        }
+        let batch = config.input.batch_size;
+        let source = tokio::task::spawn_blocking(move || KafkaSource::open(&k, batch))
+            .await
+            .map_err(|e| SourceError::Kafka(e.to_string()))??;
+        return Ok(Box::new(source));
+    }
+    Ok(Box::new(open_spec(
+        spec,
+        true,
+        config.input.max_event_bytes,
+    )?))
 }
 
 /// Parses `file:PATH`, `stdin`, `-` or a bare path.

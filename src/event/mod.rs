@@ -12,6 +12,8 @@
 //!   (JSON forbids raw newlines inside strings, so no value changes), which keeps
 //!   one event per line in an archive frame.
 
+pub mod binding;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -150,6 +152,8 @@ pub enum RejectReason {
     InvalidTime,
     TimeInFuture,
     InvalidLabels,
+    /// A broker header that cannot be a CloudEvents attribute (binary mode).
+    InvalidHeader,
 }
 
 impl RejectReason {
@@ -168,6 +172,7 @@ impl RejectReason {
             RejectReason::InvalidTime => "invalid_time",
             RejectReason::TimeInFuture => "time_in_future",
             RejectReason::InvalidLabels => "invalid_labels",
+            RejectReason::InvalidHeader => "invalid_header",
         }
     }
 }
@@ -399,19 +404,41 @@ impl Decoder {
         self.max_event_bytes
     }
 
-    /// Decodes one record. `now_ms` is the ingest time: the event time when the event
-    /// has none, and the reference for the future-skew check.
-    pub fn decode(&self, bytes: &[u8], now_ms: i64) -> Result<FlowEvent, Rejection> {
-        if bytes.len() > self.max_event_bytes {
+    /// Decodes one broker record, honouring the CloudEvents binding its headers
+    /// announce (see [`binding`]).
+    pub fn decode_record(
+        &self,
+        payload: &[u8],
+        headers: &[(String, Vec<u8>)],
+        now_ms: i64,
+    ) -> Result<FlowEvent, Rejection> {
+        match binding::mode(headers) {
+            binding::Mode::Binary => {
+                self.check_size(payload.len())?;
+                let structured = binding::structured_from_binary(headers, payload)?;
+                self.decode(&structured, now_ms)
+            }
+            binding::Mode::Structured | binding::Mode::Unmarked => self.decode(payload, now_ms),
+        }
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), Rejection> {
+        if len > self.max_event_bytes {
             return Err(Rejection::new(
                 RejectReason::Oversize,
                 format!(
-                    "{} bytes exceeds input.max_event_bytes = {}",
-                    bytes.len(),
+                    "{len} bytes exceeds input.max_event_bytes = {}",
                     self.max_event_bytes
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Decodes one record. `now_ms` is the ingest time: the event time when the event
+    /// has none, and the reference for the future-skew check.
+    pub fn decode(&self, bytes: &[u8], now_ms: i64) -> Result<FlowEvent, Rejection> {
+        self.check_size(bytes.len())?;
         let text = std::str::from_utf8(bytes).map_err(|e| {
             Rejection::new(RejectReason::InvalidUtf8, format!("invalid UTF-8: {e}"))
         })?;
