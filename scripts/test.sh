@@ -23,4 +23,17 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   cargo install s3s-fs@0.14.1 --locked --features binary --quiet
 fi
 
+# A real Kafka-protocol broker (DESIGN.md §5); about 8 minutes to build, once.
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "installing tansu 0.6.0 (about 8 minutes, once)"
+  cargo install tansu@0.6.0 --locked --features dynostore,libsql --quiet
+fi
+
+# Independent clients for the Kafka tests: they share no code with flow-archiver.
+if ! python3 -c "import confluent_kafka, fastavro" >/dev/null 2>&1; then
+  echo "installing confluent-kafka and fastavro (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check \
+    "confluent-kafka==2.16.1" "fastavro==1.13.1"
+fi
+
 cargo test --locked "$@"

@@ -234,3 +234,224 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A real Kafka-protocol broker (`tansu`, in-memory storage) on a free loopback port.
+pub struct KafkaBroker {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl KafkaBroker {
+    pub fn start() -> KafkaBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(find_tool("tansu"))
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        let broker = KafkaBroker { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on port {port}: {}",
+                broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    /// `host:port`, as clients take it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
+    /// Creates a topic (tansu does not auto-create them).
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(find_tool("tansu"))
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `tests/py/kafka_client.py` (confluent-kafka, fastavro): an independent client.
+pub fn kafka_client(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 is required for the Kafka tests");
+    assert!(
+        out.status.success(),
+        "kafka_client.py {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Records read back by the independent client, one JSON object each.
+pub fn consume_topic(broker: &KafkaBroker, topic: &str, n: usize, avro: bool) -> Vec<Value> {
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/flow_archived.avsc");
+    let address = broker.address();
+    let n = n.to_string();
+    let mut args = vec!["consume", &address, topic, &n, "--timeout", "60"];
+    if avro {
+        args.extend(["--avro", schema]);
+    }
+    kafka_client(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("consumer JSON"))
+        .collect()
+}
+
+/// A background `flow-archiver` process; killed on drop so that no test leaves one
+/// behind, whatever it asserted.
+pub struct Running {
+    child: Option<Child>,
+    stderr: PathBuf,
+    args: String,
+}
+
+impl Env {
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        self.spawn_env(&[], args)
+    }
+
+    /// Like [`Env::spawn`], with extra environment variables.
+    pub fn spawn_env(&self, vars: &[(String, String)], args: &[&str]) -> Running {
+        let stderr = self.path().join(format!("stderr-{}.log", free_port()));
+        let file = std::fs::File::create(&stderr).expect("stderr file");
+        let child = self
+            .command(args)
+            .envs(vars.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn flow-archiver");
+        Running {
+            child: Some(child),
+            stderr,
+            args: args.join(" "),
+        }
+    }
+}
+
+impl Running {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (up to 60 s) for a clean exit; returns stderr.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let status = wait_timeout(&mut child, Duration::from_secs(60));
+        let stderr = self.stderr();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "flow-archiver {} did not stop cleanly ({status:?}):\n{stderr}",
+            self.args
+        );
+        stderr
+    }
+
+    /// Waits for the process to end by itself (a failpoint kill); returns its status.
+    pub fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let status = wait_timeout(&mut child, limit);
+        let stderr = self.stderr();
+        match status {
+            Some(s) => (s, stderr),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "flow-archiver {} did not exit within {limit:?}:\n{stderr}",
+                    self.args
+                )
+            }
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics with `what` after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,533 @@
+//! Kafka end to end, against a real Kafka-protocol broker (`tansu`) and an independent
+//! client (Python `confluent-kafka` + `fastavro`):
+//! - a mixed workload (structured and binary CloudEvents, three partitions,
+//!   redelivered duplicates, shuffled sequences, hostile records) goes in;
+//! - every terminal flow comes out on the archived topic exactly once, keyed
+//!   `{tenant}/{flow_id}/{part}`, its Avro data decoded by fastavro and pointing at a
+//!   frame whose bytes match the checksums;
+//! - refused records land on the DLQ topic with their original key, value, headers
+//!   and a reason header;
+//! - SIGKILL during ingest and at each archive step loses nothing, archives nothing
+//!   under two keys, and resumes at the committed offsets;
+//! - `replay` re-publishes a flow's events in order.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use support::*;
+
+const EVENTS: &str = "flows.events";
+const ARCHIVED: &str = "flow.archived";
+const DLQ: &str = "flow.events.dlq";
+
+struct Cluster {
+    broker: KafkaBroker,
+    env: Env,
+}
+
+/// A broker with the three topics and an archiver configured for it. `kafka_extra`
+/// goes into `[kafka]`, `properties` into `[kafka.properties]`. (Static membership is
+/// not exercised here: the test broker keeps rebalancing static members.)
+fn cluster(kafka_extra: &str, properties: &str) -> Cluster {
+    let broker = KafkaBroker::start();
+    broker.create_topic(EVENTS, 3);
+    broker.create_topic(ARCHIVED, 1);
+    broker.create_topic(DLQ, 1);
+    let config = format!(
+        r#"
+[input]
+max_event_bytes = 4096
+batch_size = 32
+
+[retention]
+completed = "1d"
+failed = "1d"
+
+[archive]
+segment_max_flows = 5
+
+[publish]
+destination = "kafka"
+
+[dead_letter]
+destination = "kafka"
+
+[scheduler]
+interval = "200ms"
+
+[kafka]
+brokers = "{}"
+topics = ["{EVENTS}"]
+group_id = "archiver"
+archived_topic = "{ARCHIVED}"
+dead_letter_topic = "{DLQ}"
+{kafka_extra}
+
+[kafka.properties]
+# A member killed by a test is noticed within seconds, not the default 45.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+{properties}
+"#,
+        broker.address()
+    );
+    Cluster {
+        env: Env::new(&config),
+        broker,
+    }
+}
+
+/// One record as the independent producer sends it.
+fn record(key: Option<&str>, value: &[u8], headers: &[(&str, &[u8])]) -> Value {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    json!({
+        "key": key,
+        "value_b64": b64(value),
+        "headers": headers.iter().map(|(k, v)| json!([k, {"b64": b64(v)}])).collect::<Vec<_>>(),
+    })
+}
+
+struct Workload {
+    records: Vec<Value>,
+    /// (tenant, flow) → (status, distinct event ids in sequence order) of terminal flows.
+    terminal: BTreeMap<(String, String), (String, Vec<String>)>,
+    running: Vec<(String, String)>,
+    /// Expected DLQ reasons, in production order.
+    bad: Vec<&'static str>,
+}
+
+fn workload(flows: usize) -> Workload {
+    let time = (chrono::Utc::now() - chrono::Duration::seconds(30))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut records = Vec::new();
+    let mut terminal = BTreeMap::new();
+    let mut running = Vec::new();
+    for f in 0..flows {
+        let tenant = format!("tenant-{}", f % 2);
+        let flow = format!("flow-{f:03}");
+        let n = 3 + f % 4;
+        let finished = f % 7 != 3;
+        let status = if f % 5 == 0 { "failed" } else { "completed" };
+        let mut ids = Vec::new();
+        let mut flow_records = Vec::new();
+        for seq in 1..=n {
+            let kind = match (seq == n, finished) {
+                (true, true) => status,
+                (false, _) if seq == 1 => "started",
+                _ => "step",
+            };
+            let id = format!("{flow}-e{seq}");
+            ids.push(id.clone());
+            let data = json!({"step": seq, "labels": {"team": format!("t{}", f % 3)}});
+            let binary = (f + seq) % 2 == 0;
+            let rec = if binary {
+                let seq_text = format!("{seq:04}");
+                let ty = format!("io.test.flow.{kind}");
+                let headers: Vec<(&str, &[u8])> = vec![
+                    ("ce_specversion", b"1.0"),
+                    ("ce_id", id.as_bytes()),
+                    ("ce_source", b"/engine"),
+                    ("ce_type", ty.as_bytes()),
+                    ("ce_subject", flow.as_bytes()),
+                    ("ce_tenant", tenant.as_bytes()),
+                    ("ce_sequence", seq_text.as_bytes()),
+                    ("ce_time", time.as_bytes()),
+                    ("content-type", b"application/json"),
+                ];
+                record(Some(&flow), data.to_string().as_bytes(), &headers)
+            } else {
+                let event = ce(&tenant, &flow, &id, seq as u64, kind, &time);
+                record(
+                    Some(&flow),
+                    event.as_bytes(),
+                    &[(
+                        "content-type",
+                        b"application/cloudevents+json; charset=utf-8",
+                    )],
+                )
+            };
+            flow_records.push(rec);
+        }
+        // Shuffled sequences and a redelivered duplicate.
+        if f % 2 == 1 {
+            flow_records.reverse();
+        } else {
+            flow_records.rotate_left(1);
+        }
+        flow_records.push(flow_records[f % flow_records.len()].clone());
+        records.extend(flow_records);
+        if finished {
+            terminal.insert((tenant, flow), (status.to_string(), ids));
+        } else {
+            running.push((tenant, flow));
+        }
+    }
+    // Hostile and malformed records, spread between the good ones.
+    let good = |id: &str, subject: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/engine","type":"io.test.flow.step","subject":"{subject}","time":"{time}"}}"#
+        )
+    };
+    let structured: &[(&str, &[u8])] = &[("content-type", b"application/cloudevents+json")];
+    let oversize = format!(
+        r#"{{"specversion":"1.0","id":"big","source":"/e","type":"io.test.flow.step","subject":"big","data":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    let bad_cases: Vec<(Value, &'static str)> = vec![
+        (
+            record(Some("k1"), b"{\"specversion\":\"1.0\",", structured),
+            "malformed_json",
+        ),
+        (
+            record(
+                Some("k2"),
+                good("b2", "../../etc/passwd").as_bytes(),
+                structured,
+            ),
+            "invalid_identifier",
+        ),
+        (
+            record(Some("k3"), good("b3", "a\\u0000b").as_bytes(), structured),
+            "invalid_identifier",
+        ),
+        (
+            record(None, &[0x7b, 0xff, 0xfe, 0x7d], structured),
+            "invalid_utf8",
+        ),
+        (
+            record(Some("k5"), oversize.as_bytes(), structured),
+            "oversize",
+        ),
+        (
+            record(
+                Some("k6"),
+                br#"{"specversion":"1.0","id":"b6","source":"/e","type":"io.test.flow.step"}"#,
+                structured,
+            ),
+            "missing_field",
+        ),
+        (
+            record(
+                Some("k7"),
+                b"{}",
+                &[("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_id", b"2")],
+            ),
+            "invalid_header",
+        ),
+        (
+            record(
+                Some("k8"),
+                b"{}",
+                &[("ce_specversion", b"1.0"), ("ce_Sub\u{202e}ject", b"x")],
+            ),
+            "invalid_header",
+        ),
+        (
+            record(
+                Some("k9"),
+                b"not json",
+                &[
+                    ("ce_specversion", b"1.0"),
+                    ("content-type", b"application/json"),
+                ],
+            ),
+            "malformed_json",
+        ),
+        (record(Some("k10"), b"", &[]), "empty"),
+        (record(Some("k11"), b"[1,2,3]", structured), "not_an_object"),
+    ];
+    let mut bad = Vec::new();
+    let step = records.len() / bad_cases.len();
+    for (i, (rec, reason)) in bad_cases.into_iter().enumerate() {
+        records.insert((i + 1) * step + i, rec);
+        bad.push(reason);
+    }
+    Workload {
+        records,
+        terminal,
+        running,
+        bad,
+    }
+}
+
+fn produce(c: &Cluster, records: &[Value]) {
+    let spec = c.env.write(
+        "produce.json",
+        serde_json::to_string(records).unwrap().as_bytes(),
+    );
+    kafka_client(&[
+        "produce",
+        &c.broker.address(),
+        EVENTS,
+        spec.to_str().unwrap(),
+    ]);
+}
+
+/// Records produced but not yet acknowledged by the archiver's group.
+fn lag(c: &Cluster, produced: usize) -> i64 {
+    let committed: i64 = kafka_client(&["committed", &c.broker.address(), "archiver", EVENTS])
+        .trim()
+        .parse()
+        .expect("committed offsets");
+    produced as i64 - committed
+}
+
+/// Runs the archiver with long retention until the group has committed everything.
+fn ingest_all(c: &Cluster, produced: usize) -> String {
+    let run = c.env.spawn(&["run", "--source", "kafka"]);
+    eventually(
+        Duration::from_secs(90),
+        "the group to commit every record",
+        || (lag(c, produced) == 0).then_some(()),
+    );
+    run.stop()
+}
+
+/// Runs with 1 s retention until `parts` archived records are on the topic.
+fn archive_all(c: &Cluster, parts: usize) -> (Vec<Value>, String) {
+    let run = c
+        .env
+        .spawn_env(&short_retention(), &["run", "--source", "kafka"]);
+    let archived = consume_topic(&c.broker, ARCHIVED, parts, true);
+    (archived, run.stop())
+}
+
+fn short_retention() -> Vec<(String, String)> {
+    vec![
+        ("FLOW_ARCHIVER__RETENTION__COMPLETED".into(), "1s".into()),
+        ("FLOW_ARCHIVER__RETENTION__FAILED".into(), "1s".into()),
+    ]
+}
+
+/// Checks every archived record against the workload and the archive itself.
+fn check_archived(c: &Cluster, w: &Workload, archived: &[Value]) {
+    let mut by_key: HashMap<String, Vec<&Value>> = HashMap::new();
+    for r in archived {
+        by_key
+            .entry(r["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r);
+    }
+    let expected_keys: BTreeSet<String> = w
+        .terminal
+        .keys()
+        .map(|(t, f)| format!("{t}/{f}/1"))
+        .collect();
+    let keys: BTreeSet<String> = by_key.keys().cloned().collect();
+    assert_eq!(
+        keys, expected_keys,
+        "each terminal flow is archived, under one key"
+    );
+    for (key, copies) in &by_key {
+        // A re-publish after a crash repeats the same record; never a different one.
+        for copy in copies {
+            assert_eq!(copy["data"], copies[0]["data"], "{key}: copies differ");
+        }
+        let r = copies[0];
+        let h = &r["headers"];
+        assert_eq!(h["ce_specversion"], "1.0");
+        assert_eq!(h["ce_type"], "io.flowarchiver.flow.archived");
+        assert_eq!(h["ce_id"], format!("{key}/archived"));
+        assert_eq!(h["content-type"], "application/avro");
+        let d = &r["data"];
+        let (tenant, flow) = (
+            d["tenant"].as_str().unwrap(),
+            d["flow_id"].as_str().unwrap(),
+        );
+        assert_eq!(h["ce_subject"], flow);
+        let (status, ids) = &w.terminal[&(tenant.to_string(), flow.to_string())];
+        assert_eq!(d["status"], status.as_str(), "{key}");
+        assert_eq!(
+            d["event_count"],
+            ids.len(),
+            "{key}: every distinct event, once"
+        );
+        assert_eq!(d["part"], 1);
+        // The frame the record names is in the archive, with the checksums it states.
+        let object = std::fs::read(
+            c.env
+                .path()
+                .join("data/archive")
+                .join(d["object_key"].as_str().unwrap()),
+        )
+        .expect("object exists");
+        assert_eq!(sha256_hex(&object), d["object_sha256"]);
+        let frame = frame_of(&object, d);
+        assert_eq!(sha256_hex(frame), d["frame_sha256"]);
+        let text = String::from_utf8(pipe(&["zstd", "-dc"], frame)).unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v.get("specversion").is_some())
+            .collect();
+        let got: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            got,
+            ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            "{key}: order"
+        );
+    }
+}
+
+#[test]
+fn kafka_end_to_end_mixed_workload() {
+    let c = cluster("", "");
+    let w = workload(40);
+    produce(&c, &w.records);
+    let stopped = ingest_all(&c, w.records.len());
+    assert!(
+        stopped.contains(&format!("read {} records", w.records.len())),
+        "every record read once: {stopped}"
+    );
+
+    // Dead letters: original key, value and headers, plus the reason.
+    let letters = consume_topic(&c.broker, DLQ, w.bad.len(), false);
+    assert_eq!(letters.len(), w.bad.len(), "{letters:#?}");
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|l| l["headers"]["flow-archiver-reason"].as_str().unwrap())
+        .collect();
+    let mut sorted_reasons = reasons.clone();
+    sorted_reasons.sort();
+    let mut expected = w.bad.clone();
+    expected.sort();
+    assert_eq!(sorted_reasons, expected);
+    let originals: HashMap<Option<String>, &Value> = w
+        .records
+        .iter()
+        .map(|r| (r["key"].as_str().map(String::from), r))
+        .collect();
+    for letter in &letters {
+        let key = letter["key"].as_str().map(String::from);
+        let original = originals[&key];
+        assert_eq!(
+            letter["value_b64"], original["value_b64"],
+            "value kept for {key:?}"
+        );
+        for h in original["headers"].as_array().unwrap() {
+            let name = h[0].as_str().unwrap();
+            assert!(letter["headers"].get(name).is_some(), "header {name} kept");
+        }
+        assert!(letter["headers"]["flow-archiver-position"]
+            .as_str()
+            .unwrap()
+            .starts_with("flows.events/"));
+    }
+
+    let (archived, _) = archive_all(&c, w.terminal.len());
+    check_archived(&c, &w, &archived);
+
+    // Running flows stay live and readable.
+    for (tenant, flow) in &w.running {
+        let out = c.env.ok(&["get", &format!("{tenant}/{flow}")]);
+        assert!(out.contains("\"archived\": false"), "{out}");
+    }
+
+    // Replay: the flow's events, in sequence order, with their original attributes.
+    c.broker.create_topic("flows.replay", 1);
+    let ((tenant, flow), (_, ids)) = w.terminal.iter().next().unwrap();
+    c.env.ok(&[
+        "replay",
+        &format!("{tenant}/{flow}"),
+        "--to",
+        "kafka:flows.replay",
+    ]);
+    let replayed = consume_topic(&c.broker, "flows.replay", ids.len(), false);
+    let got: Vec<String> = replayed
+        .iter()
+        .map(|r| {
+            assert_eq!(r["key"], flow.as_str());
+            assert_eq!(r["headers"]["content-type"], "application/cloudevents+json");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(r["value_b64"].as_str().unwrap())
+                .unwrap();
+            let event: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(event["subject"], flow.as_str());
+            assert_eq!(event["source"], "/engine");
+            event["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(&got, ids);
+}
+
+#[test]
+fn sigkill_during_ingest_resumes_at_the_committed_offsets() {
+    let c = cluster("", "");
+    let w = workload(60);
+    let (first, second) = w.records.split_at(w.records.len() / 2);
+    // The first half is ingested and committed by a clean run...
+    produce(&c, first);
+    ingest_all(&c, first.len());
+    // ...the second is cut short by SIGKILL right after a durable batch.
+    produce(&c, second);
+    let vars = vec![
+        (
+            "FLOW_ARCHIVER_FAILPOINT".to_string(),
+            "after-ingest:3".to_string(),
+        ),
+        (
+            "FLOW_ARCHIVER__INPUT__BATCH_SIZE".to_string(),
+            "16".to_string(),
+        ),
+    ];
+    let (status, stderr) = c
+        .env
+        .spawn_env(&vars, &["run", "--source", "kafka"])
+        .wait(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the failpoint kills the process: {stderr}"
+    );
+    let uncommitted = lag(&c, w.records.len());
+    assert!(
+        uncommitted > 0 && uncommitted <= second.len() as i64,
+        "the kill left {uncommitted} records uncommitted, at most the second half ({})",
+        second.len()
+    );
+    // The restart reads exactly what was not committed: no more (it resumes), no
+    // less (nothing acknowledged before it was durable is skipped).
+    let stopped = ingest_all(&c, w.records.len());
+    assert!(
+        stopped.contains(&format!("read {uncommitted} records")),
+        "the restart reads from the committed offsets ({uncommitted} records): {stopped}"
+    );
+    let (archived, _) = archive_all(&c, w.terminal.len());
+    check_archived(&c, &w, &archived);
+}
+
+fn sigkill_while_archiving(failpoint: &str) {
+    let c = cluster("", "");
+    let w = workload(30);
+    produce(&c, &w.records);
+    ingest_all(&c, w.records.len());
+    let mut vars = short_retention();
+    vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), format!("{failpoint}:1")));
+    let (status, stderr) = c
+        .env
+        .spawn_env(&vars, &["run", "--source", "kafka"])
+        .wait(Duration::from_secs(60));
+    assert!(!status.success(), "{failpoint} kills the process: {stderr}");
+    let (archived, _) = archive_all(&c, w.terminal.len());
+    check_archived(&c, &w, &archived);
+    c.env.ok(&["verify"]);
+}
+
+#[test]
+fn sigkill_after_intent_with_kafka() {
+    sigkill_while_archiving("after-intent");
+}
+
+#[test]
+fn sigkill_after_upload_with_kafka() {
+    sigkill_while_archiving("after-upload");
+}
+
+#[test]
+fn sigkill_after_publish_before_delete_with_kafka() {
+    sigkill_while_archiving("after-publish");
+}
