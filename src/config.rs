@@ -1060,4 +1060,56 @@ mod tests {
         let again = Config::from_sources(Some(&c.to_toml()), &[]).unwrap();
         assert_eq!(c, again);
     }
+
+    #[test]
+    fn kafka_section_from_file_and_environment() {
+        let toml = r#"
+[kafka]
+brokers = "k1:9092,k2:9092"
+topics = ["flows.events", "argo.workflows"]
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+[publish]
+destination = "kafka"
+"#;
+        let c = Config::from_sources(
+            Some(toml),
+            &env(&[
+                ("FLOW_ARCHIVER__KAFKA__TOPICS", "a.events, b.events"),
+                ("FLOW_ARCHIVER__KAFKA__DATA_ENCODING", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.topics, ["a.events", "b.events"]);
+        assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.data_encoding, DataEncoding::Json);
+        assert_eq!(c.publish.destination, Destination::Kafka);
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn kafka_guarantees_cannot_be_overridden() {
+        let err = |toml: &str| {
+            Config::from_sources(Some(toml), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[kafka.properties]\n\"enable.auto.offset.store\" = \"true\"");
+        assert!(
+            e.contains("kafka.properties") && e.contains("delivery guarantees"),
+            "{e}"
+        );
+        let e = err("[kafka.properties]\n\"group.id\" = \"x\"");
+        assert!(e.contains("kafka.group_id"), "{e}");
+        // Setting a pinned property to its pinned value is harmless.
+        Config::from_sources(
+            Some("[kafka.properties]\n\"enable.idempotence\" = \"true\""),
+            &[],
+        )
+        .unwrap();
+        let e = err("[kafka]\ntopics = [\"../etc\"]");
+        assert!(e.contains("kafka.topics"), "{e}");
+        let e = err("[kafka]\narchived_topic = \"flow archived\"");
+        assert!(e.contains("kafka.archived_topic"), "{e}");
+    }
 }

@@ -52,7 +52,7 @@ pub fn require_topics<C: ClientContext>(
         };
         if missing {
             return Err(format!(
-                "topic {topic:?} does not exist on {brokers}; create it (see README, \"Kafka topics\") or fix the configured name"
+                "topic {topic:?} does not exist on {brokers}; create it (README, \"Kafka\", lists the topics) or fix the configured name"
             ));
         }
     }

@@ -531,3 +531,34 @@ fn sigkill_after_upload_with_kafka() {
 fn sigkill_after_publish_before_delete_with_kafka() {
     sigkill_while_archiving("after-publish");
 }
+
+#[test]
+fn missing_topics_are_named_at_start() {
+    let broker = KafkaBroker::start();
+    broker.create_topic(EVENTS, 1);
+    let env = Env::new(&format!(
+        "[kafka]\nbrokers = \"{}\"\ntopics = [\"{EVENTS}\"]\n[publish]\ndestination = \"kafka\"\n",
+        broker.address()
+    ));
+    let out = env.run(&["run", "--source", "kafka:no.such.topic"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\"no.such.topic\" does not exist"),
+        "{stderr}"
+    );
+    // The input topic exists; the archived topic does not.
+    let out = env.run(&["run", "--source", "kafka"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\"flow.archived\" does not exist"),
+        "{stderr}"
+    );
+    let out = env.run(&["run", "--source", "kafka:bad/topic"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad topic name is a usage error"
+    );
+}

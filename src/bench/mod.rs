@@ -7,6 +7,8 @@
 //! `zstd` and `sha256sum` tools are installed it times `zstd -3 -T1 | sha256sum` over
 //! the same JSON Lines in the same run, as the reference for archive throughput.
 
+pub mod kafka;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +36,10 @@ pub struct BenchArgs {
     /// Skip the archive phase (ingest and memory only).
     #[arg(long)]
     pub ingest_only: bool,
+    /// Measure the Kafka source instead, on these brokers (`host:port`): ingest rate
+    /// against a plain consumer of the same topic, and expiry→archived latency.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -162,7 +168,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     })
 }
 
-fn io_err(path: &str, source: std::io::Error) -> PipelineError {
+pub(crate) fn io_err(path: &str, source: std::io::Error) -> PipelineError {
     PipelineError::Publish(crate::publish::PublishError::Io {
         path: path.to_string(),
         source,
@@ -185,7 +191,7 @@ fn reference_mb_per_sec(input: &std::path::Path) -> Option<f64> {
         .then(|| size as f64 / MB / started.elapsed().as_secs_f64())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
