@@ -562,3 +562,63 @@ fn missing_topics_are_named_at_start() {
         "a bad topic name is a usage error"
     );
 }
+
+/// The `read N records` figure from a stopped `run`.
+fn records_read(stopped: &str) -> i64 {
+    let after = stopped
+        .split("stopped: read ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary in: {stopped}"));
+    after
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count")
+}
+
+#[test]
+fn a_rebalance_hands_partitions_over_at_the_durable_position() {
+    let c = cluster("", "");
+    let w = workload(80);
+    // A second instance with its own state, in the same group.
+    let other =
+        Env::new(&std::fs::read_to_string(c.env.path().join("flow-archiver.toml")).unwrap());
+    let (first, second) = w.records.split_at(w.records.len() / 3);
+    produce(&c, first);
+    let a = c.env.spawn(&["run", "--source", "kafka"]);
+    eventually(
+        Duration::from_secs(60),
+        "the first instance to commit",
+        || (lag(&c, first.len()) == 0).then_some(()),
+    );
+    // The second instance joins while the first is busy with new records, so some of
+    // its partitions are revoked mid-stream.
+    let info = vec![("RUST_LOG".to_string(), "flow_archiver=info".to_string())];
+    let b = other.spawn_env(&info, &["run", "--source", "kafka"]);
+    produce(&c, second);
+    eventually(
+        Duration::from_secs(60),
+        "the second instance to get partitions",
+        || {
+            b.stderr()
+                .contains("Kafka partitions assigned")
+                .then_some(())
+        },
+    );
+    eventually(
+        Duration::from_secs(90),
+        "the group to commit every record",
+        || (lag(&c, w.records.len()) == 0).then_some(()),
+    );
+    let (stopped_a, stopped_b) = (a.stop(), b.stop());
+    let (read_a, read_b) = (records_read(&stopped_a), records_read(&stopped_b));
+    eprintln!("first instance read {read_a}, second {read_b}, of {}", w.records.len());
+    // Every record was read by exactly one of them: the first gave each revoked
+    // partition up at its durable, committed position, and dropped what it had queued.
+    assert_eq!(
+        read_a + read_b,
+        w.records.len() as i64,
+        "first read {read_a}, second read {read_b}"
+    );
+    assert!(read_b > 0, "the second instance took over partitions");
+}
