@@ -17,6 +17,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq zstd gzip coreutils >/dev/null
 fi
 
+# A real NATS server with JetStream (DESIGN.md §5): Debian's 2.9.10.
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "installing nats-server (Debian package)"
+  apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
+fi
+
 # A real S3 server (DESIGN.md §5).
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "installing s3s-fs 0.14.1 (about 2 minutes, once)"
@@ -29,11 +35,11 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu@0.6.0 --locked --features dynostore,libsql --quiet
 fi
 
-# Independent clients for the Kafka tests: they share no code with flow-archiver.
-if ! python3 -c "import confluent_kafka, fastavro" >/dev/null 2>&1; then
-  echo "installing confluent-kafka and fastavro (PyPI)"
+# Independent clients for the broker tests: they share no code with flow-archiver.
+if ! python3 -c "import confluent_kafka, fastavro, nats" >/dev/null 2>&1; then
+  echo "installing confluent-kafka, fastavro and nats-py (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check \
-    "confluent-kafka==2.16.1" "fastavro==1.13.1"
+    "confluent-kafka==2.16.1" "fastavro==1.13.1" "nats-py==2.16.0"
 fi
 
 cargo test --locked "$@"

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod nats;
 pub mod ops;
 pub mod pipeline;
 pub mod policy;

@@ -40,7 +40,7 @@ enum LogFormat {
 enum Command {
     /// Run the service: ingest from a source and archive due flows until Ctrl-C.
     Run {
-        /// `kafka` (topics from the config), `kafka:TOPIC[,TOPIC]`, `file:PATH`
+        /// `nats`, `kafka` (topics from the config), `kafka:TOPIC[,TOPIC]`, `file:PATH`
         /// (followed like tail -f) or `stdin`; none archives only.
         #[arg(long)]
         source: Option<String>,
@@ -78,7 +78,7 @@ enum Command {
     Replay {
         /// TENANT/FLOW_ID
         flow: String,
-        /// `kafka:TOPIC` or `stdout`.
+        /// `kafka:TOPIC`, `nats:SUBJECT` or `stdout`.
         #[arg(long)]
         to: String,
         #[arg(long)]
@@ -268,7 +268,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 None => None,
             };
-            let pipeline = Arc::new(Pipeline::open(config, Arc::new(SystemClock))?);
+            let pipeline = Arc::new(Pipeline::open(config, Arc::new(SystemClock)).await?);
             let cancel = tokio_util::sync::CancellationToken::new();
             let on_signal = cancel.clone();
             tokio::spawn(async move {
@@ -287,7 +287,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { flow, to, json } => {
             let (tenant, flow_id) = flow_ref(&flow)?;
             let target = ops::ReplayTarget::parse(&to).map_err(UsageError)?;
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
             let report = ops::replay(&pipeline, &tenant, &flow_id, &target).await?;
             // With `--to stdout` the events own stdout; the summary goes to stderr.
             if json && target != ops::ReplayTarget::Stdout {
@@ -306,7 +306,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { input, json } => {
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
             let bar = progress(None, json, "ingesting events");
             let totals =
                 ops::ingest(&pipeline, &input, &mut |t| bar.set_position(t.records)).await?;
@@ -340,7 +340,8 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     .timestamp_millis(),
                 None => SystemClock.now_ms(),
             };
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(ManualClock::new(now_ms)))?;
+            let pipeline =
+                Pipeline::open(load(&cli.config)?, Arc::new(ManualClock::new(now_ms))).await?;
             let report = if dry_run {
                 pipeline.dry_run(now_ms).await?
             } else {
@@ -364,7 +365,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Archive { flow, json } => {
             let (tenant, flow_id) = flow_ref(&flow)?;
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
             let report = pipeline.archive_flow(&tenant, &flow_id).await?;
             if json {
                 print_json(&report)?;
@@ -375,7 +376,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Get { flow } => {
             let (tenant, flow_id) = flow_ref(&flow)?;
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
             match ops::get_flow(&pipeline, &tenant, &flow_id).await? {
                 Some(v) => {
                     print_json(&v)?;
@@ -388,7 +389,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Verify { target, json } => {
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock))?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
             let bar = progress(Some(0), json, "verifying objects");
             let report = ops::verify(&pipeline, target.as_deref(), &mut |done, total| {
                 bar.set_length(total);

@@ -231,7 +231,7 @@ pub async fn demo(mut config: Config, flows: u64) -> Result<DemoReport, Pipeline
     let workload = generate(&spec, &mut out).map_err(io_err)?;
     drop(out);
 
-    let p = Pipeline::open(config, clock.clone())?;
+    let p = Pipeline::open(config, clock.clone()).await?;
     let started = Instant::now();
     let ingest = ingest(&p, &input.display().to_string(), &mut |_| {}).await?;
     let ingest_seconds = started.elapsed().as_secs_f64();
@@ -291,6 +291,7 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplayTarget {
     Kafka(String),
+    Nats(String),
     /// JSON Lines on stdout.
     Stdout,
 }
@@ -299,13 +300,23 @@ impl ReplayTarget {
     pub fn parse(text: &str) -> Result<ReplayTarget, String> {
         match text {
             "-" | "stdout" => Ok(ReplayTarget::Stdout),
+            t if t.starts_with("nats:") => {
+                let subject = &t["nats:".len()..];
+                if crate::config::valid_subject(subject, false) {
+                    Ok(ReplayTarget::Nats(subject.to_string()))
+                } else {
+                    Err(format!(
+                        "{subject:?} is not a NATS subject without wildcards"
+                    ))
+                }
+            }
             t => match t.strip_prefix("kafka:") {
                 Some(topic) if crate::config::valid_topic_name(topic) => {
                     Ok(ReplayTarget::Kafka(topic.to_string()))
                 }
                 Some(topic) => Err(format!("{topic:?} is not a valid Kafka topic name")),
                 None => Err(format!(
-                    "unknown replay target {t:?}: use kafka:TOPIC or stdout"
+                    "unknown replay target {t:?}: use kafka:TOPIC, nats:SUBJECT or stdout"
                 )),
             },
         }
@@ -363,23 +374,32 @@ pub async fn replay(
             None => format!("no archived flow {tenant}/{flow_id}"),
         }));
     }
+    enum Writer {
+        Kafka(crate::publish::KafkaEventWriter),
+        Nats(Box<crate::publish::NatsEventWriter>),
+        Stdout,
+    }
     let writer = match target {
         ReplayTarget::Kafka(topic) => {
             let (k, topic) = (p.config.kafka.clone(), topic.clone());
-            Some(
+            Writer::Kafka(
                 tokio::task::spawn_blocking(move || {
                     crate::publish::KafkaEventWriter::open(&k, &topic)
                 })
                 .await??,
             )
         }
-        ReplayTarget::Stdout => None,
+        ReplayTarget::Nats(subject) => Writer::Nats(Box::new(
+            crate::publish::NatsEventWriter::open(&p.config.nats, subject).await?,
+        )),
+        ReplayTarget::Stdout => Writer::Stdout,
     };
     let mut report = ReplayReport {
         tenant: tenant.to_string(),
         flow_id: flow_id.to_string(),
         target: match target {
             ReplayTarget::Kafka(t) => format!("kafka:{t}"),
+            ReplayTarget::Nats(s) => format!("nats:{s}"),
             ReplayTarget::Stdout => "stdout".into(),
         },
         ..Default::default()
@@ -390,8 +410,9 @@ pub async fn replay(
         report.events += contents.events.len() as u64;
         report.bytes += contents.events.iter().map(|e| e.len() as u64).sum::<u64>();
         match &writer {
-            Some(w) => w.send(flow_id, &contents.events).await?,
-            None => {
+            Writer::Kafka(w) => w.send(flow_id, &contents.events).await?,
+            Writer::Nats(w) => w.send(&contents.events).await?,
+            Writer::Stdout => {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
                 for event in &contents.events {

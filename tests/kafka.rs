@@ -612,7 +612,10 @@ fn a_rebalance_hands_partitions_over_at_the_durable_position() {
     );
     let (stopped_a, stopped_b) = (a.stop(), b.stop());
     let (read_a, read_b) = (records_read(&stopped_a), records_read(&stopped_b));
-    eprintln!("first instance read {read_a}, second {read_b}, of {}", w.records.len());
+    eprintln!(
+        "first instance read {read_a}, second {read_b}, of {}",
+        w.records.len()
+    );
     // Every record was read by exactly one of them: the first gave each revoked
     // partition up at its durable, committed position, and dropped what it had queued.
     assert_eq!(

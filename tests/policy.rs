@@ -33,12 +33,12 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(edit: impl FnOnce(&mut Config)) -> Harness {
+    async fn new(edit: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path());
         edit(&mut cfg);
         let clock = ManualClock::new(T0_MS);
-        let pipeline = Pipeline::open(cfg, Arc::new(clock.clone())).unwrap();
+        let pipeline = Pipeline::open(cfg, Arc::new(clock.clone())).await.unwrap();
         Harness {
             dir,
             clock,
@@ -92,7 +92,7 @@ fn at(offset_ms: i64) -> String {
 
 #[tokio::test]
 async fn nothing_is_archived_one_second_early_and_everything_once_due() {
-    let mut h = Harness::new(|_| {});
+    let mut h = Harness::new(|_| {}).await;
     h.clock.set(T0_MS + 5 * MIN);
     h.ingest(&[
         ce("t", "done", "a1", 1, "started", T0),
@@ -115,7 +115,7 @@ async fn nothing_is_archived_one_second_early_and_everything_once_due() {
 
 #[tokio::test]
 async fn a_new_event_resets_the_idle_timer() {
-    let mut h = Harness::new(|_| {});
+    let mut h = Harness::new(|_| {}).await;
     h.clock.set(T0_MS);
     h.ingest(&[ce("t", "f", "1", 1, "completed", T0)]).await;
     // A late step (out of order by sequence) arrives 8 minutes later.
@@ -136,7 +136,7 @@ async fn a_new_event_resets_the_idle_timer() {
 
 #[tokio::test]
 async fn an_event_after_archival_opens_part_two() {
-    let mut h = Harness::new(|_| {});
+    let mut h = Harness::new(|_| {}).await;
     h.ingest(&[ce("t", "f", "1", 1, "completed", T0)]).await;
     assert_eq!(h.sweep_at(10 * MIN).await, vec!["t/f part 1 completed"]);
     // A late event (and a redelivered duplicate of an archived one).
@@ -173,7 +173,8 @@ async fn overrides_match_first_and_abandoned_archives_idle_running_flows() {
                 archive_for: None,
             },
         ];
-    });
+    })
+    .await;
     h.ingest(&[
         // ce() labels events with team t{seq % 3}: sequence 1 → team t1 (override 1).
         ce("t", "secure", "s1", 1, "completed", T0),
@@ -205,7 +206,9 @@ async fn a_changed_policy_recomputes_deadlines_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0_MS);
     {
-        let p = Pipeline::open(config(dir.path()), Arc::new(clock.clone())).unwrap();
+        let p = Pipeline::open(config(dir.path()), Arc::new(clock.clone()))
+            .await
+            .unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, ce("t", "f", "1", 1, "completed", T0) + "\n").unwrap();
         ops::ingest(&p, path.to_str().unwrap(), &mut |_| {})
@@ -214,7 +217,7 @@ async fn a_changed_policy_recomputes_deadlines_at_start() {
     }
     let mut cfg = config(dir.path());
     cfg.retention.completed = Retention::After(Duration::from_secs(60));
-    let p = Pipeline::open(cfg, Arc::new(clock)).unwrap();
+    let p = Pipeline::open(cfg, Arc::new(clock)).await.unwrap();
     let report = p.sweep(T0_MS + MIN, &mut |_| {}).await.unwrap();
     assert_eq!(report.flow_parts, 1, "due under the new 60s retention");
 }

@@ -211,7 +211,7 @@ pub async fn run(
     let hour = Retention::After(Duration::from_secs(3600));
     let r = &mut config.retention;
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
-    let pipeline = Pipeline::open(config.clone(), Arc::new(SystemClock))?;
+    let pipeline = Pipeline::open(config.clone(), Arc::new(SystemClock)).await?;
     let mut source = {
         let (kc, batch) = (config.kafka.clone(), config.input.batch_size);
         tokio::task::spawn_blocking(move || KafkaSource::open(&kc, batch)).await??
@@ -331,7 +331,7 @@ async fn latency(
         out
     });
 
-    let pipeline = Arc::new(Pipeline::open(config.clone(), Arc::new(SystemClock))?);
+    let pipeline = Arc::new(Pipeline::open(config.clone(), Arc::new(SystemClock)).await?);
     let source = {
         let (kc, batch) = (config.kafka.clone(), config.input.batch_size);
         tokio::task::spawn_blocking(move || KafkaSource::open(&kc, batch)).await??

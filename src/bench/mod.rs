@@ -106,7 +106,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     let r = &mut config.retention;
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
     let clock = Arc::new(ManualClock::new(now_ms));
-    let pipeline = Pipeline::open(config, clock.clone())?;
+    let pipeline = Pipeline::open(config, clock.clone()).await?;
 
     let mut batch_ms = Vec::new();
     let mut last = Instant::now();

@@ -23,7 +23,8 @@ pub enum Mode {
     Unmarked,
 }
 
-/// Prefix of attribute headers in binary mode (Kafka; NATS drafts use `ce-`).
+/// Prefix of attribute headers in binary mode: `ce_` (Kafka), `ce-` (the NATS draft,
+/// whose values are percent-encoded).
 const PREFIXES: [&str; 2] = ["ce_", "ce-"];
 
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
@@ -98,6 +99,14 @@ pub fn structured_from_binary(
                 "header {name:?}: data travels in the record value"
             )));
         }
+        let decoded;
+        let value = if name.starts_with("ce-") || name.starts_with("CE-") {
+            decoded = percent_decode(value)
+                .ok_or_else(|| bad(format!("header {name:?} has an invalid %-escape")))?;
+            decoded.as_slice()
+        } else {
+            value.as_slice()
+        };
         let text = std::str::from_utf8(value)
             .map_err(|_| bad(format!("header {name:?} is not valid UTF-8")))?;
         if event.contains_key(attribute) {
@@ -141,6 +150,24 @@ pub fn structured_from_binary(
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// `%XX` escapes to bytes; `None` for a broken escape.
+fn percent_decode(value: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        if value[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(value[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn push_data(out: &mut Vec<u8>, json: &str) {
@@ -207,6 +234,23 @@ mod tests {
         let none = structured_from_binary(&h(&base), b"").unwrap();
         let v: Value = serde_json::from_slice(&none).unwrap();
         assert!(v.get("data").is_none());
+    }
+
+    #[test]
+    fn nats_headers_are_percent_decoded() {
+        let headers = h(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "a%20b"),
+            ("ce-subject", "caf%C3%A9"),
+        ]);
+        assert_eq!(mode(&headers), Mode::Binary);
+        let v: Value =
+            serde_json::from_slice(&structured_from_binary(&headers, b"{}").unwrap()).unwrap();
+        assert_eq!(v["id"], "a b");
+        assert_eq!(v["subject"], "café");
+        let broken = h(&[("ce-specversion", "1.0"), ("ce-id", "%G1")]);
+        let err = structured_from_binary(&broken, b"{}").unwrap_err();
+        assert_eq!(err.reason, RejectReason::InvalidHeader);
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub enum RejectReason {
     InvalidLabels,
     /// A broker header that cannot be a CloudEvents attribute (binary mode).
     InvalidHeader,
+    /// The broker delivered the record its maximum number of times.
+    TooManyDeliveries,
 }
 
 impl RejectReason {
@@ -173,6 +175,7 @@ impl RejectReason {
             RejectReason::TimeInFuture => "time_in_future",
             RejectReason::InvalidLabels => "invalid_labels",
             RejectReason::InvalidHeader => "invalid_header",
+            RejectReason::TooManyDeliveries => "too_many_deliveries",
         }
     }
 }

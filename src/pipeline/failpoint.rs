@@ -2,7 +2,8 @@
 //! time the step is reached) makes the process SIGKILL itself at that step of the
 //! commit protocol, exactly as an external `kill -9` landing there would.
 //!
-//! Steps: `after-ingest` (a batch is durable), `after-intent` (flows sealed),
+//! Steps: `before-ack` (a batch is durable, not yet acknowledged upstream),
+//! `after-ingest` (durable and acknowledged), `after-intent` (flows sealed),
 //! `after-upload` (object written, not yet verified), `after-verify` (verified and
 //! recorded), `mid-publish` (half of a segment's records written), `after-publish`
 //! (records durable, state not yet deleted).

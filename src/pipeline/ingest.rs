@@ -115,7 +115,12 @@ impl Ingest {
         for record in batch.records {
             totals.records += 1;
             totals.bytes += record.original_len;
-            let decoded = if record.truncated {
+            let decoded = if let Some(detail) = &record.given_up {
+                Err(crate::event::Rejection {
+                    reason: RejectReason::TooManyDeliveries,
+                    detail: detail.clone(),
+                })
+            } else if record.truncated {
                 Err(crate::event::Rejection {
                     reason: RejectReason::Oversize,
                     detail: format!(
@@ -175,6 +180,7 @@ impl Ingest {
         totals.duplicates += outcome.duplicates;
         totals.reopened += outcome.reopened;
         totals.batches += 1;
+        failpoint::hit("before-ack");
         source.commit(seq).await?;
         failpoint::hit("after-ingest");
         on_batch(totals);

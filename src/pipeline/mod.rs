@@ -27,8 +27,8 @@ use crate::config::{Config, Destination};
 use crate::event::Decoder;
 use crate::policy::{Clock, RetentionPolicy};
 use crate::publish::{
-    DeadLetterSink, FileDeadLetters, FilePublisher, KafkaDeadLetters, KafkaPublisher, PublishError,
-    Publisher,
+    DeadLetterSink, FileDeadLetters, FilePublisher, KafkaDeadLetters, KafkaPublisher,
+    NatsDeadLetters, NatsPublisher, PublishError, Publisher,
 };
 use crate::source::{Source, SourceError};
 use crate::state::{ArchiveIntent, EmbeddedStore, StateError, StateStore};
@@ -117,7 +117,7 @@ async fn blocking<T: Send + 'static>(
 
 impl Pipeline {
     /// Opens the state store, object store and destinations named by `config`.
-    pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Pipeline, PipelineError> {
+    pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Pipeline, PipelineError> {
         let store = EmbeddedStore::open(&config.state.path, config.state.cache_bytes)?;
         let policy = RetentionPolicy::new(config.retention.clone());
         let updated = store.apply_policy(&policy)?;
@@ -131,10 +131,12 @@ impl Pipeline {
         let publisher: Arc<dyn Publisher> = match config.publish.destination {
             Destination::File => Arc::new(FilePublisher::open(&config.publish.archived_path)?),
             Destination::Kafka => Arc::new(KafkaPublisher::open(&config.kafka)?),
+            Destination::Nats => Arc::new(NatsPublisher::open(&config.nats).await?),
         };
         let dead_letters: Arc<dyn DeadLetterSink> = match config.dead_letter.destination {
             Destination::File => Arc::new(FileDeadLetters::open(&config.dead_letter.path)?),
             Destination::Kafka => Arc::new(KafkaDeadLetters::open(&config.kafka)?),
+            Destination::Nats => Arc::new(NatsDeadLetters::open(&config.nats).await?),
         };
         Ok(Pipeline {
             store: Arc::new(store),

@@ -11,6 +11,7 @@
 pub mod encoding;
 mod file;
 mod kafka;
+mod nats;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{FileDeadLetters, FilePublisher, JsonLinesFile};
 pub use kafka::{KafkaDeadLetters, KafkaEventWriter, KafkaPublisher};
+pub use nats::{NatsDeadLetters, NatsEventWriter, NatsPublisher};
 
 use crate::archive::rfc3339_ms;
 use crate::event::RejectReason;

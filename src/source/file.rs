@@ -149,6 +149,7 @@ impl FileSource {
             position: format!("offset {start}"),
             truncated,
             original_len: len,
+            given_up: None,
         }
     }
 }

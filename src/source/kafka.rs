@@ -262,6 +262,7 @@ fn poll_loop(
                         headers,
                         position: format!("{}/{}@{}", m.topic(), m.partition(), m.offset()),
                         truncated: false,
+                        given_up: None,
                     });
                     batch.meta.push((part, m.offset(), epoch));
                 }

@@ -9,11 +9,13 @@
 
 mod file;
 pub mod kafka;
+pub mod nats;
 
 use async_trait::async_trait;
 
 pub use file::FileSource;
 pub use kafka::KafkaSource;
+pub use nats::NatsSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -22,10 +24,12 @@ pub enum SourceError {
         input: String,
         source: std::io::Error,
     },
-    #[error("invalid source {0:?}: use kafka, file:PATH, a path, or stdin (-)")]
+    #[error("invalid source {0:?}: use nats, kafka, file:PATH, a path, or stdin (-)")]
     Spec(String),
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error("nats: {0}")]
+    Nats(String),
 }
 
 /// One input record, as received.
@@ -41,6 +45,9 @@ pub struct RawRecord {
     /// The payload was cut at the size limit; `original_len` is the full length.
     pub truncated: bool,
     pub original_len: u64,
+    /// Set when the source gives up on the record (delivered too many times): it is
+    /// dead-lettered with this detail instead of decoded.
+    pub given_up: Option<String>,
 }
 
 /// A batch plus the checkpoint that marks it consumed. A batch may be empty: a
@@ -84,12 +91,17 @@ pub trait Source: Send {
     }
 }
 
-/// Opens the source `run` reads: `kafka` (the `kafka` section), `kafka:T1,T2` (those
-/// topics), or a file to follow (`file:PATH`, a path, `stdin`).
+/// Opens the source `run` reads: `nats` (the `nats` section), `kafka` (the `kafka`
+/// section), `kafka:T1,T2` (those topics), or a file to follow (`file:PATH`, a path,
+/// `stdin`).
 pub async fn open_for_run(
     spec: &str,
     config: &crate::config::Config,
 ) -> Result<Box<dyn Source>, SourceError> {
+    if spec == "nats" {
+        let source = NatsSource::open(&config.nats, config.input.batch_size).await?;
+        return Ok(Box::new(source));
+    }
     if spec == "kafka" || spec.starts_with("kafka:") {
         let mut k = config.kafka.clone();
         if let Some(topics) = spec.strip_prefix("kafka:") {

@@ -1,0 +1,271 @@
+//! NATS JetStream source: a durable pull consumer.
+//!
+//! Guarantees:
+//! - messages are acknowledged explicitly, and only for batches the ingest stage
+//!   reported durable ([`Source::commit`]); acks are sent in batches and flushed;
+//! - a crash or a lost ack means redelivery after `nats.ack_wait`; redelivered events
+//!   are recognised by their (`source`, `id`) and skipped;
+//! - a message on its `nats.max_deliver`-th delivery is dead-lettered (reason
+//!   `too_many_deliveries`) and terminated instead of processed, so a record that
+//!   keeps failing is set aside, never redelivered forever;
+//! - the server's `max_ack_pending` bounds what is in flight, so a slow state store
+//!   slows consumption; nothing piles up in memory.
+//!
+//! A server restart surfaces as errors on the pull stream; the stream is opened again
+//! and the client reconnects by itself.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer, AckKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{Batch, RawRecord, Source, SourceError};
+use crate::config::NatsConfig;
+
+/// How long `next_batch` waits before returning an empty batch, so that writes in
+/// flight are finished and acknowledged while the stream is quiet.
+const IDLE: Duration = Duration::from_millis(200);
+
+pub struct NatsSource {
+    name: String,
+    client: async_nats::Client,
+    consumer: PullConsumer,
+    messages: Option<pull::Stream>,
+    /// Acks owed per handed-out batch (`true` = terminate), oldest first.
+    pending: VecDeque<(u64, Vec<(jetstream::message::Acker, bool)>)>,
+    seq: u64,
+    max_batch: usize,
+    max_deliver: i64,
+    batch_wait: Duration,
+    last_warning: Option<Instant>,
+}
+
+fn nats_err(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Nats(e.to_string())
+}
+
+impl NatsSource {
+    /// Connects, binds (or creates) the stream and the durable consumer.
+    pub async fn open(n: &NatsConfig, max_batch: usize) -> Result<NatsSource, SourceError> {
+        let client = crate::nats::connect(n).await.map_err(SourceError::Nats)?;
+        let js = jetstream::new(client.clone());
+        let stream = if n.create_stream {
+            crate::nats::ensure_stream(
+                &js,
+                jetstream::stream::Config {
+                    name: n.stream.clone(),
+                    subjects: n.subjects.clone(),
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(SourceError::Nats)?
+        } else {
+            js.get_stream(&n.stream).await.map_err(|e| {
+                SourceError::Nats(format!(
+                    "stream {} does not exist ({e}); create it or set nats.create_stream = true",
+                    n.stream
+                ))
+            })?
+        };
+        let filter = n.filter_subject.clone().unwrap_or_default();
+        let config = pull::Config {
+            durable_name: Some(n.consumer.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_wait: n.ack_wait,
+            max_ack_pending: n.max_ack_pending,
+            max_deliver: n.max_deliver,
+            filter_subject: filter.clone(),
+            ..Default::default()
+        };
+        let mut consumer: PullConsumer =
+            stream
+                .get_or_create_consumer(&n.consumer, config)
+                .await
+                .map_err(|e| nats_err(format!("consumer {}: {e}", n.consumer)))?;
+        let info = consumer.info().await.map_err(nats_err)?;
+        if info.config.filter_subject != filter {
+            return Err(SourceError::Nats(format!(
+                "consumer {} already exists with filter {:?}, not {:?}: give this instance its own nats.consumer (README, \"Scaling out\")",
+                n.consumer, info.config.filter_subject, filter
+            )));
+        }
+        Ok(NatsSource {
+            name: format!("nats:{}/{}", n.stream, n.consumer),
+            client,
+            consumer,
+            messages: None,
+            pending: VecDeque::new(),
+            seq: 0,
+            max_batch,
+            max_deliver: n.max_deliver,
+            batch_wait: n.batch_wait,
+            last_warning: None,
+        })
+    }
+
+    async fn stream(&mut self) -> Result<&mut pull::Stream, SourceError> {
+        if self.messages.is_none() {
+            let stream = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.max_batch.min(10_000))
+                .expires(Duration::from_secs(5))
+                .heartbeat(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(nats_err)?;
+            self.messages = Some(stream);
+        }
+        self.messages
+            .as_mut()
+            .ok_or_else(|| SourceError::Nats("no message stream".into()))
+    }
+
+    fn warn(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() > crate::kafka::QUIET_FOR)
+        {
+            tracing::warn!(error = %e, "NATS {what}; retrying.");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+}
+
+#[async_trait]
+impl Source for NatsSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn checkpoint_in_state(&self) -> bool {
+        false
+    }
+
+    async fn resume(&mut self, _checkpoint: &[u8]) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, SourceError> {
+        let mut records = Vec::new();
+        let mut acks = Vec::new();
+        let mut started: Option<Instant> = None;
+        while records.len() < max {
+            let wait = match started {
+                None => IDLE,
+                Some(t) => match self.batch_wait.checked_sub(t.elapsed()) {
+                    Some(left) => left,
+                    None => break,
+                },
+            };
+            let next = match self.stream().await {
+                Ok(stream) => tokio::time::timeout(wait, stream.next()).await,
+                Err(e) => {
+                    self.warn("cannot open the pull stream", &e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            };
+            let message = match next {
+                Err(_idle) => break,
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    // Missed heartbeats, a restarted server: open the stream again.
+                    self.warn("pull stream error", &e);
+                    self.messages = None;
+                    break;
+                }
+                Ok(None) => {
+                    self.messages = None;
+                    break;
+                }
+            };
+            started.get_or_insert_with(Instant::now);
+            let (delivered, position) = match message.info() {
+                Ok(info) => (
+                    info.delivered,
+                    format!("{} seq {}", info.stream, info.stream_sequence),
+                ),
+                Err(_) => (1, "unknown".to_string()),
+            };
+            let (message, acker) = message.split();
+            let headers = message
+                .headers
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .flat_map(|(name, values)| {
+                            values
+                                .iter()
+                                .map(move |v| (name.to_string(), v.as_str().as_bytes().to_vec()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let poison = delivered >= self.max_deliver;
+            let payload = message.payload.to_vec();
+            records.push(RawRecord {
+                key: Some(message.subject.as_bytes().to_vec()),
+                original_len: payload.len() as u64,
+                payload,
+                headers,
+                position,
+                truncated: false,
+                given_up: poison.then(|| {
+                    format!(
+                        "delivered {delivered} times (nats.max_deliver = {})",
+                        self.max_deliver
+                    )
+                }),
+            });
+            acks.push((acker, poison));
+        }
+        self.seq += 1;
+        if !acks.is_empty() {
+            self.pending.push_back((self.seq, acks));
+        }
+        Ok(Some(Batch {
+            seq: self.seq,
+            records,
+            checkpoint: None,
+        }))
+    }
+
+    async fn commit(&mut self, through: u64) -> Result<(), SourceError> {
+        let mut sent = 0usize;
+        while self.pending.front().is_some_and(|(seq, _)| *seq <= through) {
+            let Some((_, acks)) = self.pending.pop_front() else {
+                break;
+            };
+            for (acker, terminate) in acks {
+                let kind = if terminate {
+                    AckKind::Term
+                } else {
+                    AckKind::Ack
+                };
+                if let Err(e) = acker.ack_with(kind).await {
+                    // Not acknowledged: redelivered after ack_wait and deduplicated.
+                    self.warn("ack failed", &e);
+                }
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            if let Err(e) = self.client.flush().await {
+                self.warn("flushing acks failed", &e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), SourceError> {
+        self.messages = None;
+        let _ = self.client.flush().await;
+        Ok(())
+    }
+}

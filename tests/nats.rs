@@ -1,0 +1,463 @@
+//! NATS JetStream end to end, against a real `nats-server -js` and an independent
+//! client (Python `nats-py`):
+//! - a mixed workload (structured JSON and `ce-` header events, duplicates, shuffled
+//!   sequences, hostile records) goes in through a durable pull consumer;
+//! - every terminal flow comes out once on `flow.archived.{tenant}.{flow}.{part}` in
+//!   the compacted archived stream, pointing at a frame whose bytes match;
+//! - refused records land on the dead-letter subject with their reason in a header;
+//! - SIGKILL mid-ingest and mid-archive, and a NATS server restart while running,
+//!   lose nothing and archive nothing twice;
+//! - a message that keeps coming back is dead-lettered and terminated;
+//! - two instances split the work by subject (static partitioning).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use support::*;
+
+fn config(server: &NatsServer, extra: &str) -> String {
+    format!(
+        r#"
+[input]
+max_event_bytes = 4096
+batch_size = 32
+
+[retention]
+completed = "1d"
+failed = "1d"
+
+[archive]
+segment_max_flows = 5
+
+[publish]
+destination = "nats"
+
+[dead_letter]
+destination = "nats"
+
+[scheduler]
+interval = "200ms"
+
+[nats]
+servers = "{}"
+ack_wait = "5s"
+max_ack_pending = 1000
+{extra}
+"#,
+        server.url()
+    )
+}
+
+fn record(subject: &str, value: &[u8], headers: &[(&str, &str)]) -> Value {
+    json!({
+        "subject": subject,
+        "value_b64": base64::engine::general_purpose::STANDARD.encode(value),
+        "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+    })
+}
+
+struct Workload {
+    records: Vec<Value>,
+    terminal: BTreeMap<(String, String), Vec<String>>,
+    bad: Vec<&'static str>,
+}
+
+/// `partitions` > 1 spreads flows over `flows.events.p{n}.…` subjects.
+fn workload(flows: usize, partitions: usize) -> Workload {
+    let time = (chrono::Utc::now() - chrono::Duration::seconds(30))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut records = Vec::new();
+    let mut terminal = BTreeMap::new();
+    for f in 0..flows {
+        let tenant = format!("tenant-{}", f % 2);
+        let flow = format!("flow.{f:03}");
+        let subject = if partitions > 1 {
+            format!("flows.events.p{}.{tenant}.f{f}", f % partitions)
+        } else {
+            format!("flows.events.{tenant}.f{f}")
+        };
+        let n = 3 + f % 3;
+        let finished = f % 6 != 5;
+        let mut ids = Vec::new();
+        let mut recs = Vec::new();
+        for seq in 1..=n {
+            let kind = match (seq == n, finished, seq) {
+                (true, true, _) => "completed",
+                (_, _, 1) => "started",
+                _ => "step",
+            };
+            let id = format!("{flow}-e{seq}");
+            ids.push(id.clone());
+            if (f + seq) % 2 == 0 {
+                // Attributes in headers (the NATS binding draft), values %-encoded.
+                let data = json!({"step": seq});
+                let ty = format!("io.test.flow.{kind}");
+                let seq_text = format!("{seq:04}");
+                recs.push(record(
+                    &subject,
+                    data.to_string().as_bytes(),
+                    &[
+                        ("ce-specversion", "1.0"),
+                        ("ce-id", &id),
+                        ("ce-source", "%2Fengine"),
+                        ("ce-type", &ty),
+                        ("ce-subject", &flow),
+                        ("ce-tenant", &tenant),
+                        ("ce-sequence", &seq_text),
+                        ("ce-time", &time),
+                        ("Content-Type", "application/json"),
+                    ],
+                ));
+            } else {
+                let event = ce(&tenant, &flow, &id, seq as u64, kind, &time);
+                recs.push(record(&subject, event.as_bytes(), &[]));
+            }
+        }
+        if f % 2 == 1 {
+            recs.reverse();
+        } else {
+            recs.rotate_left(1);
+        }
+        recs.push(recs[0].clone());
+        records.extend(recs);
+        if finished {
+            terminal.insert((tenant, flow), ids);
+        }
+    }
+    let subject = "flows.events.bad";
+    let bad_cases: Vec<(Value, &'static str)> = vec![
+        (record(subject, b"{\"specversion\":", &[]), "malformed_json"),
+        (
+            record(
+                subject,
+                br#"{"specversion":"1.0","id":"x","source":"/e","type":"t.step","subject":"../../x"}"#,
+                &[],
+            ),
+            "invalid_identifier",
+        ),
+        (record(subject, &[0xff, 0xfe], &[]), "invalid_utf8"),
+        (record(subject, "x".repeat(5000).as_bytes(), &[]), "oversize"),
+        (
+            record(subject, b"{}", &[("ce-specversion", "1.0"), ("ce-id", "%ZZ")]),
+            "invalid_header",
+        ),
+        (record(subject, b"[]", &[]), "not_an_object"),
+    ];
+    let mut bad = Vec::new();
+    let step = records.len() / bad_cases.len();
+    for (i, (rec, reason)) in bad_cases.into_iter().enumerate() {
+        records.insert((i + 1) * step + i, rec);
+        bad.push(reason);
+    }
+    Workload {
+        records,
+        terminal,
+        bad,
+    }
+}
+
+fn produce(server: &NatsServer, env: &Env, records: &[Value]) {
+    let spec = env.write(
+        "produce.json",
+        serde_json::to_string(records).unwrap().as_bytes(),
+    );
+    nats_client(&["produce", &server.url(), spec.to_str().unwrap()]);
+}
+
+/// (num_pending, num_ack_pending) of a consumer.
+fn pending(server: &NatsServer, consumer: &str) -> (i64, i64) {
+    let out = nats_client(&["pending", &server.url(), "FLOW_EVENTS", consumer]);
+    let mut it = out.split_whitespace().map(|n| n.parse::<i64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+fn drained(server: &NatsServer, consumer: &str) -> bool {
+    pending(server, consumer) == (0, 0)
+}
+
+fn read_stream(server: &NatsServer, stream: &str, n: usize) -> Vec<Value> {
+    nats_client(&[
+        "read",
+        &server.url(),
+        stream,
+        &n.to_string(),
+        "--timeout",
+        "60",
+    ])
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect()
+}
+
+/// Starts the archiver once so it creates its streams and consumer, then stops it.
+fn prepare(server: &NatsServer, env: &Env, consumer: &str) {
+    let run = env.spawn(&["run", "--source", "nats"]);
+    eventually(Duration::from_secs(30), "the consumer to exist", || {
+        (pending(server, consumer).0 >= 0).then_some(())
+    });
+    run.stop();
+}
+
+fn short_retention() -> Vec<(String, String)> {
+    vec![
+        ("FLOW_ARCHIVER__RETENTION__COMPLETED".into(), "1s".into()),
+        ("FLOW_ARCHIVER__RETENTION__FAILED".into(), "1s".into()),
+    ]
+}
+
+fn records_read(stopped: &str) -> i64 {
+    stopped
+        .split("stopped: read ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in: {stopped}"))
+}
+
+/// Runs until the consumer has nothing pending or unacknowledged.
+fn ingest_all(server: &NatsServer, env: &Env) -> String {
+    let run = env.spawn(&["run", "--source", "nats"]);
+    eventually(Duration::from_secs(90), "the consumer to drain", || {
+        drained(server, "flow-archiver").then_some(())
+    });
+    run.stop()
+}
+
+fn archive_all(server: &NatsServer, envs: &[&Env], flows: usize) -> Vec<Value> {
+    let runs: Vec<Running> = envs
+        .iter()
+        .map(|e| e.spawn_env(&short_retention(), &["run", "--source", "nats"]))
+        .collect();
+    let archived = read_stream(server, "FLOW_ARCHIVED", flows);
+    for run in runs {
+        run.stop();
+    }
+    archived
+}
+
+/// Every terminal flow once, on its subject, with its events and checksums.
+fn check_archived(envs: &[&Env], w: &Workload, archived: &[Value]) {
+    let subjects: Vec<&str> = archived
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap())
+        .collect();
+    let distinct: BTreeSet<&str> = subjects.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        subjects.len(),
+        "no subject twice: {subjects:?}"
+    );
+    let expected: BTreeSet<String> = w
+        .terminal
+        .keys()
+        .map(|(t, f)| format!("flow.archived.{t}.{}.1", f.replace('.', "%2E")))
+        .collect();
+    let got: BTreeSet<String> = distinct.iter().map(|s| s.to_string()).collect();
+    assert_eq!(got, expected);
+    for r in archived {
+        let event = &r["json"];
+        assert_eq!(event["type"], "io.flowarchiver.flow.archived");
+        assert_eq!(r["headers"]["Nats-Msg-Id"], event["id"]);
+        let d = &event["data"];
+        let key = (
+            d["tenant"].as_str().unwrap().to_string(),
+            d["flow_id"].as_str().unwrap().to_string(),
+        );
+        let ids = &w.terminal[&key];
+        assert_eq!(d["event_count"], ids.len(), "{key:?}");
+        let object = envs
+            .iter()
+            .find_map(|e| {
+                std::fs::read(
+                    e.path()
+                        .join("data/archive")
+                        .join(d["object_key"].as_str().unwrap()),
+                )
+                .ok()
+            })
+            .expect("object exists");
+        assert_eq!(sha256_hex(frame_of(&object, d)), d["frame_sha256"]);
+        let text = String::from_utf8(pipe(&["zstd", "-dc"], frame_of(&object, d))).unwrap();
+        let got: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v.get("specversion").is_some())
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(&got, ids, "{key:?}: events in sequence order");
+    }
+}
+
+#[test]
+fn nats_end_to_end_mixed_workload() {
+    let server = NatsServer::start();
+    let env = Env::new(&config(&server, ""));
+    let w = workload(30, 1);
+    // The stream is created by the archiver on first start.
+    prepare(&server, &env, "flow-archiver");
+    produce(&server, &env, &w.records);
+    let stopped = ingest_all(&server, &env);
+    assert_eq!(records_read(&stopped), w.records.len() as i64, "{stopped}");
+
+    let letters = read_stream(&server, "FLOW_DEAD_LETTERS", w.bad.len());
+    let mut reasons: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            l["headers"]["Flow-Archiver-Reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<String> = w.bad.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+    for l in &letters {
+        assert_eq!(l["headers"]["Flow-Archiver-Subject"], "flows.events.bad");
+    }
+
+    let archived = archive_all(&server, &[&env], w.terminal.len());
+    check_archived(&[&env], &w, &archived);
+
+    // Replay into a subject of the events stream; read it back in order.
+    let ((tenant, flow), ids) = w.terminal.iter().next().unwrap();
+    env.ok(&[
+        "replay",
+        &format!("{tenant}/{flow}"),
+        "--to",
+        "nats:flows.events.replayed",
+    ]);
+    let all = read_stream(&server, "FLOW_EVENTS", w.records.len() + ids.len());
+    let replayed: Vec<String> = all
+        .iter()
+        .filter(|m| m["subject"] == "flows.events.replayed")
+        .map(|m| m["json"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(&replayed, ids);
+}
+
+#[test]
+fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
+    let mut server = NatsServer::start();
+    let env = Env::new(&config(&server, ""));
+    let w = workload(40, 1);
+    prepare(&server, &env, "flow-archiver");
+    let (first, second) = w.records.split_at(w.records.len() / 2);
+    produce(&server, &env, first);
+    // Killed right after a durable batch, before its acks: they come back after ack_wait.
+    let kill = vec![
+        (
+            "FLOW_ARCHIVER_FAILPOINT".to_string(),
+            "before-ack:2".to_string(),
+        ),
+        (
+            "FLOW_ARCHIVER__INPUT__BATCH_SIZE".to_string(),
+            "16".to_string(),
+        ),
+    ];
+    let (status, stderr) = env
+        .spawn_env(&kill, &["run", "--source", "nats"])
+        .wait(Duration::from_secs(60));
+    assert!(!status.success(), "{stderr}");
+    // The server restarts while the archiver runs.
+    let run = env.spawn(&["run", "--source", "nats"]);
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart(Duration::from_secs(1));
+    produce(&server, &env, second);
+    eventually(Duration::from_secs(120), "the consumer to drain", || {
+        drained(&server, "flow-archiver").then_some(())
+    });
+    run.stop();
+    // Killed after publishing, before deleting state: re-published under the same id.
+    let mut vars = short_retention();
+    vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), "after-publish:1".into()));
+    let (status, stderr) = env
+        .spawn_env(&vars, &["run", "--source", "nats"])
+        .wait(Duration::from_secs(60));
+    assert!(!status.success(), "{stderr}");
+    let archived = archive_all(&server, &[&env], w.terminal.len());
+    check_archived(&[&env], &w, &archived);
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn a_message_delivered_too_often_is_dead_lettered_and_terminated() {
+    let server = NatsServer::start();
+    let env = Env::new(&config(&server, "max_deliver = 2"));
+    prepare(&server, &env, "flow-archiver");
+    let w = workload(4, 1);
+    produce(&server, &env, &w.records);
+    let kill = vec![(
+        "FLOW_ARCHIVER_FAILPOINT".to_string(),
+        "before-ack:1".to_string(),
+    )];
+    let (status, _) = env
+        .spawn_env(&kill, &["run", "--source", "nats"])
+        .wait(Duration::from_secs(60));
+    assert!(!status.success());
+    // Second delivery = nats.max_deliver: set aside, not processed again.
+    ingest_all(&server, &env);
+    let letters = read_stream(&server, "FLOW_DEAD_LETTERS", 1);
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["headers"]["Flow-Archiver-Reason"] == "too_many_deliveries"),
+        "{letters:?}"
+    );
+    assert!(
+        drained(&server, "flow-archiver"),
+        "terminated, not redelivered"
+    );
+}
+
+#[test]
+fn two_instances_split_the_stream_by_subject() {
+    let server = NatsServer::start();
+    let a = Env::new(&config(
+        &server,
+        "consumer = \"archiver-p0\"\nfilter_subject = \"flows.events.p0.>\"",
+    ));
+    let b = Env::new(&config(
+        &server,
+        "consumer = \"archiver-p1\"\nfilter_subject = \"flows.events.p1.>\"",
+    ));
+    let w = workload(30, 2);
+    let good: Vec<Value> = w
+        .records
+        .iter()
+        .filter(|r| r["subject"] != "flows.events.bad")
+        .cloned()
+        .collect();
+    prepare(&server, &a, "archiver-p0");
+    prepare(&server, &b, "archiver-p1");
+    produce(&server, &a, &good);
+    let runs = [
+        a.spawn(&["run", "--source", "nats"]),
+        b.spawn(&["run", "--source", "nats"]),
+    ];
+    eventually(Duration::from_secs(90), "both consumers to drain", || {
+        (pending(&server, "archiver-p0") == (0, 0) && pending(&server, "archiver-p1") == (0, 0))
+            .then_some(())
+    });
+    let reads: Vec<i64> = runs.into_iter().map(|r| records_read(&r.stop())).collect();
+    assert_eq!(reads.iter().sum::<i64>(), good.len() as i64, "{reads:?}");
+    assert!(reads.iter().all(|&n| n > 0), "{reads:?}");
+    let archived = archive_all(&server, &[&a, &b], w.terminal.len());
+    check_archived(&[&a, &b], &w, &archived);
+
+    // The same consumer name with another filter is refused, naming the fix.
+    let wrong = Env::new(&config(
+        &server,
+        "consumer = \"archiver-p0\"\nfilter_subject = \"flows.events.p1.>\"",
+    ));
+    let out = wrong.run(&["run", "--source", "nats"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("already exists with filter"), "{stderr}");
+}

@@ -1,0 +1,83 @@
+"""An independent NATS JetStream client for the end-to-end tests (nats-py).
+
+It shares no code with flow-archiver.
+
+  produce URL SPEC.json             records: [{"subject", "value_b64", "headers"}], each acked
+  read URL STREAM N [--timeout S]   the stream's messages from the start, one JSON object
+                                    each: at least N (or what came before the timeout),
+                                    plus any that follow within 2 s
+  pending URL STREAM CONSUMER       prints "num_pending num_ack_pending" of the consumer
+"""
+
+import asyncio
+import base64
+import json
+import sys
+import time
+
+import nats
+
+
+async def produce(url, spec_path):
+    with open(spec_path) as f:
+        records = json.load(f)
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for r in records:
+        value = base64.b64decode(r["value_b64"])
+        headers = {k: v for k, v in r.get("headers", [])} or None
+        await js.publish(r["subject"], value, headers=headers)
+    await nc.close()
+    print(len(records))
+
+
+async def read(url, stream, n, timeout):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe("", durable=None, stream=stream)
+    seen, deadline, settle = 0, time.time() + timeout, None
+    while time.time() < deadline and (settle is None or time.time() < settle):
+        try:
+            msgs = await sub.fetch(100, timeout=0.5)
+        except nats.errors.TimeoutError:
+            continue
+        for m in msgs:
+            out = {
+                "subject": m.subject,
+                "headers": dict(m.headers or {}),
+                "value_b64": base64.b64encode(m.data).decode(),
+            }
+            try:
+                out["json"] = json.loads(m.data)
+            except ValueError:
+                pass
+            print(json.dumps(out), flush=True)
+            await m.ack()
+            seen += 1
+            if seen >= n and settle is None:
+                settle = time.time() + 2.0
+    await nc.close()
+
+
+async def pending(url, stream, consumer):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    try:
+        info = await js.consumer_info(stream, consumer)
+        print(info.num_pending, info.num_ack_pending)
+    except nats.js.errors.NotFoundError:
+        print(-1, -1)
+    await nc.close()
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "produce":
+        asyncio.run(produce(*args))
+    elif cmd == "read":
+        timeout = float(args[args.index("--timeout") + 1]) if "--timeout" in args else 60.0
+        asyncio.run(read(args[0], args[1], int(args[2]), timeout))
+    elif cmd == "pending":
+        asyncio.run(pending(*args))
+    else:
+        sys.exit(__doc__)
