@@ -470,6 +470,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Bench(args) if args.nats.is_some() => {
+            let url = args.nats.clone().unwrap_or_default();
+            let report = flow_archiver::bench::nats::run(&args, &url).await?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) if args.kafka.is_some() => {
             let brokers = args.kafka.clone().unwrap_or_default();
             let report = flow_archiver::bench::kafka::run(&args, &brokers).await?;

@@ -20,14 +20,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{io_err, machine, MB};
+use super::{io_err, machine, write_workload, MB};
 use crate::config::{Config, DataEncoding, Destination, KafkaConfig, Retention};
 use crate::ops::{peak_rss_bytes, percentile};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::policy::SystemClock;
 use crate::publish::PublishError;
 use crate::source::{KafkaSource, SourceError};
-use crate::workload::{generate, WorkloadSpec};
+use crate::workload::WorkloadSpec;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KafkaBenchReport {
@@ -148,17 +148,6 @@ fn plain_consumer(k: &KafkaConfig, topic: &str, events: u64) -> Result<f64, Pipe
         .map(|s| s.elapsed().as_secs_f64())
         .unwrap_or(f64::NAN);
     Ok(seen as f64 / secs)
-}
-
-fn write_workload(
-    spec: &WorkloadSpec,
-    path: &std::path::Path,
-) -> Result<crate::workload::WorkloadStats, PipelineError> {
-    let file = std::fs::File::create(path).map_err(|e| io_err("workload", e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let stats = generate(spec, &mut out).map_err(|e| io_err("workload", e))?;
-    std::io::Write::flush(&mut out).map_err(|e| io_err("workload", e))?;
-    Ok(stats)
 }
 
 pub async fn run(

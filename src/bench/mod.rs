@@ -8,6 +8,7 @@
 //! the same JSON Lines in the same run, as the reference for archive throughput.
 
 pub mod kafka;
+pub mod nats;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ pub struct BenchArgs {
     /// against a plain consumer of the same topic, and expiry→archived latency.
     #[arg(long, value_name = "BROKERS")]
     pub kafka: Option<String>,
+    /// Measure the NATS source instead, on this server (`nats://host:port`): ingest
+    /// rate against a plain JetStream consumer, and expiry→archived latency.
+    #[arg(long, value_name = "URL", conflicts_with = "kafka")]
+    pub nats: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -166,6 +171,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
         machine: machine(),
         archive_steps: sweep.as_ref().map(|s| s.steps).unwrap_or_default(),
     })
+}
+
+/// Writes the generated workload to `path` as JSON Lines.
+pub(crate) fn write_workload(
+    spec: &WorkloadSpec,
+    path: &std::path::Path,
+) -> Result<crate::workload::WorkloadStats, PipelineError> {
+    let file = std::fs::File::create(path).map_err(|e| io_err("workload", e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let stats = generate(spec, &mut out).map_err(|e| io_err("workload", e))?;
+    std::io::Write::flush(&mut out).map_err(|e| io_err("workload", e))?;
+    Ok(stats)
 }
 
 pub(crate) fn io_err(path: &str, source: std::io::Error) -> PipelineError {
