@@ -1295,4 +1295,32 @@ destination = "kafka"
         let e = err("[kafka]\narchived_topic = \"flow archived\"");
         assert!(e.contains("kafka.archived_topic"), "{e}");
     }
+
+    #[test]
+    fn nats_section_is_validated() {
+        let err = |toml: &str| {
+            Config::from_sources(Some(toml), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[nats]\nfilter_subject = \"flows events\"");
+        assert!(e.contains("nats.filter_subject"), "{e}");
+        let e = err("[nats]\narchived_prefix = \"flow.*\"");
+        assert!(e.contains("nats.archived_prefix"), "{e}");
+        let e = err("[nats]\nconsumer = \"a.b\"");
+        assert!(e.contains("nats.consumer"), "{e}");
+        let e = err("[nats]\nmax_ack_pending = 100");
+        assert!(e.contains("nats.max_ack_pending"), "{e}");
+        let e = err("[nats]\nuser = \"u\"");
+        assert!(e.contains("nats.user"), "{e}");
+        let e = err("[nats]\ntls_cert_file = \"c.pem\"");
+        assert!(e.contains("nats.tls_cert_file"), "{e}");
+        let c = Config::from_sources(
+            Some("[nats]\nsubjects = \"a.>, b.*\"\n[publish]\ndestination = \"nats\""),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.nats.subjects, ["a.>", "b.*"]);
+        assert_eq!(c.publish.destination, Destination::Nats);
+    }
 }
