@@ -56,6 +56,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub kafka: KafkaConfig,
     pub nats: NatsConfig,
+    pub index: IndexConfig,
+    pub api: ApiConfig,
 }
 
 /// The embedded state store.
@@ -623,6 +625,59 @@ impl Default for NatsConfig {
     }
 }
 
+/// The archive index (SQLite).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Default `./data/index.sqlite`.
+    pub path: PathBuf,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            path: PathBuf::from("./data/index.sqlite"),
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Where `run` serves the API (off when unset); `serve` defaults to 127.0.0.1:8080.
+    pub listen: Option<String>,
+    /// Bearer token that may read every tenant.
+    pub admin_token: Option<String>,
+    /// tenant → bearer token that reads only that tenant.
+    pub tenant_tokens: std::collections::BTreeMap<String, String>,
+}
+
+impl ApiConfig {
+    pub fn has_tokens(&self) -> bool {
+        self.admin_token.is_some() || !self.tenant_tokens.is_empty()
+    }
+}
+
+/// Checks an API listen address: without tokens, only loopback is allowed.
+pub fn check_listen(api: &ApiConfig, listen: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "api.listen",
+            format!("{listen:?} is not an address"),
+            "use host:port, e.g. \"127.0.0.1:8080\"",
+        )
+    })?;
+    if !api.has_tokens() && !addr.ip().is_loopback() {
+        return Err(invalid(
+            "api.listen",
+            format!("{addr} is reachable from other hosts and no tokens are configured"),
+            "set api.admin_token and/or api.tenant_tokens, or listen on 127.0.0.1",
+        ));
+    }
+    Ok(addr)
+}
+
 /// A NATS subject without wildcards: dot-separated tokens of visible characters.
 pub fn valid_subject(s: &str, wildcards: bool) -> bool {
     !s.is_empty()
@@ -878,6 +933,27 @@ impl Config {
         }
         self.validate_kafka()?;
         self.validate_nats()?;
+        if let Some(listen) = &self.api.listen {
+            check_listen(&self.api, listen)?;
+        }
+        for (tenant, token) in &self.api.tenant_tokens {
+            crate::event::validate_identifier("tenant", tenant)
+                .map_err(|e| invalid("api.tenant_tokens", e, "key the map by tenant id"))?;
+            if token.len() < 16 {
+                return Err(invalid(
+                    "api.tenant_tokens",
+                    format!("the token of {tenant} is shorter than 16 characters"),
+                    "use a long random token, e.g. `openssl rand -hex 32`",
+                ));
+            }
+        }
+        if self.api.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "api.admin_token",
+                "shorter than 16 characters",
+                "use a long random token, e.g. `openssl rand -hex 32`",
+            ));
+        }
         if self.input.batch_size == 0 {
             return Err(invalid(
                 "input.batch_size",
@@ -961,6 +1037,7 @@ impl Config {
         c.archive.spool_dir = dir.join("spool");
         c.publish.archived_path = dir.join("archived.jsonl");
         c.dead_letter.path = dir.join("dead-letter.jsonl");
+        c.index.path = dir.join("index.sqlite");
         c
     }
 

@@ -6,10 +6,12 @@
 //! deletion. [`config`] and [`policy`] are read by every stage; [`ops`] holds the
 //! operations the CLI offers, so tests call exactly what users run.
 
+pub mod api;
 pub mod archive;
 pub mod bench;
 pub mod config;
 pub mod event;
+pub mod index;
 pub mod kafka;
 pub mod nats;
 pub mod ops;

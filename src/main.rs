@@ -100,10 +100,67 @@ enum Command {
     },
     /// Measure ingest and archive throughput, latency and memory.
     Bench(flow_archiver::bench::BenchArgs),
+    /// List archived flow parts from the index.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// key:value
+        #[arg(long)]
+        label: Option<String>,
+        /// RFC 3339
+        #[arg(long)]
+        archived_after: Option<String>,
+        /// RFC 3339
+        #[arg(long)]
+        archived_before: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts and bytes of the archive by tenant, status and day.
+    Stats {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the archive index up to date from the flow.archived records.
+    Index {
+        #[command(subcommand)]
+        command: Option<IndexCommand>,
+        /// Start over from the first record.
+        #[arg(long)]
+        from_beginning: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the HTTP API alone (beside a running archiver, or on its own).
+    Serve {
+        /// Default: api.listen, else 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Rebuild the index from scratch.
+    Rebuild {
+        /// From the segment manifests alone (when the records are gone).
+        #[arg(long)]
+        from_archive: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -276,7 +333,49 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::info!("Shutdown requested; draining in-flight work.");
                 on_signal.cancel();
             });
-            let report = pipeline.run(source, cancel).await?;
+            // The API and the index follow the pipeline when configured.
+            let mut side_tasks = Vec::new();
+            let index_path = pipeline.config.index.path.clone();
+            let index = Arc::new(flow_archiver::index::Index::open(&index_path)?);
+            if pipeline.config.publish.destination == flow_archiver::config::Destination::File {
+                let (index, path, cancel) = (
+                    index.clone(),
+                    pipeline.config.publish.archived_path.clone(),
+                    cancel.clone(),
+                );
+                side_tasks.push(tokio::spawn(async move {
+                    flow_archiver::index::builder::from_records_file(
+                        index,
+                        &path,
+                        false,
+                        Some(cancel),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+                }));
+            }
+            if let Some(listen) = pipeline.config.api.listen.clone() {
+                let addr = flow_archiver::config::check_listen(&pipeline.config.api, &listen)?;
+                let state = Arc::new(flow_archiver::api::ApiState {
+                    index: index.clone(),
+                    objects: pipeline.objects.clone(),
+                    store: Some(pipeline.store.clone()),
+                    auth: pipeline.config.api.clone(),
+                });
+                let cancel = cancel.clone();
+                side_tasks.push(tokio::spawn(async move {
+                    flow_archiver::api::serve(state, addr, cancel)
+                        .await
+                        .with_context(|| format!("cannot serve on {addr}"))
+                }));
+            }
+            let report = pipeline.run(source, cancel.clone()).await;
+            cancel.cancel();
+            for task in side_tasks {
+                task.await??;
+            }
+            let report = report?;
             eprintln!(
                 "stopped: read {} records, ingested {} events ({} duplicates, {} dead-lettered); archived {} flow parts in {} segments",
                 report.ingest.records, report.ingest.stored, report.ingest.duplicates,
@@ -376,25 +475,230 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Get { flow } => {
             let (tenant, flow_id) = flow_ref(&flow)?;
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
-            match ops::get_flow(&pipeline, &tenant, &flow_id).await? {
+            let reader = ops::Reader::open(load(&cli.config)?)?;
+            if let Some(store) = &reader.store {
+                if let Some(v) = ops::get_flow(store, &tenant, &flow_id).await? {
+                    print_json(&v)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            reader.catch_up().await?;
+            match ops::archived_flow(&reader.index, &reader.objects, &tenant, &flow_id).await? {
                 Some(v) => {
                     print_json(&v)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    eprintln!("no live flow {tenant}/{flow_id}");
+                    if reader.store.is_none() {
+                        eprintln!("no archived flow {tenant}/{flow_id} (live flows are held by the running archiver: ask its API)");
+                    } else {
+                        eprintln!("no flow {tenant}/{flow_id}");
+                    }
                     Ok(ExitCode::from(1))
                 }
             }
         }
+        Command::List {
+            tenant,
+            status,
+            label,
+            archived_after,
+            archived_before,
+            limit,
+            cursor,
+            json,
+        } => {
+            let reader = ops::Reader::open(load(&cli.config)?)?;
+            reader.catch_up().await?;
+            let when = |name: &str, t: Option<String>| -> anyhow::Result<Option<i64>> {
+                t.map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(&t)
+                        .map(|d| d.timestamp_micros())
+                        .map_err(|e| UsageError(format!("--{name} {t:?}: {e}")).into())
+                })
+                .transpose()
+            };
+            let label = match label {
+                None => None,
+                Some(l) => Some(
+                    l.split_once(':')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| UsageError("--label takes key:value".into()))?,
+                ),
+            };
+            let query = flow_archiver::index::ListQuery {
+                tenant,
+                status,
+                label,
+                archived_after: when("archived-after", archived_after)?,
+                archived_before: when("archived-before", archived_before)?,
+                limit,
+                cursor,
+            };
+            let page = reader.index.list(&query)?;
+            if json {
+                print_json(&page)?;
+            } else {
+                for p in &page.items {
+                    println!(
+                        "{}/{} part {}  {}  archived {}  purge {}  {} events  {} -> {}",
+                        p.tenant,
+                        p.flow_id,
+                        p.part,
+                        p.status,
+                        p.archived_at,
+                        p.purge_at,
+                        p.event_count,
+                        human_bytes(p.raw_bytes),
+                        human_bytes(p.stored_bytes)
+                    );
+                }
+                if let Some(c) = &page.next_cursor {
+                    println!("more: --cursor {c}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { tenant, json } => {
+            let reader = ops::Reader::open(load(&cli.config)?)?;
+            reader.catch_up().await?;
+            let stats = reader.index.stats(tenant.as_deref())?;
+            if json {
+                print_json(&stats)?;
+            } else {
+                println!(
+                    "{} flow parts, {} events, {} raw -> {} stored (ratio {:.3})",
+                    stats.flow_parts,
+                    stats.events,
+                    human_bytes(stats.raw_bytes),
+                    human_bytes(stats.stored_bytes),
+                    stats.compression_ratio
+                );
+                for r in &stats.by_tenant_status_day {
+                    println!(
+                        "  {} {} {}: {} parts, {} events, {} -> {}",
+                        r.day,
+                        r.tenant,
+                        r.status,
+                        r.flow_parts,
+                        r.events,
+                        human_bytes(r.raw_bytes),
+                        human_bytes(r.stored_bytes)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Index {
+            command,
+            from_beginning,
+            json,
+        } => {
+            let reader = ops::Reader::open(load(&cli.config)?)?;
+            let (report, what) = match command {
+                Some(IndexCommand::Rebuild {
+                    from_archive: true,
+                    json: j,
+                }) => {
+                    let bar = progress(Some(0), j || json, "reading manifests");
+                    let r = flow_archiver::index::builder::from_archive(
+                        reader.index.clone(),
+                        &reader.objects,
+                        &mut |done, total| {
+                            bar.set_length(total);
+                            bar.set_position(done);
+                        },
+                    )
+                    .await?;
+                    bar.finish_and_clear();
+                    (r, "segment manifests")
+                }
+                other => {
+                    if reader.config.publish.destination != flow_archiver::config::Destination::File
+                    {
+                        return Err(UsageError("the index follows the local records file; building it from a Kafka topic or NATS stream is not implemented yet — use `index rebuild --from-archive`".into()).into());
+                    }
+                    let start_over =
+                        from_beginning || matches!(other, Some(IndexCommand::Rebuild { .. }));
+                    let r = flow_archiver::index::builder::from_records_file(
+                        reader.index.clone(),
+                        &reader.config.publish.archived_path,
+                        start_over,
+                        None,
+                    )
+                    .await?;
+                    (r, "flow.archived records")
+                }
+            };
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "indexed {} flow parts from {} ({} records read, {} skipped) in {:.2}s ({:.0} records/s)",
+                    report.applied, what, report.records, report.skipped, report.seconds,
+                    report.records as f64 / report.seconds.max(1e-9)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { listen } => {
+            let config = load(&cli.config)?;
+            let listen = listen
+                .or_else(|| config.api.listen.clone())
+                .unwrap_or_else(|| "127.0.0.1:8080".into());
+            let addr = flow_archiver::config::check_listen(&config.api, &listen)?;
+            let reader = ops::Reader::open(config)?;
+            if reader.store.is_none() {
+                tracing::warn!(
+                    "The state store is held by a running archiver: serving archived flows only."
+                );
+            }
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.cancel();
+            });
+            let follow =
+                reader.config.publish.destination == flow_archiver::config::Destination::File;
+            let indexer = follow.then(|| {
+                let (index, path, cancel) = (
+                    reader.index.clone(),
+                    reader.config.publish.archived_path.clone(),
+                    cancel.clone(),
+                );
+                tokio::spawn(async move {
+                    flow_archiver::index::builder::from_records_file(
+                        index,
+                        &path,
+                        false,
+                        Some(cancel),
+                    )
+                    .await
+                })
+            });
+            flow_archiver::api::serve(Arc::new(reader.api_state()), addr, cancel.clone())
+                .await
+                .with_context(|| format!("cannot serve on {addr}"))?;
+            cancel.cancel();
+            if let Some(indexer) = indexer {
+                indexer.await??;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify { target, json } => {
-            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
+            // The state store is not needed: verify runs beside a live archiver.
+            let reader = ops::Reader::open(load(&cli.config)?)?;
             let bar = progress(Some(0), json, "verifying objects");
-            let report = ops::verify(&pipeline, target.as_deref(), &mut |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
+            let report = ops::verify(
+                &reader.objects,
+                &reader.config,
+                target.as_deref(),
+                &mut |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )
             .await?;
             bar.finish_and_clear();
             if json {

@@ -43,11 +43,11 @@ pub async fn ingest(
 /// A live flow as JSON: metadata, a snapshot and every event in order; `None` when
 /// the store does not hold it (not seen, or already archived).
 pub async fn get_flow(
-    p: &Pipeline,
+    store: &Arc<dyn crate::state::StateStore>,
     tenant: &str,
     flow_id: &str,
 ) -> Result<Option<Value>, PipelineError> {
-    let store = p.store.clone();
+    let store = store.clone();
     let (t, f) = (tenant.to_string(), flow_id.to_string());
     let found = tokio::task::spawn_blocking(move || -> Result<_, crate::state::StateError> {
         // A flow sealed for archival is still readable until its intent completes.
@@ -119,11 +119,11 @@ impl VerifyReport {
 /// store's metadata and the published `flow.archived` records. `target` is an object
 /// URI or key, or a key prefix; `None` checks everything under the archive prefix.
 pub async fn verify(
-    p: &Pipeline,
+    objects: &crate::archive::ArchiveStore,
+    config: &Config,
     target: Option<&str>,
     on_object: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<VerifyReport, PipelineError> {
-    let objects = &p.objects;
     let keys = match target {
         Some(t) => {
             let key = objects.key_of(t);
@@ -135,7 +135,7 @@ pub async fn verify(
         }
         None => objects.list_keys(None).await?,
     };
-    let published = published_object_hashes(&p.config.publish.archived_path)?;
+    let published = published_object_hashes(&config.publish.archived_path)?;
     let mut report = VerifyReport::default();
     let total = keys.len() as u64;
     for key in keys {
@@ -429,4 +429,151 @@ pub async fn replay(
             .push(format!("{} part {} ({key})", part.flow_id, part.part));
     }
     Ok(report)
+}
+
+/// An archived flow as JSON, in the shape of a live one (`events`, `snapshot`,
+/// `status`, `labels`) plus `"archived": true` and its `parts`; `None` when the index
+/// knows no part of it. Every part is read with a ranged GET and both of its checksums
+/// are verified before anything is returned: damaged data is an error, never an answer.
+pub async fn archived_flow(
+    index: &Arc<crate::index::Index>,
+    objects: &crate::archive::ArchiveStore,
+    tenant: &str,
+    flow_id: &str,
+) -> Result<Option<Value>, ArchivedFlowError> {
+    let ix = index.clone();
+    let (t, f) = (tenant.to_string(), flow_id.to_string());
+    let parts = tokio::task::spawn_blocking(move || ix.parts_of(&t, &f))
+        .await
+        .map_err(|e| ArchivedFlowError::Index(e.to_string()))?
+        .map_err(|e| ArchivedFlowError::Index(e.to_string()))?;
+    let Some(last) = parts.last().cloned() else {
+        return Ok(None);
+    };
+    let mut events = Vec::new();
+    let mut listed = Vec::new();
+    let mut snapshot = Value::Null;
+    for p in &parts {
+        let manifest_part = crate::archive::ManifestPart {
+            tenant: p.tenant.clone(),
+            flow_id: p.flow_id.clone(),
+            part: p.part,
+            status: p.status.clone(),
+            labels: p.labels.clone(),
+            offset: p.offset,
+            length: p.length,
+            frame_sha256: p.frame_sha256.clone(),
+            events_sha256: p.events_sha256.clone(),
+            event_count: p.event_count,
+            raw_bytes: p.raw_bytes,
+            first_event_time: p.first_event_time.clone(),
+            last_event_time: p.last_event_time.clone(),
+            purge_at: p.purge_at.clone(),
+            traceparent: None,
+        };
+        let contents = crate::archive::read_part(objects, &p.object_key, &manifest_part)
+            .await
+            .map_err(|e| ArchivedFlowError::Archive {
+                part: p.part,
+                message: e.to_string(),
+            })?;
+        for line in &contents.events {
+            events.push(serde_json::from_slice::<Value>(line).unwrap_or(Value::Null));
+        }
+        snapshot = contents
+            .trailer
+            .get("snapshot")
+            .cloned()
+            .unwrap_or(Value::Null);
+        listed.push(json!({
+            "part": p.part,
+            "status": p.status,
+            "object_uri": p.object_uri,
+            "offset": p.offset,
+            "length": p.length,
+            "frame_sha256": p.frame_sha256,
+            "event_count": p.event_count,
+            "archived_at": p.archived_at,
+            "purge_at": p.purge_at,
+            "held": p.held,
+        }));
+    }
+    Ok(Some(json!({
+        "tenant": last.tenant,
+        "flow_id": last.flow_id,
+        "part": last.part,
+        "status": last.status,
+        "labels": last.labels,
+        "archived": true,
+        "event_count": events.len(),
+        "first_event_time": parts[0].first_event_time,
+        "last_event_time": last.last_event_time,
+        "snapshot": snapshot,
+        "parts": listed,
+        "events": events,
+    })))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchivedFlowError {
+    #[error("index: {0}")]
+    Index(String),
+    #[error("archived part {part} cannot be read back intact: {message}")]
+    Archive { part: u32, message: String },
+}
+
+/// What the read side (`get`, `list`, `stats`, `serve`, `index`) works with.
+pub struct Reader {
+    pub config: Config,
+    pub index: Arc<crate::index::Index>,
+    pub objects: crate::archive::ArchiveStore,
+    /// `None` when a running archiver holds the state store.
+    pub store: Option<Arc<dyn crate::state::StateStore>>,
+}
+
+impl Reader {
+    /// Opens the index and the object store, and the state store unless another
+    /// process (a running archiver) holds it.
+    pub fn open(config: Config) -> Result<Reader, PipelineError> {
+        let index = crate::index::Index::open(&config.index.path)
+            .map_err(|e| PipelineError::NotFound(e.to_string()))?;
+        let objects = crate::archive::ArchiveStore::from_config(&config.archive)?;
+        let store: Option<Arc<dyn crate::state::StateStore>> =
+            match crate::state::EmbeddedStore::open(&config.state.path, config.state.cache_bytes) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(crate::state::StateError::Locked { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+        Ok(Reader {
+            config,
+            index: Arc::new(index),
+            objects,
+            store,
+        })
+    }
+
+    /// Brings the index up to date with the local records file (when flow.archived
+    /// goes to a file); a no-op for broker destinations.
+    pub async fn catch_up(&self) -> Result<(), PipelineError> {
+        if self.config.publish.destination == crate::config::Destination::File {
+            crate::index::builder::from_records_file(
+                self.index.clone(),
+                &self.config.publish.archived_path,
+                false,
+                None,
+            )
+            .await
+            .map_err(|e| PipelineError::NotFound(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn api_state(&self) -> crate::api::ApiState {
+        crate::api::ApiState {
+            index: self.index.clone(),
+            objects: self.objects.clone(),
+            store: self.store.clone(),
+            auth: self.config.api.clone(),
+        }
+    }
 }

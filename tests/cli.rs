@@ -198,7 +198,10 @@ fn a_second_process_on_the_same_state_is_refused_with_a_clear_error() {
     );
     // Give it a moment to take the lock after creating the file.
     std::thread::sleep(Duration::from_millis(300));
-    let out = env.run(&["get", "t/f"]);
+    env.write("events.jsonl", b"");
+    let out = env.run(&["ingest", "events.jsonl"]);
+    // Readers do not need the store: they answer from the index beside the archiver.
+    let read = env.run(&["get", "t/f"]);
     unsafe {
         libc::kill(first.id() as i32, libc::SIGTERM);
     }
@@ -206,4 +209,7 @@ fn a_second_process_on_the_same_state_is_refused_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert_eq!(read.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&read.stderr);
+    assert!(stderr.contains("held by the running archiver"), "{stderr}");
 }

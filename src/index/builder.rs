@@ -1,0 +1,199 @@
+//! Feeding the index: from the published `flow.archived` records (the local records
+//! file, followed like `tail -f`), or from the segment manifests alone when the
+//! records are gone (`index rebuild --from-archive`).
+
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Index, IndexError, IndexRecord};
+use crate::archive::{ArchiveError, ArchiveStore};
+use crate::publish::{FlowArchived, PublishedEvent, ARCHIVED_TYPE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("a blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BuildReport {
+    pub records: u64,
+    pub applied: u64,
+    pub skipped: u64,
+    pub seconds: f64,
+}
+
+const BATCH: usize = 1000;
+
+/// The index record in one published line; `None` for lines that are not
+/// `flow.archived` (other event types, damaged lines).
+pub fn record_from_line(line: &[u8]) -> Option<IndexRecord> {
+    let event: PublishedEvent = serde_json::from_slice(line).ok()?;
+    (event.event_type == ARCHIVED_TYPE).then(|| IndexRecord::Archived(Box::new(event.data)))
+}
+
+/// Applies the records file from the saved position (or from its start) to its end;
+/// with `follow`, keeps reading until `cancel` fires.
+pub async fn from_records_file(
+    index: std::sync::Arc<Index>,
+    path: &Path,
+    from_beginning: bool,
+    follow: Option<CancellationToken>,
+) -> Result<BuildReport, BuildError> {
+    let started = std::time::Instant::now();
+    let source = format!(
+        "file:{}",
+        std::path::absolute(path)
+            .unwrap_or(path.to_path_buf())
+            .display()
+    );
+    if from_beginning {
+        let ix = index.clone();
+        tokio::task::spawn_blocking(move || ix.clear()).await??;
+    }
+    let mut report = BuildReport::default();
+    loop {
+        let (ix, p, s) = (index.clone(), path.to_path_buf(), source.clone());
+        let step = tokio::task::spawn_blocking(move || apply_new_lines(&ix, &p, &s)).await??;
+        report.records += step.records;
+        report.applied += step.applied;
+        report.skipped += step.skipped;
+        let Some(cancel) = &follow else { break };
+        if step.records == 0 {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Reads whole lines after the saved byte offset, in batches, each applied with the
+/// offset after it.
+fn apply_new_lines(index: &Index, path: &Path, source: &str) -> Result<BuildReport, BuildError> {
+    let io = |e| BuildError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut report = BuildReport::default();
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(io(e)),
+    };
+    let mut offset: u64 = index
+        .position(source)?
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        // A line without its newline is still being written: leave it for later.
+        let complete = n > 0 && line.last() == Some(&b'\n');
+        if complete {
+            offset += n as u64;
+            report.records += 1;
+            match record_from_line(&line) {
+                Some(r) => batch.push(r),
+                None => report.skipped += 1,
+            }
+        }
+        if batch.len() >= BATCH || (!complete && (!batch.is_empty() || report.records > 0)) {
+            report.applied += batch.len() as u64;
+            index.apply(&batch, Some((source, &offset.to_string())))?;
+            batch.clear();
+        }
+        if !complete {
+            return Ok(report);
+        }
+    }
+}
+
+fn micros(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis() * 1000)
+        .unwrap_or(0)
+}
+
+/// Rebuilds the index from the segment manifests alone: every object under the archive
+/// prefix is listed, its manifest read, and each part indexed as its `flow.archived`
+/// record had it. The object SHA-256 comes from the object's metadata, or is computed.
+pub async fn from_archive(
+    index: std::sync::Arc<Index>,
+    objects: &ArchiveStore,
+    on_object: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<BuildReport, BuildError> {
+    let started = std::time::Instant::now();
+    let ix = index.clone();
+    tokio::task::spawn_blocking(move || ix.clear()).await??;
+    let keys = objects.list_keys(None).await?;
+    let total = keys.len() as u64;
+    let mut report = BuildReport::default();
+    for (n, key) in keys.into_iter().enumerate() {
+        let manifest = crate::archive::read_manifest(objects, &key).await?;
+        let (actual, kept) = match objects.object_sha256(&key).await? {
+            (actual, Some(kept)) => (actual, kept),
+            (actual, None) => (actual.clone(), actual),
+        };
+        if actual != kept {
+            tracing::warn!(key = %key, "Object does not match its recorded SHA-256; indexed anyway (run verify).");
+        }
+        let records: Vec<IndexRecord> = manifest
+            .parts
+            .iter()
+            .map(|p| {
+                IndexRecord::Archived(Box::new(FlowArchived {
+                    format: manifest.format.clone(),
+                    tenant: p.tenant.clone(),
+                    flow_id: p.flow_id.clone(),
+                    part: p.part as i32,
+                    status: p.status.clone(),
+                    labels: p.labels.clone(),
+                    event_count: p.event_count as i64,
+                    raw_bytes: p.raw_bytes as i64,
+                    stored_bytes: p.length as i64,
+                    first_event_time: micros(&p.first_event_time),
+                    last_event_time: micros(&p.last_event_time),
+                    archived_at: micros(&manifest.archived_at),
+                    purge_at: micros(&p.purge_at),
+                    object_uri: objects.uri(&key),
+                    object_key: key.clone(),
+                    segment_id: manifest.segment_id.clone(),
+                    compression: manifest.compression.clone(),
+                    offset: p.offset as i64,
+                    length: p.length as i64,
+                    frame_sha256: p.frame_sha256.clone(),
+                    events_sha256: p.events_sha256.clone(),
+                    object_sha256: kept.clone(),
+                    traceparent: p.traceparent.clone(),
+                }))
+            })
+            .collect();
+        report.records += records.len() as u64;
+        report.applied += records.len() as u64;
+        let ix = index.clone();
+        tokio::task::spawn_blocking(move || ix.apply(&records, None)).await??;
+        on_object(n as u64 + 1, total);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,466 @@
+//! The archive index: flow part → object, offset, length, checksums, status, labels,
+//! times, sizes — an embedded SQLite database built only from `flow.archived` records
+//! (or, for disaster recovery, from segment manifests).
+//!
+//! Guarantees:
+//! - applying records is idempotent (an upsert keyed by tenant, flow id and part), so
+//!   replaying a topic or stream from the beginning rebuilds exactly the same rows,
+//!   and a record seen twice (at-least-once publishing) changes nothing;
+//! - a batch of records and the source position after it are written in one
+//!   transaction: after a crash the builder resumes where the index is;
+//! - listing uses keyset pagination in a stable order (`archived_at`, tenant, flow id,
+//!   part), so pages neither skip nor repeat rows while the index grows.
+
+pub mod builder;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use base64::Engine;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::publish::FlowArchived;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index {path}: {source}")]
+    Sql {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("invalid cursor: {0}")]
+    Cursor(String),
+}
+
+/// A record the index applies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexRecord {
+    Archived(Box<FlowArchived>),
+}
+
+/// One indexed flow part, as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexedPart {
+    pub tenant: String,
+    pub flow_id: String,
+    pub part: u32,
+    pub status: String,
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub archived_at: String,
+    pub purge_at: String,
+    pub first_event_time: String,
+    pub last_event_time: String,
+    pub event_count: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub object_uri: String,
+    pub object_key: String,
+    pub segment_id: String,
+    pub compression: String,
+    pub offset: u64,
+    pub length: u64,
+    pub frame_sha256: String,
+    pub events_sha256: String,
+    pub object_sha256: String,
+    pub held: bool,
+}
+
+/// Filters of `list`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    pub tenant: Option<String>,
+    pub status: Option<String>,
+    pub label: Option<(String, String)>,
+    /// Microseconds since the epoch, inclusive / exclusive.
+    pub archived_after: Option<i64>,
+    pub archived_before: Option<i64>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ListPage {
+    pub items: Vec<IndexedPart>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsRow {
+    pub tenant: String,
+    pub status: String,
+    /// YYYY-MM-DD of `archived_at` (UTC).
+    pub day: String,
+    pub flow_parts: u64,
+    pub events: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub flow_parts: u64,
+    pub events: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// stored / raw.
+    pub compression_ratio: f64,
+    pub by_tenant_status_day: Vec<StatsRow>,
+}
+
+pub struct Index {
+    path: String,
+    // One connection; calls are short and run on blocking threads.
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS parts (
+    tenant TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    archived_at INTEGER NOT NULL,
+    purge_at INTEGER NOT NULL,
+    first_event_time INTEGER NOT NULL,
+    last_event_time INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    raw_bytes INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL,
+    object_uri TEXT NOT NULL,
+    object_key TEXT NOT NULL,
+    segment_id TEXT NOT NULL,
+    compression TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    frame_sha256 TEXT NOT NULL,
+    events_sha256 TEXT NOT NULL,
+    object_sha256 TEXT NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, flow_id, part)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS parts_by_time ON parts (archived_at, tenant, flow_id, part);
+CREATE TABLE IF NOT EXISTS part_labels (
+    tenant TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (key, value, tenant, flow_id, part)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    source TEXT PRIMARY KEY,
+    position TEXT NOT NULL
+);
+";
+
+const COLUMNS: &str = "tenant, flow_id, part, status, labels, archived_at, purge_at, \
+    first_event_time, last_event_time, event_count, raw_bytes, stored_bytes, object_uri, \
+    object_key, segment_id, compression, offset, length, frame_sha256, events_sha256, \
+    object_sha256, held";
+
+fn micros_text(us: i64) -> String {
+    crate::archive::rfc3339_ms(us.div_euclid(1000))
+}
+
+fn row_to_part(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedPart> {
+    let labels: String = row.get(4)?;
+    Ok(IndexedPart {
+        tenant: row.get(0)?,
+        flow_id: row.get(1)?,
+        part: row.get(2)?,
+        status: row.get(3)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        archived_at: micros_text(row.get(5)?),
+        purge_at: micros_text(row.get(6)?),
+        first_event_time: micros_text(row.get(7)?),
+        last_event_time: micros_text(row.get(8)?),
+        event_count: row.get::<_, i64>(9)? as u64,
+        raw_bytes: row.get::<_, i64>(10)? as u64,
+        stored_bytes: row.get::<_, i64>(11)? as u64,
+        object_uri: row.get(12)?,
+        object_key: row.get(13)?,
+        segment_id: row.get(14)?,
+        compression: row.get(15)?,
+        offset: row.get::<_, i64>(16)? as u64,
+        length: row.get::<_, i64>(17)? as u64,
+        frame_sha256: row.get(18)?,
+        events_sha256: row.get(19)?,
+        object_sha256: row.get(20)?,
+        held: row.get::<_, i64>(21)? != 0,
+    })
+}
+
+/// Opaque keyset cursor: the sort key of the last row of a page.
+#[derive(Serialize, Deserialize)]
+struct Cursor(i64, String, String, u32);
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        let name = path.display().to_string();
+        let sql = |source| IndexError::Sql {
+            path: name.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        Ok(Index {
+            path: name,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> IndexError {
+        IndexError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies records and stores `position` for `source`, in one transaction.
+    pub fn apply(
+        &self,
+        records: &[IndexRecord],
+        position: Option<(&str, &str)>,
+    ) -> Result<(), IndexError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for record in records {
+            match record {
+                IndexRecord::Archived(d) => {
+                    let labels = serde_json::to_string(&d.labels).unwrap_or_else(|_| "{}".into());
+                    // A hold survives re-publication of the same part.
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO parts ({COLUMNS}) VALUES \
+                             (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,0) \
+                             ON CONFLICT (tenant, flow_id, part) DO UPDATE SET \
+                             status=excluded.status, labels=excluded.labels, archived_at=excluded.archived_at, \
+                             purge_at=excluded.purge_at, first_event_time=excluded.first_event_time, \
+                             last_event_time=excluded.last_event_time, event_count=excluded.event_count, \
+                             raw_bytes=excluded.raw_bytes, stored_bytes=excluded.stored_bytes, \
+                             object_uri=excluded.object_uri, object_key=excluded.object_key, \
+                             segment_id=excluded.segment_id, compression=excluded.compression, \
+                             offset=excluded.offset, length=excluded.length, \
+                             frame_sha256=excluded.frame_sha256, events_sha256=excluded.events_sha256, \
+                             object_sha256=excluded.object_sha256"
+                        ),
+                        params![
+                            d.tenant,
+                            d.flow_id,
+                            d.part,
+                            d.status,
+                            labels,
+                            d.archived_at,
+                            d.purge_at,
+                            d.first_event_time,
+                            d.last_event_time,
+                            d.event_count,
+                            d.raw_bytes,
+                            d.stored_bytes,
+                            d.object_uri,
+                            d.object_key,
+                            d.segment_id,
+                            d.compression,
+                            d.offset,
+                            d.length,
+                            d.frame_sha256,
+                            d.events_sha256,
+                            d.object_sha256,
+                        ],
+                    )
+                    .map_err(|e| self.err(e))?;
+                    tx.execute(
+                        "DELETE FROM part_labels WHERE tenant=?1 AND flow_id=?2 AND part=?3",
+                        params![d.tenant, d.flow_id, d.part],
+                    )
+                    .map_err(|e| self.err(e))?;
+                    for (k, v) in &d.labels {
+                        tx.execute(
+                            "INSERT INTO part_labels (tenant, flow_id, part, key, value) VALUES (?1,?2,?3,?4,?5)",
+                            params![d.tenant, d.flow_id, d.part, k, v],
+                        )
+                        .map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
+        if let Some((source, pos)) = position {
+            tx.execute(
+                "INSERT INTO positions (source, position) VALUES (?1, ?2) \
+                 ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+                params![source, pos],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    pub fn position(&self, source: &str) -> Result<Option<String>, IndexError> {
+        self.conn()
+            .query_row(
+                "SELECT position FROM positions WHERE source = ?1",
+                params![source],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Empties the index (rebuilds start from nothing).
+    pub fn clear(&self) -> Result<(), IndexError> {
+        self.conn()
+            .execute_batch("DELETE FROM parts; DELETE FROM part_labels; DELETE FROM positions;")
+            .map_err(|e| self.err(e))
+    }
+
+    /// A flow's archived parts, in part order.
+    pub fn parts_of(&self, tenant: &str, flow_id: &str) -> Result<Vec<IndexedPart>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM parts WHERE tenant = ?1 AND flow_id = ?2 ORDER BY part"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![tenant, flow_id], row_to_part)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every part in the stable list order (for comparisons and exports).
+    pub fn all(&self) -> Result<Vec<IndexedPart>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM parts ORDER BY archived_at, tenant, flow_id, part"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], row_to_part).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn list(&self, q: &ListQuery) -> Result<ListPage, IndexError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM parts p WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(t) = &q.tenant {
+            arg(&mut sql, " AND p.tenant = ?", t.clone().into());
+        }
+        if let Some(s) = &q.status {
+            arg(&mut sql, " AND p.status = ?", s.clone().into());
+        }
+        if let Some((k, v)) = &q.label {
+            arg(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM part_labels l WHERE l.tenant = p.tenant AND l.flow_id = p.flow_id AND l.part = p.part AND l.key = ?",
+                k.clone().into(),
+            );
+            arg(&mut sql, " AND l.value = ?)", v.clone().into());
+        }
+        if let Some(a) = q.archived_after {
+            arg(&mut sql, " AND p.archived_at >= ?", a.into());
+        }
+        if let Some(b) = q.archived_before {
+            arg(&mut sql, " AND p.archived_at < ?", b.into());
+        }
+        if let Some(c) = &q.cursor {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|e| IndexError::Cursor(e.to_string()))?;
+            let Cursor(at, tenant, flow, part) =
+                serde_json::from_slice(&bytes).map_err(|e| IndexError::Cursor(e.to_string()))?;
+            arg(
+                &mut sql,
+                " AND (p.archived_at, p.tenant, p.flow_id, p.part) > (?",
+                at.into(),
+            );
+            arg(&mut sql, ", ?", tenant.into());
+            arg(&mut sql, ", ?", flow.into());
+            arg(&mut sql, ", ?)", (part as i64).into());
+        }
+        let limit = q.limit.clamp(1, 1000);
+        sql.push_str(&format!(
+            " ORDER BY p.archived_at, p.tenant, p.flow_id, p.part LIMIT {}",
+            limit + 1
+        ));
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |row| {
+                Ok((row.get::<_, i64>(5)?, row_to_part(row)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut items: Vec<(i64, IndexedPart)> =
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|(at, p)| {
+                let c = Cursor(*at, p.tenant.clone(), p.flow_id.clone(), p.part);
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(serde_json::to_vec(&c).unwrap_or_default())
+            })
+        } else {
+            None
+        };
+        Ok(ListPage {
+            items: items.into_iter().map(|(_, p)| p).collect(),
+            next_cursor,
+        })
+    }
+
+    /// Counts and bytes, in total and by tenant, status and day; `tenant` narrows it.
+    pub fn stats(&self, tenant: Option<&str>) -> Result<Stats, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT tenant, status, date(archived_at / 1000000, 'unixepoch') AS day, \
+                 count(*), sum(event_count), sum(raw_bytes), sum(stored_bytes) FROM parts \
+                 WHERE ?1 IS NULL OR tenant = ?1 GROUP BY tenant, status, day ORDER BY tenant, status, day",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![tenant], |r| {
+                Ok(StatsRow {
+                    tenant: r.get(0)?,
+                    status: r.get(1)?,
+                    day: r.get(2)?,
+                    flow_parts: r.get::<_, i64>(3)? as u64,
+                    events: r.get::<_, i64>(4)? as u64,
+                    raw_bytes: r.get::<_, i64>(5)? as u64,
+                    stored_bytes: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<StatsRow> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        let mut s = Stats::default();
+        for r in &rows {
+            s.flow_parts += r.flow_parts;
+            s.events += r.events;
+            s.raw_bytes += r.raw_bytes;
+            s.stored_bytes += r.stored_bytes;
+        }
+        s.compression_ratio = if s.raw_bytes > 0 {
+            s.stored_bytes as f64 / s.raw_bytes as f64
+        } else {
+            0.0
+        };
+        s.by_tenant_status_day = rows;
+        Ok(s)
+    }
+}
