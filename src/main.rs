@@ -337,16 +337,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut side_tasks = Vec::new();
             let index_path = pipeline.config.index.path.clone();
             let index = Arc::new(flow_archiver::index::Index::open(&index_path)?);
-            if pipeline.config.publish.destination == flow_archiver::config::Destination::File {
-                let (index, path, cancel) = (
-                    index.clone(),
-                    pipeline.config.publish.archived_path.clone(),
-                    cancel.clone(),
-                );
+            {
+                let (index, config, cancel) =
+                    (index.clone(), pipeline.config.clone(), cancel.clone());
                 side_tasks.push(tokio::spawn(async move {
-                    flow_archiver::index::builder::from_records_file(
+                    flow_archiver::index::builder::from_destination(
                         index,
-                        &path,
+                        &config,
                         false,
                         Some(cancel),
                     )
@@ -614,15 +611,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     (r, "segment manifests")
                 }
                 other => {
-                    if reader.config.publish.destination != flow_archiver::config::Destination::File
-                    {
-                        return Err(UsageError("the index follows the local records file; building it from a Kafka topic or NATS stream is not implemented yet — use `index rebuild --from-archive`".into()).into());
-                    }
                     let start_over =
                         from_beginning || matches!(other, Some(IndexCommand::Rebuild { .. }));
-                    let r = flow_archiver::index::builder::from_records_file(
+                    let r = flow_archiver::index::builder::from_destination(
                         reader.index.clone(),
-                        &reader.config.publish.archived_path,
+                        &reader.config,
                         start_over,
                         None,
                     )
@@ -659,31 +652,24 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown_signal().await;
                 on_signal.cancel();
             });
-            let follow =
-                reader.config.publish.destination == flow_archiver::config::Destination::File;
-            let indexer = follow.then(|| {
-                let (index, path, cancel) = (
-                    reader.index.clone(),
-                    reader.config.publish.archived_path.clone(),
-                    cancel.clone(),
-                );
+            let indexer = {
+                let (index, config, cancel) =
+                    (reader.index.clone(), reader.config.clone(), cancel.clone());
                 tokio::spawn(async move {
-                    flow_archiver::index::builder::from_records_file(
+                    flow_archiver::index::builder::from_destination(
                         index,
-                        &path,
+                        &config,
                         false,
                         Some(cancel),
                     )
                     .await
                 })
-            });
+            };
             flow_archiver::api::serve(Arc::new(reader.api_state()), addr, cancel.clone())
                 .await
                 .with_context(|| format!("cannot serve on {addr}"))?;
             cancel.cancel();
-            if let Some(indexer) = indexer {
-                indexer.await??;
-            }
+            indexer.await??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { target, json } => {

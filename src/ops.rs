@@ -552,19 +552,12 @@ impl Reader {
         })
     }
 
-    /// Brings the index up to date with the local records file (when flow.archived
-    /// goes to a file); a no-op for broker destinations.
+    /// Brings the index up to date with wherever flow.archived goes (records file,
+    /// Kafka topic, NATS stream).
     pub async fn catch_up(&self) -> Result<(), PipelineError> {
-        if self.config.publish.destination == crate::config::Destination::File {
-            crate::index::builder::from_records_file(
-                self.index.clone(),
-                &self.config.publish.archived_path,
-                false,
-                None,
-            )
+        crate::index::builder::from_destination(self.index.clone(), &self.config, false, None)
             .await
             .map_err(|e| PipelineError::NotFound(e.to_string()))?;
-        }
         Ok(())
     }
 

@@ -25,6 +25,8 @@ pub enum BuildError {
     },
     #[error("a blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Broker(String),
 }
 
 /// What a build did.
@@ -125,6 +127,250 @@ fn apply_new_lines(index: &Index, path: &Path, source: &str) -> Result<BuildRepo
         if !complete {
             return Ok(report);
         }
+    }
+}
+
+/// How long a one-shot build waits for more broker records before it stops.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Decodes one `flow.archived` Kafka record (binary-mode CloudEvent, Avro or JSON data).
+pub fn record_from_kafka(
+    headers: &[(String, Vec<u8>)],
+    value: &[u8],
+    avro: &crate::publish::encoding::DataDecoder,
+) -> Option<IndexRecord> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    };
+    if header("ce_type") != Some(ARCHIVED_TYPE.as_bytes()) {
+        // Structured mode, or another event type.
+        return record_from_line(value);
+    }
+    let data = match header("content-type") {
+        Some(b"application/avro") => avro.decode(value).ok()?,
+        _ => serde_json::from_slice::<FlowArchived>(value).ok()?,
+    };
+    Some(IndexRecord::Archived(Box::new(data)))
+}
+
+/// Applies the archived Kafka topic from the positions saved in the index (partition
+/// offsets, stored with the rows they produced), or from its start.
+pub async fn from_kafka(
+    index: std::sync::Arc<Index>,
+    k: &crate::config::KafkaConfig,
+    from_beginning: bool,
+    follow: Option<CancellationToken>,
+) -> Result<BuildReport, BuildError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let started = std::time::Instant::now();
+    let kafka = |e: String| BuildError::Broker(format!("kafka: {e}"));
+    if from_beginning {
+        let ix = index.clone();
+        tokio::task::spawn_blocking(move || ix.clear()).await??;
+    }
+    let (k, ix, cancel) = (k.clone(), index.clone(), follow.clone());
+    let report = tokio::task::spawn_blocking(move || -> Result<BuildReport, BuildError> {
+        let consumer: BaseConsumer = crate::kafka::client_config(&k)
+            .set("group.id", format!("{}-index", k.group_id))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| kafka(crate::kafka::describe(&e)))?;
+        let topic = k.archived_topic.as_str();
+        crate::kafka::require_topics(consumer.client(), &k.brokers, &[topic]).map_err(kafka)?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), crate::kafka::METADATA_TIMEOUT)
+            .map_err(|e| kafka(crate::kafka::describe(&e)))?;
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let saved = ix
+                .position(&format!("kafka:{topic}/{}", p.id()))?
+                .and_then(|o| o.parse::<i64>().ok());
+            let offset = saved
+                .map(rdkafka::Offset::Offset)
+                .unwrap_or(rdkafka::Offset::Beginning);
+            assignment
+                .add_partition_offset(topic, p.id(), offset)
+                .map_err(|e| kafka(e.to_string()))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| kafka(e.to_string()))?;
+        let decoder =
+            crate::publish::encoding::DataDecoder::new().map_err(|e| kafka(e.to_string()))?;
+        let mut report = BuildReport::default();
+        let mut last_record = std::time::Instant::now();
+        loop {
+            let mut batch = Vec::new();
+            let mut positions = std::collections::BTreeMap::new();
+            while batch.len() < BATCH {
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        report.records += 1;
+                        let headers: Vec<(String, Vec<u8>)> = m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (h.key.to_string(), h.value.unwrap_or_default().to_vec())
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        match record_from_kafka(&headers, m.payload().unwrap_or_default(), &decoder)
+                        {
+                            Some(r) => batch.push(r),
+                            None => report.skipped += 1,
+                        }
+                        positions.insert(
+                            format!("kafka:{topic}/{}", m.partition()),
+                            (m.offset() + 1).to_string(),
+                        );
+                        last_record = std::time::Instant::now();
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Kafka error while indexing; retrying.")
+                    }
+                    None => break,
+                }
+            }
+            if !positions.is_empty() {
+                report.applied += batch.len() as u64;
+                let positions: Vec<(String, String)> = positions.into_iter().collect();
+                ix.apply_at(&batch, &positions)?;
+            }
+            match &cancel {
+                Some(c) if c.is_cancelled() => break,
+                Some(_) => {}
+                None if last_record.elapsed() >= QUIET => break,
+                None => {}
+            }
+        }
+        Ok(report)
+    })
+    .await??;
+    Ok(BuildReport {
+        seconds: started.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+/// Applies the compacted archived NATS stream from the stream sequence saved in the
+/// index, or from its start, through an ephemeral consumer.
+pub async fn from_nats(
+    index: std::sync::Arc<Index>,
+    n: &crate::config::NatsConfig,
+    from_beginning: bool,
+    follow: Option<CancellationToken>,
+) -> Result<BuildReport, BuildError> {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let nats = |e: String| BuildError::Broker(format!("nats: {e}"));
+    if from_beginning {
+        let ix = index.clone();
+        tokio::task::spawn_blocking(move || ix.clear()).await??;
+    }
+    let client = crate::nats::connect(n).await.map_err(nats)?;
+    let js = jetstream::new(client);
+    let stream = crate::nats::ensure_stream(&js, crate::nats::archived_stream_config(n))
+        .await
+        .map_err(nats)?;
+    let source = format!("nats:{}", n.archived_stream);
+    let ix = index.clone();
+    let s = source.clone();
+    let saved = tokio::task::spawn_blocking(move || ix.position(&s)).await??;
+    let deliver_policy = match saved.and_then(|p| p.parse::<u64>().ok()) {
+        Some(seq) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+        None => consumer::DeliverPolicy::All,
+    };
+    let reader: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats(e.to_string()))?;
+    let mut messages = reader
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .messages()
+        .await
+        .map_err(|e| nats(e.to_string()))?;
+    let mut report = BuildReport::default();
+    loop {
+        let mut batch = Vec::new();
+        let mut last_seq = None;
+        while batch.len() < BATCH {
+            let wait = if batch.is_empty() {
+                QUIET
+            } else {
+                Duration::from_millis(100)
+            };
+            let next = match &follow {
+                Some(c) => tokio::select! {
+                    _ = c.cancelled() => None,
+                    m = tokio::time::timeout(wait, messages.next()) => Some(m),
+                },
+                None => Some(tokio::time::timeout(wait, messages.next()).await),
+            };
+            match next {
+                None => break,
+                Some(Err(_quiet)) => break,
+                Some(Ok(None)) => break,
+                Some(Ok(Some(Err(e)))) => {
+                    tracing::warn!(error = %e, "NATS error while indexing; retrying.");
+                    break;
+                }
+                Some(Ok(Some(Ok(m)))) => {
+                    report.records += 1;
+                    if let Ok(info) = m.info() {
+                        last_seq = Some(info.stream_sequence);
+                    }
+                    match record_from_line(&m.payload) {
+                        Some(r) => batch.push(r),
+                        None => report.skipped += 1,
+                    }
+                }
+            }
+        }
+        if let Some(seq) = last_seq {
+            report.applied += batch.len() as u64;
+            let ix = index.clone();
+            let positions = vec![(source.clone(), seq.to_string())];
+            tokio::task::spawn_blocking(move || ix.apply_at(&batch, &positions)).await??;
+        } else {
+            match &follow {
+                Some(c) if !c.is_cancelled() => continue,
+                _ => break,
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Follows (or, without `follow`, catches up with) wherever `flow.archived` goes.
+pub async fn from_destination(
+    index: std::sync::Arc<Index>,
+    config: &crate::config::Config,
+    from_beginning: bool,
+    follow: Option<CancellationToken>,
+) -> Result<BuildReport, BuildError> {
+    use crate::config::Destination;
+    match config.publish.destination {
+        Destination::File => {
+            from_records_file(index, &config.publish.archived_path, from_beginning, follow).await
+        }
+        Destination::Kafka => from_kafka(index, &config.kafka, from_beginning, follow).await,
+        Destination::Nats => from_nats(index, &config.nats, from_beginning, follow).await,
     }
 }
 

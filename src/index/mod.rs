@@ -235,6 +235,18 @@ impl Index {
         records: &[IndexRecord],
         position: Option<(&str, &str)>,
     ) -> Result<(), IndexError> {
+        let positions: Vec<(String, String)> = position
+            .map(|(s, p)| vec![(s.to_string(), p.to_string())])
+            .unwrap_or_default();
+        self.apply_at(records, &positions)
+    }
+
+    /// Applies records and stores every (source, position) pair, in one transaction.
+    pub fn apply_at(
+        &self,
+        records: &[IndexRecord],
+        positions: &[(String, String)],
+    ) -> Result<(), IndexError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         for record in records {
@@ -297,7 +309,7 @@ impl Index {
                 }
             }
         }
-        if let Some((source, pos)) = position {
+        for (source, pos) in positions {
             tx.execute(
                 "INSERT INTO positions (source, position) VALUES (?1, ?2) \
                  ON CONFLICT (source) DO UPDATE SET position = excluded.position",

@@ -56,6 +56,32 @@ impl DataEncoder {
     }
 }
 
+/// Reads `flow.archived` data in Avro single-object encoding (the index builder).
+pub struct DataDecoder {
+    schema: Schema,
+    header: Vec<u8>,
+}
+
+impl DataDecoder {
+    pub fn new() -> Result<DataDecoder, PublishError> {
+        let schema = Schema::parse_str(FLOW_ARCHIVED_AVSC)
+            .map_err(|e| PublishError::Encode(format!("flow_archived.avsc: {e}")))?;
+        let mut header = vec![0xC3, 0x01];
+        header.extend_from_slice(&spec_fingerprint(FLOW_ARCHIVED_AVSC)?);
+        Ok(DataDecoder { schema, header })
+    }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<FlowArchived, PublishError> {
+        let body = bytes.strip_prefix(self.header.as_slice()).ok_or_else(|| {
+            PublishError::Encode("not flow_archived in Avro single-object encoding".into())
+        })?;
+        let value = apache_avro::from_avro_datum(&self.schema, &mut &body[..], None)
+            .map_err(|e| PublishError::Encode(format!("avro: {e}")))?;
+        apache_avro::from_value::<FlowArchived>(&value)
+            .map_err(|e| PublishError::Encode(format!("avro: {e}")))
+    }
+}
+
 /// The CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form, as the Avro
 /// specification defines it (little-endian).
 ///
@@ -139,6 +165,19 @@ mod tests {
             Value::TimestampMicros(1_800_000_000_000_000)
         );
         assert!(matches!(get("traceparent"), Value::Union(1, _)));
+    }
+
+    #[test]
+    fn the_decoder_reads_what_the_encoder_writes() {
+        let bytes = DataEncoder::new(DataEncoding::Avro)
+            .unwrap()
+            .encode(&sample())
+            .unwrap();
+        assert_eq!(
+            DataDecoder::new().unwrap().decode(&bytes).unwrap(),
+            sample()
+        );
+        assert!(DataDecoder::new().unwrap().decode(b"{}").is_err());
     }
 
     #[test]
