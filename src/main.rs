@@ -760,6 +760,15 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Bench(args) if args.api => {
+            let report = flow_archiver::bench::api::run(&args).await?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) if args.nats.is_some() => {
             let url = args.nats.clone().unwrap_or_default();
             let report = flow_archiver::bench::nats::run(&args, &url).await?;

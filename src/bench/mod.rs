@@ -7,6 +7,7 @@
 //! `zstd` and `sha256sum` tools are installed it times `zstd -3 -T1 | sha256sum` over
 //! the same JSON Lines in the same run, as the reference for archive throughput.
 
+pub mod api;
 pub mod kafka;
 pub mod nats;
 
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// rate against a plain JetStream consumer, and expiry→archived latency.
     #[arg(long, value_name = "URL", conflicts_with = "kafka")]
     pub nats: Option<String>,
+    /// Measure the index and the HTTP API instead: GET latency for archived and live
+    /// flows, index build and rebuild rates.
+    #[arg(long, conflicts_with_all = ["kafka", "nats"])]
+    pub api: bool,
     #[arg(long)]
     pub json: bool,
 }

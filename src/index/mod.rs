@@ -153,6 +153,7 @@ CREATE TABLE IF NOT EXISTS part_labels (
     value TEXT NOT NULL,
     PRIMARY KEY (key, value, tenant, flow_id, part)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS part_labels_by_part ON part_labels (tenant, flow_id, part);
 CREATE TABLE IF NOT EXISTS positions (
     source TEXT PRIMARY KEY,
     position TEXT NOT NULL
@@ -254,7 +255,7 @@ impl Index {
                 IndexRecord::Archived(d) => {
                     let labels = serde_json::to_string(&d.labels).unwrap_or_else(|_| "{}".into());
                     // A hold survives re-publication of the same part.
-                    tx.execute(
+                    tx.prepare_cached(
                         &format!(
                             "INSERT INTO parts ({COLUMNS}) VALUES \
                              (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,0) \
@@ -269,7 +270,8 @@ impl Index {
                              frame_sha256=excluded.frame_sha256, events_sha256=excluded.events_sha256, \
                              object_sha256=excluded.object_sha256"
                         ),
-                        params![
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![
                             d.tenant,
                             d.flow_id,
                             d.part,
@@ -291,19 +293,18 @@ impl Index {
                             d.frame_sha256,
                             d.events_sha256,
                             d.object_sha256,
-                        ],
-                    )
+                        ]))
                     .map_err(|e| self.err(e))?;
-                    tx.execute(
+                    tx.prepare_cached(
                         "DELETE FROM part_labels WHERE tenant=?1 AND flow_id=?2 AND part=?3",
-                        params![d.tenant, d.flow_id, d.part],
                     )
+                    .and_then(|mut stmt| stmt.execute(params![d.tenant, d.flow_id, d.part]))
                     .map_err(|e| self.err(e))?;
                     for (k, v) in &d.labels {
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT INTO part_labels (tenant, flow_id, part, key, value) VALUES (?1,?2,?3,?4,?5)",
-                            params![d.tenant, d.flow_id, d.part, k, v],
                         )
+                        .and_then(|mut stmt| stmt.execute(params![d.tenant, d.flow_id, d.part, k, v]))
                         .map_err(|e| self.err(e))?;
                     }
                 }

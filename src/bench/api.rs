@@ -1,0 +1,202 @@
+//! `flow-archiver bench --api`: `GET /flows/...` latency for archived and for live
+//! flows, and index build/rebuild rates.
+//!
+//! Generates and ingests the workload, archives about half of the flows (a sweep
+//! halfway through their deadlines), builds the index from the records file and again
+//! from the segment manifests, then serves the API on a loopback port and times
+//! `GET /flows/{tenant}/{flow_id}` for up to 1,000 random archived and 1,000 random
+//! live flows from a plain HTTP/1.1 client (one connection per request).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{io_err, machine, write_workload};
+use crate::config::{Config, Retention};
+use crate::ops::{peak_rss_bytes, percentile};
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::policy::ManualClock;
+use crate::workload::WorkloadSpec;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiBenchReport {
+    pub flows: u64,
+    pub archived_parts: u64,
+    pub index_records_per_sec: f64,
+    pub rebuild_from_archive_records_per_sec: f64,
+    pub archived_requests: u64,
+    pub archived_p50_ms: f64,
+    pub archived_p99_ms: f64,
+    pub live_requests: u64,
+    pub live_p50_ms: f64,
+    pub live_p99_ms: f64,
+    pub peak_rss_bytes: u64,
+    pub machine: String,
+}
+
+fn other(e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::NotFound(e.to_string())
+}
+
+/// One GET over a fresh connection; the status code.
+fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let status = std::str::from_utf8(&response[..response.len().min(12)])
+        .ok()
+        .and_then(|l| l.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok(status)
+}
+
+pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineError> {
+    let tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let spec = WorkloadSpec {
+        flows: args.flows,
+        events_per_flow: args.events,
+        tenants: 8,
+        running_share: 0.05,
+        start_ms: now_ms - 3_600_000,
+        span_ms: 3_000_000,
+        seed: 7,
+        run_id: "apibench".into(),
+        interleave: 256,
+    };
+    let input = dir.join("events.jsonl");
+    write_workload(&spec, &input)?;
+    let mut config = Config::rooted_at(&dir);
+    let hour = Retention::After(Duration::from_secs(3600));
+    let r = &mut config.retention;
+    (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
+    let pipeline = Pipeline::open(config.clone(), Arc::new(ManualClock::new(now_ms))).await?;
+    crate::ops::ingest(&pipeline, &input.display().to_string(), &mut |_| {}).await?;
+    // Halfway through the deadlines: about half of the flows are archived.
+    let sweep = pipeline.sweep(now_ms + 25 * 60_000, &mut |_| {}).await?;
+    let store = pipeline.store.clone();
+    let live = tokio::task::spawn_blocking(move || store.due_flows(i64::MAX, 1000)).await??;
+
+    let index = Arc::new(crate::index::Index::open(&config.index.path).map_err(other)?);
+    let built = crate::index::builder::from_records_file(
+        index.clone(),
+        &config.publish.archived_path,
+        true,
+        None,
+    )
+    .await
+    .map_err(other)?;
+    let rebuilt =
+        crate::index::builder::from_archive(index.clone(), &pipeline.objects, &mut |_, _| {})
+            .await
+            .map_err(other)?;
+    let ix = index.clone();
+    let mut archived = tokio::task::spawn_blocking(move || ix.all())
+        .await?
+        .map_err(other)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    archived.shuffle(&mut rng);
+    archived.truncate(1000);
+
+    let state = Arc::new(crate::api::ApiState {
+        index: index.clone(),
+        objects: pipeline.objects.clone(),
+        store: Some(pipeline.store.clone()),
+        auth: Default::default(),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("listen", e))?;
+    let addr = listener.local_addr().map_err(|e| io_err("listen", e))?;
+    drop(listener);
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(crate::api::serve(state, addr, cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let time_gets = |paths: Vec<String>| {
+        tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
+            let mut ms = Vec::with_capacity(paths.len());
+            for path in paths {
+                let started = Instant::now();
+                let status = get(addr, &path).map_err(|e| e.to_string())?;
+                if status != 200 {
+                    return Err(format!("GET {path}: {status}"));
+                }
+                ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(ms)
+        })
+    };
+    let mut archived_ms = time_gets(
+        archived
+            .iter()
+            .map(|p| format!("/flows/{}/{}", p.tenant, p.flow_id))
+            .collect(),
+    )
+    .await?
+    .map_err(other)?;
+    let mut live_ms = time_gets(
+        live.iter()
+            .map(|m| format!("/flows/{}/{}", m.tenant, m.flow_id))
+            .collect(),
+    )
+    .await?
+    .map_err(other)?;
+    cancel.cancel();
+    let _ = server.await;
+    Ok(ApiBenchReport {
+        flows: args.flows,
+        archived_parts: sweep.flow_parts,
+        index_records_per_sec: built.records as f64 / built.seconds.max(1e-9),
+        rebuild_from_archive_records_per_sec: rebuilt.records as f64 / rebuilt.seconds.max(1e-9),
+        archived_requests: archived_ms.len() as u64,
+        archived_p50_ms: percentile(&mut archived_ms, 50.0),
+        archived_p99_ms: percentile(&mut archived_ms, 99.0),
+        live_requests: live_ms.len() as u64,
+        live_p50_ms: percentile(&mut live_ms, 50.0),
+        live_p99_ms: percentile(&mut live_ms, 99.0),
+        peak_rss_bytes: peak_rss_bytes(),
+        machine: machine(),
+    })
+}
+
+impl std::fmt::Display for ApiBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "flow-archiver bench --api on {}", self.machine)?;
+        writeln!(
+            f,
+            "  workload   {} flows; {} flow parts archived, the rest live",
+            self.flows, self.archived_parts
+        )?;
+        writeln!(
+            f,
+            "  index      from records {:.0} records/s; rebuilt from manifests {:.0} records/s",
+            self.index_records_per_sec, self.rebuild_from_archive_records_per_sec
+        )?;
+        writeln!(
+            f,
+            "  archived   GET /flows/… ({} random flows): p50 {:.2} ms, p99 {:.2} ms",
+            self.archived_requests, self.archived_p50_ms, self.archived_p99_ms
+        )?;
+        writeln!(
+            f,
+            "  live       GET /flows/… ({} flows): p50 {:.2} ms, p99 {:.2} ms",
+            self.live_requests, self.live_p50_ms, self.live_p99_ms
+        )?;
+        writeln!(
+            f,
+            "  memory     peak RSS {:.1} MiB",
+            self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        )
+    }
+}
