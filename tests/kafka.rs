@@ -405,6 +405,18 @@ fn check_index(env: &Env, parts: usize) {
     .unwrap();
     assert_eq!(flow["archived"], true);
     assert_eq!(flow["event_count"], first["event_count"]);
+    // And through the HTTP API, with an independent client.
+    let (_api, base) = serve_api(env);
+    let (status, body) = http_get(
+        &format!(
+            "{base}/flows/{}/{}",
+            first["tenant"].as_str().unwrap(),
+            first["flow_id"].as_str().unwrap()
+        ),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, flow, "the API and get answer the same");
 }
 
 #[test]

@@ -545,3 +545,29 @@ pub fn nats_client(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// GET through `tests/py/http_get.py` (Python's standard library): (status, JSON body).
+pub fn http_get(url: &str, token: &str) -> (u16, Value) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/http_get.py");
+    let out = Command::new("python3")
+        .args([script, url, token])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("http_get.py JSON");
+    (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone())
+}
+
+/// `serve` on a free loopback port; killed with the returned guard.
+pub fn serve_api(env: &Env) -> (Running, String) {
+    let port = free_port();
+    let run = env.spawn(&["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    eventually(Duration::from_secs(20), "the API to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    (run, format!("http://127.0.0.1:{port}"))
+}
