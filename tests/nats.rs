@@ -342,6 +342,20 @@ fn nats_end_to_end_mixed_workload() {
         original,
         "rebuilt from the manifests"
     );
+    // An archived flow through the HTTP API, with an independent client.
+    {
+        let (_api, base) = serve_api(&env);
+        let first = &page["items"][0];
+        let url = format!(
+            "{base}/flows/{}/{}",
+            first["tenant"].as_str().unwrap(),
+            first["flow_id"].as_str().unwrap()
+        );
+        let (status, body) = http_get(&url, "");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["archived"], true);
+        assert_eq!(body["event_count"], first["event_count"]);
+    }
 
     // Replay into a subject of the events stream; read it back in order.
     let ((tenant, flow), ids) = w.terminal.iter().next().unwrap();
