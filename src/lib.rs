@@ -20,4 +20,5 @@ pub mod policy;
 pub mod publish;
 pub mod source;
 pub mod state;
+pub mod telemetry;
 pub mod workload;

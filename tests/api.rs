@@ -373,3 +373,87 @@ fn rebuilt_indexes_equal_the_original_and_damage_is_an_error_for_one_flow() {
     assert!(report.contains(flow), "verify names the flow: {report}");
     let _ = flows;
 }
+
+/// Scrapes `/metrics` and parses it with Python's official client (OpenMetrics parser).
+fn scrape(base: &str) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/metrics_check.py");
+    let out = std::process::Command::new("python3")
+        .args([script, &format!("{base}/metrics")])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "/metrics does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn run_serves_prometheus_metrics_that_parse_and_add_up() {
+    let port = free_port();
+    let env = Env::new(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\n[retention]\ncompleted = \"1s\"\nfailed = \"1s\"\n[scheduler]\ninterval = \"200ms\"\n"
+    ));
+    let (input, flows) = workload();
+    let bad = "{not json\n";
+    env.write("events.jsonl", format!("{input}{bad}").as_bytes());
+    let lines = input.lines().count() as f64;
+    let run = env.spawn(&["run", "--source", "file:events.jsonl"]);
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(20), "the API to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let metrics = eventually(
+        Duration::from_secs(30),
+        "every terminal flow archived",
+        || {
+            let m = scrape(&base);
+            (m["samples"]["flow_archiver_flow_parts_archived_total"].as_f64()
+                == Some(flows.len() as f64))
+            .then_some(m)
+        },
+    );
+    let s = &metrics["samples"];
+    assert_eq!(s["flow_archiver_records_read_total"], lines + 1.0);
+    assert_eq!(s["flow_archiver_events_ingested_total"], lines);
+    assert_eq!(
+        s["flow_archiver_records_dead_lettered_total{reason=malformed_json}"],
+        1.0
+    );
+    assert_eq!(
+        s["flow_archiver_expiry_to_archived_seconds_count"],
+        flows.len() as f64
+    );
+    assert!(
+        s["flow_archiver_segment_upload_seconds_count"]
+            .as_f64()
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        s["flow_archiver_archived_raw_bytes_total"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        s["flow_archiver_failures_total{stage=storage}"], 0.0,
+        "pre-initialised"
+    );
+    assert!(
+        s["flow_archiver_last_archive_success_timestamp_seconds"]
+            .as_f64()
+            .unwrap()
+            > 1.7e9
+    );
+    let f = &metrics["families"];
+    assert_eq!(f["flow_archiver_segment_upload_seconds"], "histogram");
+    assert_eq!(f["flow_archiver_flows_tracked"], "gauge");
+    // The one running flow stays tracked.
+    eventually(Duration::from_secs(10), "flows_tracked to settle", || {
+        (scrape(&base)["samples"]["flow_archiver_flows_tracked"].as_f64() == Some(1.0))
+            .then_some(())
+    });
+    run.stop();
+}

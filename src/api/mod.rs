@@ -89,6 +89,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/archive/stats", get(stats))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -197,6 +198,17 @@ async fn stats(
         .map_err(internal)?
         .map_err(internal)?;
     Ok(Json(stats))
+}
+
+/// Prometheus text; unauthenticated like health checks (it carries no tenant data).
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::telemetry::metrics().render(),
+    )
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<serde_json::Value>) {

@@ -217,8 +217,12 @@ impl Archiver {
         loop {
             tries += 1;
             match self.process(current.clone(), resumed).await {
-                Ok(done) => return Ok(done),
+                Ok(done) => {
+                    record_success(&done);
+                    return Ok(done);
+                }
                 Err(error) => {
+                    crate::telemetry::metrics().failed(stage_of(&error));
                     if attempts.is_some_and(|max| tries >= max) || cancel.is_cancelled() {
                         return Err(error);
                     }
@@ -241,5 +245,29 @@ impl Archiver {
                 }
             }
         }
+    }
+}
+
+fn record_success(done: &ArchivedSegment) {
+    let m = crate::telemetry::metrics();
+    m.segments_archived.inc();
+    m.flow_parts_archived.inc_by(done.parts);
+    m.archived_raw_bytes.inc_by(done.raw_bytes);
+    m.archived_stored_bytes.inc_by(done.stored_bytes);
+    m.segment_upload_seconds.observe(done.steps.upload);
+    for late in &done.lateness_ms {
+        m.expiry_to_archived_seconds
+            .observe((*late).max(0) as f64 / 1000.0);
+    }
+    m.last_archive_success.set(chrono::Utc::now().timestamp());
+}
+
+/// The pipeline stage an error belongs to, for `flow_archiver_failures_total{stage}`.
+fn stage_of(error: &PipelineError) -> &'static str {
+    match error {
+        PipelineError::Archive(_) => "storage",
+        PipelineError::Publish(_) => "publish",
+        PipelineError::Source(_) => "source",
+        _ => "state",
     }
 }

@@ -144,9 +144,17 @@ impl Ingest {
                 }
             }
         }
+        let metrics = crate::telemetry::metrics();
+        metrics.records_read.inc_by((good.len() + bad.len()) as u64);
         if !bad.is_empty() {
-            self.dead_letters.send(&bad).await?;
+            if let Err(e) = self.dead_letters.send(&bad).await {
+                metrics.failed("publish");
+                return Err(e.into());
+            }
             totals.dead_lettered += bad.len() as u64;
+            for letter in &bad {
+                metrics.dead_lettered(letter.reason.as_str(), 1);
+            }
         }
         Ok((good, batch.checkpoint))
     }
@@ -175,7 +183,16 @@ impl Ingest {
         totals: &mut IngestTotals,
         on_batch: &mut (dyn FnMut(&IngestTotals) + Send),
     ) -> Result<(), PipelineError> {
-        let outcome = write.await??;
+        let outcome = match write.await? {
+            Ok(o) => o,
+            Err(e) => {
+                crate::telemetry::metrics().failed("state");
+                return Err(e.into());
+            }
+        };
+        let metrics = crate::telemetry::metrics();
+        metrics.events_ingested.inc_by(outcome.stored);
+        metrics.events_duplicate.inc_by(outcome.duplicates);
         totals.stored += outcome.stored;
         totals.duplicates += outcome.duplicates;
         totals.reopened += outcome.reopened;

@@ -390,6 +390,12 @@ impl Pipeline {
                     let store = this.store.clone();
                     let batch = this.config.archive.batch_size;
                     let due = blocking(move || store.due_flows(now_ms, batch)).await?;
+                    let metrics = crate::telemetry::metrics();
+                    metrics.timers_due.set(due.len() as i64);
+                    let store = this.store.clone();
+                    if let Ok(stats) = blocking(move || store.stats()).await {
+                        metrics.flows_tracked.set(stats.live_flows as i64);
+                    }
                     for intent in plan(due, &this.policy, &this.config.archive, now_ms, &this.ids) {
                         let store = this.store.clone();
                         let Some(sealed) = blocking(move || store.seal(&intent)).await? else {
