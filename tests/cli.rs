@@ -202,6 +202,16 @@ fn a_second_process_on_the_same_state_is_refused_with_a_clear_error() {
     let out = env.run(&["ingest", "events.jsonl"]);
     // Readers do not need the store: they answer from the index beside the archiver.
     let read = env.run(&["get", "t/f"]);
+    // `serve` beside it answers archived flows but is not ready (no live flows).
+    let (api, base) = serve_api(&env);
+    let (status, body) = http_get(&format!("{base}/readyz"), "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body["state_store"]
+        .as_str()
+        .unwrap()
+        .contains("held by another process"));
+    assert_eq!(http_get(&format!("{base}/healthz"), "").0, 200);
+    drop(api);
     unsafe {
         libc::kill(first.id() as i32, libc::SIGTERM);
     }

@@ -220,7 +220,10 @@ async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<serde_js
         "index": index_ok,
         "state_store": if state.store.is_some() { "open" } else { "held by another process: live flows are not served" },
     });
-    let code = if index_ok {
+    // Ready = the index and the state store are open (sources are connected before
+    // `run` starts serving). `serve` beside a running archiver answers archived flows
+    // but is not ready: it cannot see live ones.
+    let code = if index_ok && state.store.is_some() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
