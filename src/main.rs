@@ -260,6 +260,19 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A report as JSON (`--json`) or as its readable summary.
+fn print_report(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        print_json(report)
+    } else {
+        print!("{report}");
+        Ok(())
+    }
+}
+
 fn print_sweep(report: &SweepReport) {
     let verb = if report.dry_run {
         "would archive"
@@ -760,41 +773,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Bench(args) if args.api => {
-            let report = flow_archiver::bench::api::run(&args).await?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(args) if args.nats.is_some() => {
-            let url = args.nats.clone().unwrap_or_default();
-            let report = flow_archiver::bench::nats::run(&args, &url).await?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(args) if args.kafka.is_some() => {
-            let brokers = args.kafka.clone().unwrap_or_default();
-            let report = flow_archiver::bench::kafka::run(&args, &brokers).await?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Bench(args) => {
-            let report = flow_archiver::bench::run(&args).await?;
-            if args.json {
-                print_json(&report)?;
+            use flow_archiver::bench;
+            if args.api {
+                print_report(&bench::api::run(&args).await?, args.json)?;
+            } else if let Some(url) = &args.nats {
+                print_report(&bench::nats::run(&args, url).await?, args.json)?;
+            } else if let Some(brokers) = &args.kafka {
+                print_report(&bench::kafka::run(&args, brokers).await?, args.json)?;
             } else {
-                print!("{report}");
+                print_report(&bench::run(&args).await?, args.json)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -76,25 +76,10 @@ fn workload() -> (String, Vec<Flow>) {
     (lines.join("\n") + "\n", flows)
 }
 
-fn http(url: &str, token: &str) -> (u16, Value) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/http_get.py");
-    let out = std::process::Command::new("python3")
-        .args([script, url, token])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (v["status"].as_u64().unwrap() as u16, v["body"].clone())
-}
-
 /// Every case's status must be documented in schemas/openapi.yaml for its path, and
 /// its body must validate against the documented schema (checked in Python with
 /// PyYAML and jsonschema, sharing nothing with the server).
-fn check_openapi(env: &Env, api: &Api, cases: &[(&str, String, &str)]) {
+fn check_openapi(env: &Env, base: &str, cases: &[(&str, String, &str)]) {
     let cases: Vec<Value> = cases
         .iter()
         .map(|(path, url, token)| serde_json::json!({"path": path, "url": url, "token": token}))
@@ -103,44 +88,20 @@ fn check_openapi(env: &Env, api: &Api, cases: &[(&str, String, &str)]) {
         "openapi-cases.json",
         serde_json::to_string(&cases).unwrap().as_bytes(),
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openapi_check.py");
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.yaml");
-    let out = std::process::Command::new("python3")
-        .args([script, spec, &api.base, file.to_str().unwrap()])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "responses differ from schemas/openapi.yaml:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Fails (with the mismatches) when a response differs from the spec.
+    python("openapi_check.py", &[spec, base, file.to_str().unwrap()]);
 }
 
-struct Api {
-    _run: Running,
-    base: String,
-}
-
-fn serve(env: &Env) -> Api {
-    let port = free_port();
-    let run = env.spawn(&["serve", "--listen", &format!("127.0.0.1:{port}")]);
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(Duration::from_secs(20), "the API to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    Api { _run: run, base }
-}
-
-fn list_all(api: &Api, query: &str, limit: usize) -> Vec<Value> {
+fn list_all(base: &str, query: &str, limit: usize) -> Vec<Value> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut url = format!("{}/archive/flows?limit={limit}{query}", api.base);
+        let mut url = format!("{}/archive/flows?limit={limit}{query}", base);
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let (status, body) = http(&url, ADMIN);
+        let (status, body) = http_get(&url, ADMIN);
         assert_eq!(status, 200, "{body}");
         items.extend(body["items"].as_array().unwrap().iter().cloned());
         match body["next_cursor"].as_str() {
@@ -158,10 +119,10 @@ fn archived_and_live_flows_read_the_same_way_with_tenant_isolation() {
     env.write("events.jsonl", input.as_bytes());
     env.ok(&["ingest", "events.jsonl"]);
     env.ok(&["sweep", "--now", "2026-06-01T00:00:00Z"]);
-    let api = serve(&env);
+    let (_api, base) = serve_api(&env);
 
     for ((tenant, flow), ids) in &flows {
-        let (status, body) = http(&format!("{}/flows/{tenant}/{flow}", api.base), ADMIN);
+        let (status, body) = http_get(&format!("{}/flows/{tenant}/{flow}", base), ADMIN);
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["archived"], true);
         let got: Vec<&str> = body["events"]
@@ -176,68 +137,53 @@ fn archived_and_live_flows_read_the_same_way_with_tenant_isolation() {
             .unwrap()
             .starts_with("s3://"));
     }
-    let (status, live) = http(&format!("{}/flows/tenant-0/live-1", api.base), T0_TOKEN);
+    let (status, live) = http_get(&format!("{}/flows/tenant-0/live-1", base), T0_TOKEN);
     assert_eq!(status, 200, "{live}");
     assert_eq!(live["archived"], false);
     assert_eq!(live["events"][0]["id"], "l1");
 
     // Isolation and bad ids.
     assert_eq!(
-        http(&format!("{}/flows/tenant-1/flow-01", api.base), T0_TOKEN).0,
+        http_get(&format!("{}/flows/tenant-1/flow-01", base), T0_TOKEN).0,
         403
     );
     assert_eq!(
-        http(&format!("{}/flows/tenant-0/flow-00", api.base), T0_TOKEN).0,
+        http_get(&format!("{}/flows/tenant-0/flow-00", base), T0_TOKEN).0,
         200
     );
     assert_eq!(
-        http(&format!("{}/flows/tenant-0/flow-00", api.base), "").0,
+        http_get(&format!("{}/flows/tenant-0/flow-00", base), "").0,
         401
     );
     assert_eq!(
-        http(
-            &format!("{}/flows/tenant-0/flow-00", api.base),
-            "wrong-token"
-        )
-        .0,
+        http_get(&format!("{}/flows/tenant-0/flow-00", base), "wrong-token").0,
         401
     );
     assert_eq!(
-        http(
-            &format!("{}/flows/tenant-0/..%2Ftenant-1", api.base),
-            T0_TOKEN
-        )
-        .0,
+        http_get(&format!("{}/flows/tenant-0/..%2Ftenant-1", base), T0_TOKEN).0,
         400
     );
     assert_eq!(
-        http(
-            &format!("{}/flows/..%2Ftenant-1/flow-01", api.base),
-            T0_TOKEN
-        )
-        .0,
+        http_get(&format!("{}/flows/..%2Ftenant-1/flow-01", base), T0_TOKEN).0,
         400
     );
     assert_eq!(
-        http(&format!("{}/flows/tenant-0/no-such-flow", api.base), ADMIN).0,
+        http_get(&format!("{}/flows/tenant-0/no-such-flow", base), ADMIN).0,
         404
     );
-    let (status, page) = http(
-        &format!("{}/archive/flows?tenant=tenant-1", api.base),
-        T0_TOKEN,
-    );
+    let (status, page) = http_get(&format!("{}/archive/flows?tenant=tenant-1", base), T0_TOKEN);
     assert_eq!(status, 403, "{page}");
-    let (_, own) = http(&format!("{}/archive/flows", api.base), T0_TOKEN);
+    let (_, own) = http_get(&format!("{}/archive/flows", base), T0_TOKEN);
     assert!(own["items"]
         .as_array()
         .unwrap()
         .iter()
         .all(|i| i["tenant"] == "tenant-0"));
-    let (_, stats) = http(&format!("{}/archive/stats", api.base), T0_TOKEN);
+    let (_, stats) = http_get(&format!("{}/archive/stats", base), T0_TOKEN);
     assert_eq!(stats["flow_parts"], 7, "{stats}");
 
     // Listing: stable, gap-free pages; filters.
-    let all = list_all(&api, "", 3);
+    let all = list_all(&base, "", 3);
     assert_eq!(all.len(), flows.len());
     let keys: BTreeSet<String> = all
         .iter()
@@ -251,19 +197,19 @@ fn archived_and_live_flows_read_the_same_way_with_tenant_isolation() {
         .collect();
     assert_eq!(keys.len(), flows.len(), "no repeats");
     assert_eq!(
-        list_all(&api, "", 100)
+        list_all(&base, "", 100)
             .iter()
             .map(|i| i["flow_id"].clone())
             .collect::<Vec<_>>(),
         all.iter().map(|i| i["flow_id"].clone()).collect::<Vec<_>>(),
         "same order whatever the page size"
     );
-    let failed = list_all(&api, "&status=failed", 2);
+    let failed = list_all(&base, "&status=failed", 2);
     assert_eq!(
         failed.len(),
         flows.iter().enumerate().filter(|(f, _)| f % 5 == 0).count()
     );
-    let team = list_all(&api, "&label=team:t1&tenant=tenant-0", 2);
+    let team = list_all(&base, "&label=team:t1&tenant=tenant-0", 2);
     assert!(
         !team.is_empty()
             && team
@@ -271,20 +217,20 @@ fn archived_and_live_flows_read_the_same_way_with_tenant_isolation() {
                 .all(|i| i["labels"]["team"] == "t1" && i["tenant"] == "tenant-0")
     );
     assert_eq!(
-        http(&format!("{}/archive/flows?cursor=garbage", api.base), ADMIN).0,
+        http_get(&format!("{}/archive/flows?cursor=garbage", base), ADMIN).0,
         400
     );
-    let (status, stats) = http(&format!("{}/archive/stats", api.base), ADMIN);
+    let (status, stats) = http_get(&format!("{}/archive/stats", base), ADMIN);
     assert_eq!(status, 200);
     assert_eq!(stats["flow_parts"], flows.len());
-    assert_eq!(http(&format!("{}/healthz", api.base), "").0, 200);
-    assert_eq!(http(&format!("{}/readyz", api.base), "").0, 200);
+    assert_eq!(http_get(&format!("{}/healthz", base), "").0, 200);
+    assert_eq!(http_get(&format!("{}/readyz", base), "").0, 200);
 
     let flow = "/flows/{tenant}/{flow_id}";
     let list = "/archive/flows";
     check_openapi(
         &env,
-        &api,
+        &base,
         &[
             (flow, "/flows/tenant-0/flow-00".into(), ADMIN),
             (flow, "/flows/tenant-0/live-1".into(), T0_TOKEN),
@@ -335,12 +281,12 @@ fn rebuilt_indexes_equal_the_original_and_damage_is_an_error_for_one_flow() {
     bytes[at] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
-    let api = serve(&env);
+    let (_api, base) = serve_api(&env);
     let (tenant, flow) = (
         victim["tenant"].as_str().unwrap(),
         victim["flow_id"].as_str().unwrap(),
     );
-    let (status, body) = http(&format!("{}/flows/{tenant}/{flow}", api.base), ADMIN);
+    let (status, body) = http_get(&format!("{}/flows/{tenant}/{flow}", base), ADMIN);
     assert!(status >= 500, "damaged flow: {status} {body}");
     assert!(
         body["error"].as_str().unwrap().contains("frame_sha256"),
@@ -357,11 +303,11 @@ fn rebuilt_indexes_equal_the_original_and_damage_is_an_error_for_one_flow() {
     for n in neighbours {
         let url = format!(
             "{}/flows/{}/{}",
-            api.base,
+            base,
             n["tenant"].as_str().unwrap(),
             n["flow_id"].as_str().unwrap()
         );
-        assert_eq!(http(&url, ADMIN).0, 200);
+        assert_eq!(http_get(&url, ADMIN).0, 200);
     }
     let out = env.run(&["verify"]);
     assert!(!out.status.success());
@@ -372,21 +318,6 @@ fn rebuilt_indexes_equal_the_original_and_damage_is_an_error_for_one_flow() {
     );
     assert!(report.contains(flow), "verify names the flow: {report}");
     let _ = flows;
-}
-
-/// Scrapes `/metrics` and parses it with Python's official client (OpenMetrics parser).
-fn scrape(base: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/metrics_check.py");
-    let out = std::process::Command::new("python3")
-        .args([script, &format!("{base}/metrics")])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "/metrics does not parse: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -408,7 +339,7 @@ fn run_serves_prometheus_metrics_that_parse_and_add_up() {
         Duration::from_secs(30),
         "every terminal flow archived",
         || {
-            let m = scrape(&base);
+            let m = scrape_metrics(&base);
             (m["samples"]["flow_archiver_flow_parts_archived_total"].as_f64()
                 == Some(flows.len() as f64))
             .then_some(m)
@@ -452,7 +383,7 @@ fn run_serves_prometheus_metrics_that_parse_and_add_up() {
     assert_eq!(f["flow_archiver_flows_tracked"], "gauge");
     // The one running flow stays tracked.
     eventually(Duration::from_secs(10), "flows_tracked to settle", || {
-        (scrape(&base)["samples"]["flow_archiver_flows_tracked"].as_f64() == Some(1.0))
+        (scrape_metrics(&base)["samples"]["flow_archiver_flows_tracked"].as_f64() == Some(1.0))
             .then_some(())
     });
     run.stop();

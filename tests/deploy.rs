@@ -26,17 +26,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn rules_and_dashboard_use_only_served_metrics() {
     let env = Env::new("");
     let (_api, base) = serve_api(&env);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/metrics_check.py");
-    let out = std::process::Command::new("python3")
-        .args([script, &format!("{base}/metrics")])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let scraped: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scraped = scrape_metrics(&base);
     let mut served: BTreeSet<String> = BTreeSet::new();
     for key in scraped["samples"].as_object().unwrap().keys() {
         served.insert(key.split('{').next().unwrap().to_string());

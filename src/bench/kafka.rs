@@ -205,28 +205,8 @@ pub async fn run(
         let (kc, batch) = (config.kafka.clone(), config.input.batch_size);
         tokio::task::spawn_blocking(move || KafkaSource::open(&kc, batch)).await??
     };
-    let cancel = CancellationToken::new();
-    let mut first: Option<Instant> = None;
-    let mut done_at = None;
-    let stop = cancel.clone();
-    let totals = pipeline
-        .ingest_stage()
-        .run(&mut source, &cancel, &mut |t| {
-            first.get_or_insert_with(Instant::now);
-            if t.records >= events && done_at.is_none() {
-                done_at = Some(Instant::now());
-                stop.cancel();
-            }
-        })
-        .await?;
+    let (records, ingest_rate) = super::ingest_until(&pipeline, &mut source, events).await?;
     drop(source);
-    // Measured from the first durable batch, as the plain consumer is from its first
-    // record: group join and metadata time is left out of both.
-    let ingest_secs = match (first, done_at) {
-        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
-        _ => f64::NAN,
-    };
-    let ingest_rate = totals.records as f64 / ingest_secs;
     drop(pipeline);
 
     // 3. Expiry → archived latency through the whole `run` pipeline.
@@ -241,7 +221,7 @@ pub async fn run(
         produce_events_per_sec: produce_rate,
         plain_consumer_events_per_sec: plain,
         ingest_events_per_sec: ingest_rate,
-        ingest_mb_per_sec: bytes as f64 / MB / (totals.records as f64 / ingest_rate),
+        ingest_mb_per_sec: bytes as f64 / MB / (records as f64 / ingest_rate),
         ratio: ingest_rate / plain,
         latency_flows: ms.len() as u64,
         expiry_to_archived_p50_ms: percentile(&mut ms, 50.0),

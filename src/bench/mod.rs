@@ -178,6 +178,34 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     })
 }
 
+/// Runs the ingest stage over `source` until `events` records are read; returns the
+/// records read and the rate, timed from the first durable batch (like a plain
+/// consumer timed from its first record, so group join and metadata time is left out).
+pub(crate) async fn ingest_until(
+    pipeline: &Pipeline,
+    source: &mut dyn crate::source::Source,
+    events: u64,
+) -> Result<(u64, f64), PipelineError> {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    let (mut first, mut done_at) = (None, None);
+    let totals = pipeline
+        .ingest_stage()
+        .run(source, &cancel, &mut |t| {
+            first.get_or_insert_with(Instant::now);
+            if t.records >= events && done_at.is_none() {
+                done_at = Some(Instant::now());
+                stop.cancel();
+            }
+        })
+        .await?;
+    let seconds = match (first, done_at) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    Ok((totals.records, totals.records as f64 / seconds))
+}
+
 /// Writes the generated workload to `path` as JSON Lines.
 pub(crate) fn write_workload(
     spec: &WorkloadSpec,

@@ -181,24 +181,8 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
     let pipeline = Pipeline::open(config.clone(), Arc::new(SystemClock)).await?;
     let mut source = NatsSource::open(&config.nats, config.input.batch_size).await?;
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    let (mut first, mut done_at) = (None, None);
-    let totals = pipeline
-        .ingest_stage()
-        .run(&mut source, &cancel, &mut |t| {
-            first.get_or_insert_with(Instant::now);
-            if t.records >= events && done_at.is_none() {
-                done_at = Some(Instant::now());
-                stop.cancel();
-            }
-        })
-        .await?;
-    let ingest_secs = match (first, done_at) {
-        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
-        _ => f64::NAN,
-    };
-    let ingest_rate = totals.records as f64 / ingest_secs;
+    let (records, ingest_rate) = super::ingest_until(&pipeline, &mut source, events).await?;
+    drop(source);
     drop(pipeline);
 
     let latency_flows = (args.flows / 20).clamp(200, 5000);
@@ -211,7 +195,7 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
         publish_events_per_sec: publish_rate,
         plain_consumer_events_per_sec: plain,
         ingest_events_per_sec: ingest_rate,
-        ingest_mb_per_sec: bytes as f64 / MB / (totals.records as f64 / ingest_rate),
+        ingest_mb_per_sec: bytes as f64 / MB / (records as f64 / ingest_rate),
         ratio: ingest_rate / plain,
         latency_flows: ms.len() as u64,
         expiry_to_archived_p50_ms: percentile(&mut ms, 50.0),

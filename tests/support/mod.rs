@@ -316,21 +316,28 @@ impl Drop for KafkaBroker {
     }
 }
 
-/// Runs `tests/py/kafka_client.py` (confluent-kafka, fastavro): an independent client.
-pub fn kafka_client(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/kafka_client.py");
+/// Runs `tests/py/NAME` with `args` and returns its stdout, failing the test (with the
+/// script's stderr) when it fails. The scripts are the independent clients.
+pub fn python(name: &str, args: &[&str]) -> String {
+    let script = format!("{}/tests/py/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .arg(script)
+        .arg(&script)
         .args(args)
         .output()
-        .expect("python3 is required for the Kafka tests");
+        .expect("python3 is required for the end-to-end tests");
     assert!(
         out.status.success(),
-        "kafka_client.py {}: {}",
+        "{name} {}: {}{}",
         args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `tests/py/kafka_client.py` (confluent-kafka, fastavro): an independent client.
+pub fn kafka_client(args: &[&str]) -> String {
+    python("kafka_client.py", args)
 }
 
 /// Records read back by the independent client, one JSON object each.
@@ -531,35 +538,21 @@ impl Drop for NatsServer {
 
 /// Runs `tests/py/nats_client.py` (nats-py): an independent client.
 pub fn nats_client(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/nats_client.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 is required for the NATS tests");
-    assert!(
-        out.status.success(),
-        "nats_client.py {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    python("nats_client.py", args)
 }
 
 /// GET through `tests/py/http_get.py` (Python's standard library): (status, JSON body).
 pub fn http_get(url: &str, token: &str) -> (u16, Value) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/http_get.py");
-    let out = Command::new("python3")
-        .args([script, url, token])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("http_get.py JSON");
+    let v: Value =
+        serde_json::from_str(&python("http_get.py", &[url, token])).expect("http_get.py JSON");
     (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone())
+}
+
+/// Scrapes `{base}/metrics` and parses it with Python's official client (OpenMetrics
+/// parser): `{"families": {name: type}, "samples": {"name{k=v}": value}}`.
+pub fn scrape_metrics(base: &str) -> Value {
+    serde_json::from_str(&python("metrics_check.py", &[&format!("{base}/metrics")]))
+        .expect("metrics_check.py JSON")
 }
 
 /// `serve` on a free loopback port; killed with the returned guard.
