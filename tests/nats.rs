@@ -241,7 +241,7 @@ fn archive_all(server: &NatsServer, envs: &[&Env], flows: usize) -> Vec<Value> {
 }
 
 /// Every terminal flow once, on its subject, with its events and checksums.
-fn check_archived(envs: &[&Env], w: &Workload, archived: &[Value]) {
+fn check_archived(roots: &[std::path::PathBuf], w: &Workload, archived: &[Value]) {
     let subjects: Vec<&str> = archived
         .iter()
         .map(|r| r["subject"].as_str().unwrap())
@@ -270,16 +270,9 @@ fn check_archived(envs: &[&Env], w: &Workload, archived: &[Value]) {
         );
         let ids = &w.terminal[&key];
         assert_eq!(d["event_count"], ids.len(), "{key:?}");
-        let object = envs
+        let object = roots
             .iter()
-            .find_map(|e| {
-                std::fs::read(
-                    e.path()
-                        .join("data/archive")
-                        .join(d["object_key"].as_str().unwrap()),
-                )
-                .ok()
-            })
+            .find_map(|root| std::fs::read(root.join(d["object_key"].as_str().unwrap())).ok())
             .expect("object exists");
         assert_eq!(sha256_hex(frame_of(&object, d)), d["frame_sha256"]);
         let text = String::from_utf8(pipe(&["zstd", "-dc"], frame_of(&object, d))).unwrap();
@@ -296,7 +289,19 @@ fn check_archived(envs: &[&Env], w: &Workload, archived: &[Value]) {
 #[test]
 fn nats_end_to_end_mixed_workload() {
     let server = NatsServer::start();
-    let env = Env::new(&config(&server, ""));
+    // The archive is a real S3 server here: brokers, S3, index and API end to end.
+    let s3 = S3Server::start("flow-archive");
+    let mut env = Env::new(&config(&server, ""));
+    env.vars = vec![
+        ("ARCHIVE_BUCKET".into(), "flow-archive".into()),
+        (
+            "FLOW_ARCHIVER__ARCHIVE__ENDPOINT".into(),
+            s3.endpoint.clone(),
+        ),
+        ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone()),
+        ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+    ];
     let w = workload(30, 1);
     // The stream is created by the archiver on first start.
     prepare(&server, &env, "flow-archiver");
@@ -323,7 +328,11 @@ fn nats_end_to_end_mixed_workload() {
     }
 
     let archived = archive_all(&server, &[&env], w.terminal.len());
-    check_archived(&[&env], &w, &archived);
+    check_archived(&[s3.root.path().join("flow-archive")], &w, &archived);
+    assert!(archived[0]["json"]["data"]["object_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("s3://flow-archive/"));
 
     // The index follows the compacted stream; rebuilt from it and from the manifests
     // alone it is the same.
@@ -414,7 +423,7 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
         .wait(Duration::from_secs(60));
     assert!(!status.success(), "{stderr}");
     let archived = archive_all(&server, &[&env], w.terminal.len());
-    check_archived(&[&env], &w, &archived);
+    check_archived(&[env.path().join("data/archive")], &w, &archived);
     env.ok(&["verify"]);
 }
 
@@ -481,7 +490,11 @@ fn two_instances_split_the_stream_by_subject() {
     assert_eq!(reads.iter().sum::<i64>(), good.len() as i64, "{reads:?}");
     assert!(reads.iter().all(|&n| n > 0), "{reads:?}");
     let archived = archive_all(&server, &[&a, &b], w.terminal.len());
-    check_archived(&[&a, &b], &w, &archived);
+    check_archived(
+        &[a.path().join("data/archive"), b.path().join("data/archive")],
+        &w,
+        &archived,
+    );
 
     // The same consumer name with another filter is refused, naming the fix.
     let wrong = Env::new(&config(
