@@ -21,4 +21,5 @@ pub mod publish;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+pub mod traces;
 pub mod workload;

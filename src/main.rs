@@ -173,7 +173,6 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -184,7 +183,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(cli)) {
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
+    let result = runtime.block_on(async {
+        // Inside the runtime: the gRPC trace exporter needs it, also while flushing.
+        let mut traces =
+            flow_archiver::traces::init(json_logs).map_err(|e| UsageError(e.to_string()))?;
+        let result = execute(cli).await;
+        // Flushing blocks until the exporter is done; keep it off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        result
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some())
@@ -213,18 +222,6 @@ fn error_chain(e: &anyhow::Error) -> String {
         }
     }
     out
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,flow_archiver=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 fn load(cli_config: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -386,11 +383,24 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 task.await??;
             }
             let report = report?;
-            eprintln!(
-                "stopped: read {} records, ingested {} events ({} duplicates, {} dead-lettered); archived {} flow parts in {} segments",
-                report.ingest.records, report.ingest.stored, report.ingest.duplicates,
-                report.ingest.dead_lettered, report.sweep.flow_parts, report.sweep.segments
-            );
+            if matches!(cli.log_format, LogFormat::Json) {
+                // Every stderr line stays JSON for log shippers.
+                tracing::info!(
+                    records = report.ingest.records,
+                    ingested = report.ingest.stored,
+                    duplicates = report.ingest.duplicates,
+                    dead_lettered = report.ingest.dead_lettered,
+                    flow_parts = report.sweep.flow_parts,
+                    segments = report.sweep.segments,
+                    "Stopped."
+                );
+            } else {
+                eprintln!(
+                    "stopped: read {} records, ingested {} events ({} duplicates, {} dead-lettered); archived {} flow parts in {} segments",
+                    report.ingest.records, report.ingest.stored, report.ingest.duplicates,
+                    report.ingest.dead_lettered, report.sweep.flow_parts, report.sweep.segments
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { flow, to, json } => {

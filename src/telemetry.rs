@@ -45,6 +45,9 @@ pub struct Metrics {
     pub expiry_to_archived_seconds: Histogram,
     pub failures: Family<Stage, Counter>,
     pub last_archive_success: Gauge,
+    /// Records in the source not yet ingested (Kafka: high watermark minus committed
+    /// offset over assigned partitions; NATS: pending plus unacknowledged).
+    pub consumer_lag: Gauge,
 }
 
 impl Metrics {
@@ -66,6 +69,7 @@ impl Metrics {
             expiry_to_archived_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
             failures: Family::default(),
             last_archive_success: Gauge::default(),
+            consumer_lag: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +151,11 @@ impl Metrics {
             "Unix time of the last segment archived successfully",
             prometheus_client::registry::Unit::Seconds,
             m.last_archive_success.clone(),
+        );
+        registry.register(
+            "consumer_lag_messages",
+            "Source records not yet ingested (Kafka consumer lag, NATS pending + unacknowledged)",
+            m.consumer_lag.clone(),
         );
         for stage in STAGES {
             let _ = m.failures.get_or_create(&Stage {

@@ -84,6 +84,11 @@ impl ArchiveStore {
         })
     }
 
+    /// The S3 bucket, when the store is S3 (spans name it).
+    pub fn bucket(&self) -> Option<&str> {
+        self.base_uri.strip_prefix("s3://")
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

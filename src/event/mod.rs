@@ -580,8 +580,12 @@ impl Decoder {
             },
         };
 
-        let traceparent = optional_string(&value, &p.traceparent, "traceparent")?;
-        let tracestate = optional_string(&value, &p.tracestate, "tracestate")?;
+        // A malformed trace context is dropped, not refused: it is optional metadata,
+        // and the event's bytes are archived as they came either way.
+        let traceparent = optional_string(&value, &p.traceparent, "traceparent")?
+            .filter(|t| crate::traces::valid_traceparent(t));
+        let tracestate =
+            optional_string(&value, &p.tracestate, "tracestate")?.filter(|_| traceparent.is_some());
 
         let mut raw = bytes.to_vec();
         if raw.iter().any(|&b| b == b'\n' || b == b'\r') {

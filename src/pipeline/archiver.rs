@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{failpoint, PipelineError};
 use crate::archive::{build_segment, read_manifest, ArchiveStore};
@@ -41,6 +42,9 @@ pub struct ArchivedSegment {
     pub lateness_ms: Vec<i64>,
     /// Seconds spent in each step of the commit protocol.
     pub steps: StepSeconds,
+    /// The `archive segment` trace, for log lines (empty when traces are off).
+    #[serde(skip)]
+    pub trace_id: String,
 }
 
 /// Time spent per commit-protocol step, summed over segments in reports.
@@ -82,17 +86,97 @@ pub struct Archiver {
 impl Archiver {
     /// Runs the intent to completion. `resumed` says the intent may have been partly
     /// processed before (a restart, or a retry after an error).
+    ///
+    /// Traced as one `archive segment` trace: a child span per commit-protocol step and
+    /// one `archive flow` span per flow part, linked to the flow's own trace; each
+    /// part's `flow.archived` carries its `archive flow` span as `traceparent`.
     pub async fn process(
         &self,
         intent: ArchiveIntent,
         resumed: bool,
+    ) -> Result<ArchivedSegment, PipelineError> {
+        let segment_span = tracing::info_span!(
+            parent: None,
+            "archive segment",
+            "flow_archiver.segment.id" = %intent.id,
+            "flow_archiver.tenant" = %intent.tenant,
+            "flow_archiver.segment.parts" = intent.parts.len(),
+            "flow_archiver.resumed" = resumed,
+            "flow_archiver.segment.events" = tracing::field::Empty,
+            "flow_archiver.segment.raw_bytes" = tracing::field::Empty,
+            "flow_archiver.segment.stored_bytes" = tracing::field::Empty,
+            "flow_archiver.object.uri" = %self.objects.uri(&intent.object_key),
+        );
+        let part_spans: Vec<tracing::Span> = if crate::traces::enabled() {
+            intent
+                .parts
+                .iter()
+                .map(|p| {
+                    let m = &p.meta;
+                    let span = tracing::info_span!(
+                        parent: &segment_span,
+                        "archive flow",
+                        "flow_archiver.tenant" = %m.tenant,
+                        "flow_archiver.flow_id" = %m.flow_id,
+                        "flow_archiver.part" = m.part,
+                        "flow_archiver.status" = p.archive_status.as_str(),
+                        "flow_archiver.event_count" = m.event_count,
+                    );
+                    crate::traces::link(&span, m.traceparent.as_deref(), m.tracestate.as_deref());
+                    span
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let segment_id = intent.id.clone();
+        let result = self
+            .process_steps(intent, resumed, &part_spans)
+            .instrument(segment_span.clone())
+            .await
+            .map(|mut done| {
+                done.trace_id = crate::traces::trace_id(&segment_span);
+                done
+            });
+        match &result {
+            Ok(done) => {
+                segment_span.record("flow_archiver.segment.events", done.events);
+                segment_span.record("flow_archiver.segment.raw_bytes", done.raw_bytes);
+                segment_span.record("flow_archiver.segment.stored_bytes", done.stored_bytes);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    parent: &segment_span,
+                    segment = %segment_id,
+                    %error,
+                    trace_id = %crate::traces::trace_id(&segment_span),
+                    "Archive attempt failed."
+                );
+                crate::traces::record_error(&segment_span, error);
+                for span in &part_spans {
+                    crate::traces::record_error(span, error);
+                }
+            }
+        }
+        result
+    }
+
+    async fn process_steps(
+        &self,
+        intent: ArchiveIntent,
+        resumed: bool,
+        part_spans: &[tracing::Span],
     ) -> Result<ArchivedSegment, PipelineError> {
         let started = Instant::now();
         let mut step = Instant::now();
         let mut steps = StepSeconds::default();
         let key = intent.object_key.clone();
         let upload = match &intent.stage {
-            IntentStage::Verified(proof) => self.locations_from_manifest(&intent, proof).await?,
+            IntentStage::Verified(proof) => {
+                self.locations_from_manifest(&intent, proof)
+                    .instrument(tracing::info_span!("read manifest"))
+                    .await?
+            }
             IntentStage::Pending => {
                 let spool = self.spool_dir.join(format!("{}.segment", intent.id));
                 let store = self.store.clone();
@@ -100,15 +184,18 @@ impl Archiver {
                 let path = spool.clone();
                 let upload =
                     tokio::task::spawn_blocking(move || build_segment(&*store, &for_build, &path))
+                        .instrument(tracing::info_span!("build segment"))
                         .await??;
                 steps.build = lap(&mut step);
                 self.objects
                     .upload(&key, &spool, &upload.object_sha256)
+                    .instrument(self.object_span("PutObject", &key, upload.object_size))
                     .await?;
                 steps.upload = lap(&mut step);
                 failpoint::hit("after-upload");
                 self.objects
                     .verify(&key, &upload.object_sha256, upload.object_size)
+                    .instrument(tracing::info_span!("verify segment"))
                     .await?;
                 steps.verify = lap(&mut step);
                 let store = self.store.clone();
@@ -117,7 +204,9 @@ impl Archiver {
                     object_sha256: upload.object_sha256.clone(),
                     object_size: upload.object_size,
                 };
-                tokio::task::spawn_blocking(move || store.record_upload(&id, &proof)).await??;
+                tokio::task::spawn_blocking(move || store.record_upload(&id, &proof))
+                    .instrument(tracing::info_span!("record verified"))
+                    .await??;
                 steps.record = lap(&mut step);
                 let _ = tokio::fs::remove_file(&spool).await;
                 failpoint::hit("after-verify");
@@ -127,18 +216,35 @@ impl Archiver {
 
         let uri = self.objects.uri(&key);
         let mut events = PublishedEvent::archived(&intent, &upload, &uri);
+        for (event, span) in events.iter_mut().zip(part_spans) {
+            event.traceparent = crate::traces::traceparent(span);
+        }
         if resumed {
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
             let done = self.publisher.already_published(&ids).await?;
             events.retain(|e| !done.contains(&e.id));
         }
-        self.publisher.publish(&events).await?;
+        let (system, destination) = self.publisher.destination();
+        self.publisher
+            .publish(&events)
+            .instrument(tracing::info_span!(
+                "send",
+                "otel.name" = %format!("send {destination}"),
+                "otel.kind" = "producer",
+                "messaging.system" = system,
+                "messaging.operation.type" = "send",
+                "messaging.destination.name" = %destination,
+                "messaging.batch.message_count" = events.len(),
+            ))
+            .await?;
         steps.publish = lap(&mut step);
         failpoint::hit("after-publish");
 
         let store = self.store.clone();
         let id = intent.id.clone();
-        tokio::task::spawn_blocking(move || store.complete(&id)).await??;
+        tokio::task::spawn_blocking(move || store.complete(&id))
+            .instrument(tracing::info_span!("delete state"))
+            .await??;
         steps.delete = lap(&mut step);
 
         let archived_at = intent.archived_at_ms;
@@ -156,7 +262,32 @@ impl Archiver {
                 .map(|p| archived_at - p.meta.deadline_ms.unwrap_or(archived_at))
                 .collect(),
             steps,
+            trace_id: String::new(),
         })
+    }
+
+    /// A client span for an object-store call, named as the S3 conventions name them
+    /// (`S3.PutObject`) when the store is S3.
+    fn object_span(&self, method: &str, key: &str, size: u64) -> tracing::Span {
+        match self.objects.bucket() {
+            Some(bucket) => tracing::info_span!(
+                "S3",
+                "otel.name" = %format!("S3.{method}"),
+                "otel.kind" = "client",
+                "rpc.system" = "aws-api",
+                "rpc.service" = "S3",
+                "rpc.method" = method,
+                "aws.s3.bucket" = bucket,
+                "aws.s3.key" = key,
+                "flow_archiver.object.size" = size,
+            ),
+            None => tracing::info_span!(
+                "upload",
+                "otel.name" = %format!("file.{method}"),
+                "flow_archiver.object.uri" = %self.objects.uri(key),
+                "flow_archiver.object.size" = size,
+            ),
+        }
     }
 
     /// Rebuilds part locations of a verified object from its manifest (the object
@@ -226,7 +357,7 @@ impl Archiver {
                     if attempts.is_some_and(|max| tries >= max) || cancel.is_cancelled() {
                         return Err(error);
                     }
-                    tracing::warn!(intent = %current.id, %error, retry_in = ?delay, "Archive attempt failed.");
+                    tracing::info!(segment = %current.id, retry_in = ?delay, "Retrying the segment.");
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(error),
                         _ = tokio::time::sleep(delay) => {}

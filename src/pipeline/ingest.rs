@@ -12,6 +12,7 @@ use std::sync::Arc;
 use base64::Engine;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{failpoint, PipelineError};
 use crate::archive::rfc3339_ms;
@@ -33,6 +34,9 @@ pub struct IngestTotals {
     pub batches: u64,
     pub dead_letter_reasons: BTreeMap<String, u64>,
 }
+
+/// A batch's durable write in flight.
+type PendingWrite = tokio::task::JoinHandle<Result<IngestOutcome, StateError>>;
 
 pub struct Ingest {
     pub(crate) decoder: Decoder,
@@ -63,11 +67,9 @@ impl Ingest {
         let mut totals = IngestTotals::default();
         // Decoding batch N+1 overlaps the durable write of batch N; writes (and so
         // checkpoints and upstream commits) still happen strictly in order.
-        let mut writing: Option<(
-            tokio::task::JoinHandle<Result<IngestOutcome, StateError>>,
-            u64,
-        )> = None;
+        let mut writing: Option<(PendingWrite, u64, tracing::Span)> = None;
         let in_state = source.checkpoint_in_state();
+        let messaging = source.messaging();
         loop {
             let batch = tokio::select! {
                 biased;
@@ -77,24 +79,42 @@ impl Ingest {
             let Some(batch) = batch else { break };
             if batch.records.is_empty() {
                 // The input is idle: make what is in flight durable and acknowledged.
-                if let Some((previous, seq)) = writing.take() {
-                    self.finish_write(previous, seq, source, &mut totals, on_batch)
+                if let Some((previous, seq, span)) = writing.take() {
+                    self.finish_write(previous, seq, span, source, &mut totals, on_batch)
                         .await?;
                 }
                 source.commit(batch.seq).await?;
                 continue;
             }
             let seq = batch.seq;
-            let (good, checkpoint) = self.decode(source.name(), batch, &mut totals).await?;
-            if let Some((previous, previous_seq)) = writing.take() {
-                self.finish_write(previous, previous_seq, source, &mut totals, on_batch)
-                    .await?;
+            let span = batch_span(&messaging, batch.records.len());
+            let (good, checkpoint) = self
+                .decode(source.name(), batch, &mut totals)
+                .instrument(span.clone())
+                .await?;
+            if crate::traces::enabled() {
+                // A batch has no single parent: it links to each message's own trace
+                // (the SDK keeps the first 128 links of a span).
+                for e in good.iter().filter(|e| e.traceparent.is_some()).take(128) {
+                    crate::traces::link(&span, e.traceparent.as_deref(), e.tracestate.as_deref());
+                }
+            }
+            if let Some((previous, previous_seq, previous_span)) = writing.take() {
+                self.finish_write(
+                    previous,
+                    previous_seq,
+                    previous_span,
+                    source,
+                    &mut totals,
+                    on_batch,
+                )
+                .await?;
             }
             let write = self.start_write(good, source.name(), checkpoint.filter(|_| in_state));
-            writing = Some((write, seq));
+            writing = Some((write, seq, span));
         }
-        if let Some((previous, seq)) = writing.take() {
-            self.finish_write(previous, seq, source, &mut totals, on_batch)
+        if let Some((previous, seq, span)) = writing.take() {
+            self.finish_write(previous, seq, span, source, &mut totals, on_batch)
                 .await?;
         }
         source.close().await?;
@@ -164,7 +184,7 @@ impl Ingest {
         good: Vec<FlowEvent>,
         source_name: &str,
         checkpoint: Option<Vec<u8>>,
-    ) -> tokio::task::JoinHandle<Result<IngestOutcome, StateError>> {
+    ) -> PendingWrite {
         let store = self.store.clone();
         let policy = self.policy.clone();
         let name = source_name.to_string();
@@ -177,19 +197,24 @@ impl Ingest {
 
     async fn finish_write(
         &self,
-        write: tokio::task::JoinHandle<Result<IngestOutcome, StateError>>,
+        write: PendingWrite,
         seq: u64,
+        span: tracing::Span,
         source: &mut dyn Source,
         totals: &mut IngestTotals,
         on_batch: &mut (dyn FnMut(&IngestTotals) + Send),
     ) -> Result<(), PipelineError> {
-        let outcome = match write.await? {
+        let outcome = match write.instrument(span.clone()).await? {
             Ok(o) => o,
             Err(e) => {
                 crate::telemetry::metrics().failed("state");
+                crate::traces::record_error(&span, &e);
+                tracing::error!(parent: &span, error = %e, trace_id = %crate::traces::trace_id(&span), "Storing a batch failed.");
                 return Err(e.into());
             }
         };
+        span.record("flow_archiver.events.stored", outcome.stored);
+        span.record("flow_archiver.events.duplicate", outcome.duplicates);
         let metrics = crate::telemetry::metrics();
         metrics.events_ingested.inc_by(outcome.stored);
         metrics.events_duplicate.inc_by(outcome.duplicates);
@@ -198,11 +223,29 @@ impl Ingest {
         totals.reopened += outcome.reopened;
         totals.batches += 1;
         failpoint::hit("before-ack");
-        source.commit(seq).await?;
+        source.commit(seq).instrument(span).await?;
         failpoint::hit("after-ingest");
         on_batch(totals);
         Ok(())
     }
+}
+
+/// The span of one ingest batch, named and attributed per the OpenTelemetry messaging
+/// conventions (`process {destination}`, a consumer span).
+fn batch_span(m: &crate::source::Messaging, records: usize) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "process",
+        "otel.name" = %format!("process {}", m.destination),
+        "otel.kind" = "consumer",
+        "messaging.system" = m.system,
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = %m.destination,
+        "messaging.consumer.group.name" = m.consumer_group.as_deref(),
+        "messaging.batch.message_count" = records,
+        "flow_archiver.events.stored" = tracing::field::Empty,
+        "flow_archiver.events.duplicate" = tracing::field::Empty,
+    )
 }
 
 fn dead_letter(

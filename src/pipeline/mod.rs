@@ -421,9 +421,23 @@ impl Pipeline {
             tasks.spawn(async move {
                 let mut report = RunReport::default();
                 let mut jobs = JoinSet::new();
-                let record = |report: &mut RunReport, done: Result<Result<ArchivedSegment, PipelineError>, tokio::task::JoinError>| match done {
+                let record = |report: &mut RunReport,
+                              done: Result<
+                    Result<ArchivedSegment, PipelineError>,
+                    tokio::task::JoinError,
+                >| match done {
                     Ok(Ok(s)) => {
-                        tracing::info!(segment = %s.intent_id, uri = %s.object_uri, parts = s.parts, events = s.events, bytes = s.stored_bytes, "Archived segment.");
+                        tracing::info!(
+                            segment = %s.intent_id,
+                            uri = %s.object_uri,
+                            parts = s.parts,
+                            events = s.events,
+                            raw_bytes = s.raw_bytes,
+                            stored_bytes = s.stored_bytes,
+                            seconds = s.seconds,
+                            trace_id = %s.trace_id,
+                            "Archived segment."
+                        );
                         report.sweep.add(&s);
                     }
                     Ok(Err(error)) => {
@@ -441,7 +455,9 @@ impl Pipeline {
                     let archiver = archiver.clone();
                     let cancel = cancel.clone();
                     jobs.spawn(async move {
-                        archiver.process_with_retry(intent, resumed, None, &cancel).await
+                        archiver
+                            .process_with_retry(intent, resumed, None, &cancel)
+                            .await
                     });
                 }
                 while let Some(done) = jobs.join_next().await {

@@ -153,6 +153,12 @@ impl Publisher for FilePublisher {
         let path = self.out.path().to_path_buf();
         blocking(move || scan_ids(&path, &wanted)).await
     }
+
+    fn destination(&self) -> (&'static str, String) {
+        let path = self.out.path();
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        ("file", path.display().to_string())
+    }
 }
 
 fn scan_ids(path: &Path, wanted: &HashSet<String>) -> Result<HashSet<String>, PublishError> {

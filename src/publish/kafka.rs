@@ -83,15 +83,24 @@ fn ce_headers(e: &PublishedEvent, content_type: &str) -> OwnedHeaders {
         ("ce_partitionkey", &e.partitionkey),
         ("content-type", content_type),
     ];
-    attributes.into_iter().fold(
-        OwnedHeaders::new_with_capacity(attributes.len()),
-        |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value),
-            })
-        },
-    )
+    // The archive span's context twice: as the CloudEvents extension attribute and as
+    // the W3C header that Kafka instrumentations read.
+    let trace = e
+        .traceparent
+        .as_deref()
+        .map(|t| [("ce_traceparent", t), ("traceparent", t)]);
+    attributes
+        .into_iter()
+        .chain(trace.into_iter().flatten())
+        .fold(
+            OwnedHeaders::new_with_capacity(attributes.len() + 2),
+            |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            },
+        )
 }
 
 #[async_trait]
@@ -119,6 +128,10 @@ impl Publisher for KafkaPublisher {
         // A topic cannot be asked cheaply; a resumed intent publishes again with the
         // same key and identical bytes, which a compacted topic and the index absorb.
         Ok(HashSet::new())
+    }
+
+    fn destination(&self) -> (&'static str, String) {
+        ("kafka", self.topic.clone())
     }
 }
 

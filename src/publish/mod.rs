@@ -89,6 +89,11 @@ pub struct PublishedEvent {
     pub tenant: String,
     /// `{tenant}/{flow_id}/{part}`: the record key on brokers.
     pub partitionkey: String,
+    /// CloudEvents distributed-tracing extension: the context of the span that archived
+    /// this part, so consumers continue its trace (the flow's own trace is
+    /// `data.traceparent`). Absent when traces are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub data: FlowArchived,
 }
 
@@ -117,6 +122,7 @@ impl PublishedEvent {
                     dataschema: ARCHIVED_SCHEMA.into(),
                     tenant: m.tenant.clone(),
                     partitionkey: key,
+                    traceparent: None,
                     data: FlowArchived {
                         format: crate::archive::FORMAT.into(),
                         tenant: m.tenant.clone(),
@@ -160,6 +166,9 @@ pub trait Publisher: Send + Sync {
     /// intent whose publish step may have run. A publisher that cannot tell returns
     /// the empty set; consumers then dedupe by event id (the broker record key).
     async fn already_published(&self, ids: &[String]) -> Result<HashSet<String>, PublishError>;
+
+    /// Where events go, for spans: `messaging.system` and the destination name.
+    fn destination(&self) -> (&'static str, String);
 }
 
 /// A refused input record, with everything needed to replay or inspect it.

@@ -85,6 +85,9 @@ impl Publisher for NatsPublisher {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", e.id.as_str());
             headers.insert("Content-Type", "application/cloudevents+json");
+            if let Some(t) = &e.traceparent {
+                headers.insert("traceparent", t.as_str());
+            }
             let payload = serde_json::to_vec(e).map_err(|e| PublishError::Encode(e.to_string()))?;
             messages.push((self.subject(e), headers, payload));
         }
@@ -120,6 +123,10 @@ impl Publisher for NatsPublisher {
             }
         }
         Ok(found)
+    }
+
+    fn destination(&self) -> (&'static str, String) {
+        ("nats", format!("{}.>", self.prefix))
     }
 }
 

@@ -38,6 +38,7 @@ const REVOKE_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct KafkaSource {
     name: String,
+    messaging: super::Messaging,
     consumer: Option<Arc<BaseConsumer<GroupContext>>>,
     polled: tokio::sync::mpsc::Receiver<Result<Polled, SourceError>>,
     shared: Arc<Shared>,
@@ -82,6 +83,19 @@ struct GroupContext {
 impl ClientContext for GroupContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         self.logs.log(level, fac, message)
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of
+    /// the assigned partitions, for `flow_archiver_consumer_lag_messages`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        crate::telemetry::metrics().consumer_lag.set(lag);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -163,6 +177,10 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.partition.eof", "false");
+        if !k.properties.contains_key("statistics.interval.ms") {
+            // Feeds the consumer lag gauge.
+            c.set("statistics.interval.ms", "5000");
+        }
         if !k.properties.contains_key("auto.offset.reset") {
             // A new group reads the topics from the start: history must not be skipped.
             c.set("auto.offset.reset", "earliest");
@@ -199,6 +217,11 @@ impl KafkaSource {
         };
         Ok(KafkaSource {
             name: format!("kafka:{}", k.topics.join(",")),
+            messaging: super::Messaging {
+                system: "kafka",
+                destination: k.topics.join(","),
+                consumer_group: Some(k.group_id.clone()),
+            },
             consumer: Some(consumer),
             polled: rx,
             shared,
@@ -300,6 +323,10 @@ fn is_fatal(e: &KafkaError) -> bool {
 impl Source for KafkaSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn messaging(&self) -> super::Messaging {
+        self.messaging.clone()
     }
 
     fn checkpoint_in_state(&self) -> bool {

@@ -64,6 +64,17 @@ pub struct Batch {
     pub checkpoint: Option<Vec<u8>>,
 }
 
+/// What ingest spans say about a source (OpenTelemetry messaging attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Messaging {
+    /// `messaging.system`: `kafka`, `nats` or `file`.
+    pub system: &'static str,
+    /// `messaging.destination.name`: topics, subject filter, or the file.
+    pub destination: String,
+    /// `messaging.consumer.group.name`: the Kafka group or the JetStream consumer.
+    pub consumer_group: Option<String>,
+}
+
 #[async_trait]
 pub trait Source: Send {
     /// A stable name for dead letters and checkpoints (`file:/abs/path`, `stdin`).
@@ -72,6 +83,15 @@ pub trait Source: Send {
     /// Whether the source's position lives in the state store (files) rather than
     /// upstream (brokers).
     fn checkpoint_in_state(&self) -> bool;
+
+    /// For spans; files and stdin by default.
+    fn messaging(&self) -> Messaging {
+        Messaging {
+            system: "file",
+            destination: self.name().to_string(),
+            consumer_group: None,
+        }
+    }
 
     /// Resumes after a checkpoint read back from the state store.
     async fn resume(&mut self, checkpoint: &[u8]) -> Result<(), SourceError>;

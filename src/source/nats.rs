@@ -30,6 +30,7 @@ const IDLE: Duration = Duration::from_millis(200);
 
 pub struct NatsSource {
     name: String,
+    messaging: super::Messaging,
     client: async_nats::Client,
     consumer: PullConsumer,
     messages: Option<pull::Stream>,
@@ -38,6 +39,8 @@ pub struct NatsSource {
     seq: u64,
     max_batch: usize,
     max_deliver: i64,
+    /// Messages the server still holds for this consumer, as of the last delivery.
+    undelivered: u64,
     batch_wait: Duration,
     last_warning: Option<Instant>,
 }
@@ -96,6 +99,15 @@ impl NatsSource {
         }
         Ok(NatsSource {
             name: format!("nats:{}/{}", n.stream, n.consumer),
+            messaging: super::Messaging {
+                system: "nats",
+                destination: if filter.is_empty() {
+                    n.stream.clone()
+                } else {
+                    filter.clone()
+                },
+                consumer_group: Some(n.consumer.clone()),
+            },
             client,
             consumer,
             messages: None,
@@ -103,6 +115,7 @@ impl NatsSource {
             seq: 0,
             max_batch,
             max_deliver: n.max_deliver,
+            undelivered: 0,
             batch_wait: n.batch_wait,
             last_warning: None,
         })
@@ -137,10 +150,24 @@ impl NatsSource {
     }
 }
 
+impl NatsSource {
+    /// Lag = messages not yet delivered + delivered but not yet durable and acked.
+    fn report_lag(&self) {
+        let unacked: usize = self.pending.iter().map(|(_, acks)| acks.len()).sum();
+        crate::telemetry::metrics()
+            .consumer_lag
+            .set((self.undelivered + unacked as u64).min(i64::MAX as u64) as i64);
+    }
+}
+
 #[async_trait]
 impl Source for NatsSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn messaging(&self) -> super::Messaging {
+        self.messaging.clone()
     }
 
     fn checkpoint_in_state(&self) -> bool {
@@ -187,10 +214,13 @@ impl Source for NatsSource {
             };
             started.get_or_insert_with(Instant::now);
             let (delivered, position) = match message.info() {
-                Ok(info) => (
-                    info.delivered,
-                    format!("{} seq {}", info.stream, info.stream_sequence),
-                ),
+                Ok(info) => {
+                    self.undelivered = info.pending;
+                    (
+                        info.delivered,
+                        format!("{} seq {}", info.stream, info.stream_sequence),
+                    )
+                }
                 Err(_) => (1, "unknown".to_string()),
             };
             let (message, acker) = message.split();
@@ -229,6 +259,7 @@ impl Source for NatsSource {
         if !acks.is_empty() {
             self.pending.push_back((self.seq, acks));
         }
+        self.report_lag();
         Ok(Some(Batch {
             seq: self.seq,
             records,
@@ -260,6 +291,7 @@ impl Source for NatsSource {
                 self.warn("flushing acks failed", &e);
             }
         }
+        self.report_lag();
         Ok(())
     }
 

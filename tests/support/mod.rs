@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ impl Env {
             if k.starts_with("FLOW_ARCHIVER")
                 || k.starts_with("ARCHIVE_")
                 || k.starts_with("AWS_")
+                || k.starts_with("OTEL_")
                 || k == "FLOW_RETENTION_DAYS"
             {
                 cmd.env_remove(k);
