@@ -671,3 +671,32 @@ fn a_rebalance_hands_partitions_over_at_the_durable_position() {
     );
     assert!(read_b > 0, "the second instance took over partitions");
 }
+
+#[test]
+fn consumer_lag_is_served_while_behind_and_zero_once_caught_up() {
+    let port = free_port();
+    let c = cluster(
+        "",
+        &format!("\"statistics.interval.ms\" = \"300\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let w = workload(300);
+    produce(&c, &w.records);
+    // Tiny batches (one fsync each) keep the archiver behind for a while.
+    let run = c.env.spawn_env(
+        &[("FLOW_ARCHIVER__INPUT__BATCH_SIZE".into(), "2".into())],
+        &["run", "--source", "kafka"],
+    );
+    let behind = eventually(Duration::from_secs(60), "a lag above zero", || {
+        lag_of(port).filter(|&lag| lag > 0)
+    });
+    assert!(behind <= w.records.len() as i64, "lag {behind}");
+    eventually(
+        Duration::from_secs(120),
+        "the group to commit every record",
+        || (lag(&c, w.records.len()) == 0).then_some(()),
+    );
+    eventually(Duration::from_secs(20), "a lag of zero", || {
+        (lag_of(port) == Some(0)).then_some(())
+    });
+    run.stop();
+}

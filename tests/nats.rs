@@ -506,3 +506,32 @@ fn two_instances_split_the_stream_by_subject() {
     assert!(!out.status.success());
     assert!(stderr.contains("already exists with filter"), "{stderr}");
 }
+
+#[test]
+fn consumer_lag_is_served_while_behind_and_zero_once_caught_up() {
+    let server = NatsServer::start();
+    let port = free_port();
+    let env = Env::new(&config(
+        &server,
+        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    prepare(&server, &env, "flow-archiver");
+    let w = workload(400, 1);
+    produce(&server, &env, &w.records);
+    // Tiny batches (one fsync each) keep the archiver behind for a while.
+    let run = env.spawn_env(
+        &[("FLOW_ARCHIVER__INPUT__BATCH_SIZE".into(), "2".into())],
+        &["run", "--source", "nats"],
+    );
+    let behind = eventually(Duration::from_secs(30), "a lag above zero", || {
+        lag_of(port).filter(|&lag| lag > 0)
+    });
+    assert!(behind <= w.records.len() as i64, "lag {behind}");
+    eventually(Duration::from_secs(120), "the consumer to drain", || {
+        drained(&server, "flow-archiver").then_some(())
+    });
+    eventually(Duration::from_secs(20), "a lag of zero", || {
+        (lag_of(port) == Some(0)).then_some(())
+    });
+    run.stop();
+}

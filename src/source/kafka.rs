@@ -88,12 +88,21 @@ impl ClientContext for GroupContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of
     /// the assigned partitions, for `flow_archiver_consumer_lag_messages`.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // Lag counts records not yet durable here: from the offset stored after the
+        // last durable batch (else the committed one, else the partition start) to the
+        // high watermark. librdkafka's own consumer_lag waits for a commit round trip.
         let lag: i64 = statistics
             .topics
             .values()
             .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
+            .filter(|p| p.partition >= 0 && p.hi_offset >= 0 && p.fetch_state == "active")
+            .map(|p| {
+                let base = [p.stored_offset, p.committed_offset, p.lo_offset]
+                    .into_iter()
+                    .find(|o| *o >= 0)
+                    .unwrap_or(0);
+                (p.hi_offset - base).max(0)
+            })
             .sum();
         crate::telemetry::metrics().consumer_lag.set(lag);
     }

@@ -567,3 +567,18 @@ pub fn serve_api(env: &Env) -> (Running, String) {
     });
     (run, format!("http://127.0.0.1:{port}"))
 }
+
+/// The `flow_archiver_consumer_lag_messages` sample, read with a raw HTTP/1.0 GET (fast
+/// enough to poll while ingest runs).
+pub fn lag_of(port: u16) -> Option<i64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("flow_archiver_consumer_lag_messages "))
+        .and_then(|v| v.trim().parse().ok())
+}
