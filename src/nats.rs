@@ -122,6 +122,16 @@ pub fn archived_subject(prefix: &str, tenant: &str, flow_id: &str, part: u32) ->
     )
 }
 
+/// The subject of a flow's hold state: `{prefix}.{tenant}.{flow_id}.hold` (one message
+/// per subject, so the stream keeps the latest).
+pub fn hold_subject(prefix: &str, tenant: &str, flow_id: &str) -> String {
+    format!(
+        "{prefix}.{}.{}.hold",
+        subject_token(tenant),
+        subject_token(flow_id)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Index, IndexError, IndexRecord};
 use crate::archive::{ArchiveError, ArchiveStore};
-use crate::publish::{FlowArchived, PublishedEvent, ARCHIVED_TYPE};
+use crate::publish::{EventData, FlowArchived, PublishedEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -40,11 +40,11 @@ pub struct BuildReport {
 
 const BATCH: usize = 1000;
 
-/// The index record in one published line; `None` for lines that are not
-/// `flow.archived` (other event types, damaged lines).
+/// The index record in one published line; `None` for lines that are not ours
+/// (other event types, damaged lines).
 pub fn record_from_line(line: &[u8]) -> Option<IndexRecord> {
     let event: PublishedEvent = serde_json::from_slice(line).ok()?;
-    (event.event_type == ARCHIVED_TYPE).then(|| IndexRecord::Archived(Box::new(event.data)))
+    IndexRecord::from_event(&event.event_type, event.data)
 }
 
 /// Applies the records file from the saved position (or from its start) to its end;
@@ -145,15 +145,15 @@ pub fn record_from_kafka(
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
     };
-    if header("ce_type") != Some(ARCHIVED_TYPE.as_bytes()) {
-        // Structured mode, or another event type.
+    let Some(event_type) = header("ce_type").and_then(|t| std::str::from_utf8(t).ok()) else {
+        // Structured mode.
         return record_from_line(value);
-    }
+    };
     let data = match header("content-type") {
         Some(b"application/avro") => avro.decode(value).ok()?,
-        _ => serde_json::from_slice::<FlowArchived>(value).ok()?,
+        _ => serde_json::from_slice::<EventData>(value).ok()?,
     };
-    Some(IndexRecord::Archived(Box::new(data)))
+    IndexRecord::from_event(event_type, data)
 }
 
 /// Applies the archived Kafka topic from the positions saved in the index (partition

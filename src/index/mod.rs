@@ -21,7 +21,7 @@ use base64::Engine;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::publish::FlowArchived;
+use crate::publish::{EventData, FlowArchived, ARCHIVED_TYPE, HOLD_TYPE, PURGED_TYPE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -37,7 +37,41 @@ pub enum IndexError {
 /// A record the index applies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexRecord {
+    /// Upsert the part.
     Archived(Box<FlowArchived>),
+    /// Delete the part (purged or erased).
+    Purged {
+        tenant: String,
+        flow_id: String,
+        part: i32,
+    },
+    /// A hold placed (`held`) or released on every part of a flow, present and future.
+    Hold {
+        tenant: String,
+        flow_id: String,
+        held: bool,
+    },
+}
+
+impl IndexRecord {
+    /// The record a published event stands for; `None` when its type and data do
+    /// not match.
+    pub fn from_event(event_type: &str, data: EventData) -> Option<IndexRecord> {
+        match (event_type, data) {
+            (ARCHIVED_TYPE, EventData::Archived(d)) => Some(IndexRecord::Archived(Box::new(d))),
+            (PURGED_TYPE, EventData::Purged(d)) => Some(IndexRecord::Purged {
+                tenant: d.tenant,
+                flow_id: d.flow_id,
+                part: d.part,
+            }),
+            (HOLD_TYPE, EventData::Hold(d)) => Some(IndexRecord::Hold {
+                tenant: d.tenant,
+                flow_id: d.flow_id,
+                held: d.held,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// One indexed flow part, as the API lists it.
@@ -154,6 +188,11 @@ CREATE TABLE IF NOT EXISTS part_labels (
     PRIMARY KEY (key, value, tenant, flow_id, part)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS part_labels_by_part ON part_labels (tenant, flow_id, part);
+CREATE TABLE IF NOT EXISTS holds (
+    tenant TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, flow_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS positions (
     source TEXT PRIMARY KEY,
     position TEXT NOT NULL
@@ -258,7 +297,8 @@ impl Index {
                     tx.prepare_cached(
                         &format!(
                             "INSERT INTO parts ({COLUMNS}) VALUES \
-                             (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,0) \
+                             (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21, \
+                              EXISTS (SELECT 1 FROM holds WHERE tenant = ?1 AND flow_id = ?2)) \
                              ON CONFLICT (tenant, flow_id, part) DO UPDATE SET \
                              status=excluded.status, labels=excluded.labels, archived_at=excluded.archived_at, \
                              purge_at=excluded.purge_at, first_event_time=excluded.first_event_time, \
@@ -308,6 +348,37 @@ impl Index {
                         .map_err(|e| self.err(e))?;
                     }
                 }
+                IndexRecord::Purged {
+                    tenant,
+                    flow_id,
+                    part,
+                } => {
+                    for sql in [
+                        "DELETE FROM parts WHERE tenant=?1 AND flow_id=?2 AND part=?3",
+                        "DELETE FROM part_labels WHERE tenant=?1 AND flow_id=?2 AND part=?3",
+                    ] {
+                        tx.prepare_cached(sql)
+                            .and_then(|mut stmt| stmt.execute(params![tenant, flow_id, part]))
+                            .map_err(|e| self.err(e))?;
+                    }
+                }
+                IndexRecord::Hold {
+                    tenant,
+                    flow_id,
+                    held,
+                } => {
+                    let sql = if *held {
+                        "INSERT OR IGNORE INTO holds (tenant, flow_id) VALUES (?1, ?2)"
+                    } else {
+                        "DELETE FROM holds WHERE tenant=?1 AND flow_id=?2"
+                    };
+                    tx.prepare_cached(sql)
+                        .and_then(|mut stmt| stmt.execute(params![tenant, flow_id]))
+                        .map_err(|e| self.err(e))?;
+                    tx.prepare_cached("UPDATE parts SET held=?3 WHERE tenant=?1 AND flow_id=?2")
+                        .and_then(|mut stmt| stmt.execute(params![tenant, flow_id, *held as i64]))
+                        .map_err(|e| self.err(e))?;
+                }
             }
         }
         for (source, pos) in positions {
@@ -335,7 +406,7 @@ impl Index {
     /// Empties the index (rebuilds start from nothing).
     pub fn clear(&self) -> Result<(), IndexError> {
         self.conn()
-            .execute_batch("DELETE FROM parts; DELETE FROM part_labels; DELETE FROM positions;")
+            .execute_batch("DELETE FROM parts; DELETE FROM part_labels; DELETE FROM holds; DELETE FROM positions;")
             .map_err(|e| self.err(e))
     }
 

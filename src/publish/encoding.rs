@@ -7,28 +7,61 @@
 
 use apache_avro::Schema;
 
-use super::{FlowArchived, PublishError};
+use super::{EventData, FlowArchived, FlowHold, FlowPurged, PublishError};
 use crate::config::DataEncoding;
 
 pub const FLOW_ARCHIVED_AVSC: &str = include_str!("../../schemas/flow_archived.avsc");
+pub const FLOW_PURGED_AVSC: &str = include_str!("../../schemas/flow_purged.avsc");
+pub const FLOW_HOLD_AVSC: &str = include_str!("../../schemas/flow_hold.avsc");
 
-/// Encodes `flow.archived` data in the configured encoding.
-pub struct DataEncoder {
-    encoding: DataEncoding,
+/// One compiled schema and its single-object header (`C3 01` + fingerprint).
+struct Compiled {
     schema: Schema,
     header: Vec<u8>,
 }
 
+impl Compiled {
+    fn new(name: &str, avsc: &str) -> Result<Compiled, PublishError> {
+        let schema =
+            Schema::parse_str(avsc).map_err(|e| PublishError::Encode(format!("{name}: {e}")))?;
+        let mut header = vec![0xC3, 0x01];
+        header.extend_from_slice(&spec_fingerprint(avsc)?);
+        Ok(Compiled { schema, header })
+    }
+}
+
+/// The schemas of everything published, by kind.
+struct Schemas {
+    archived: Compiled,
+    purged: Compiled,
+    hold: Compiled,
+}
+
+impl Schemas {
+    fn new() -> Result<Schemas, PublishError> {
+        Ok(Schemas {
+            archived: Compiled::new("flow_archived.avsc", FLOW_ARCHIVED_AVSC)?,
+            purged: Compiled::new("flow_purged.avsc", FLOW_PURGED_AVSC)?,
+            hold: Compiled::new("flow_hold.avsc", FLOW_HOLD_AVSC)?,
+        })
+    }
+}
+
+fn avro_err(e: apache_avro::Error) -> PublishError {
+    PublishError::Encode(format!("avro: {e}"))
+}
+
+/// Encodes published `data` in the configured encoding.
+pub struct DataEncoder {
+    encoding: DataEncoding,
+    schemas: Schemas,
+}
+
 impl DataEncoder {
     pub fn new(encoding: DataEncoding) -> Result<DataEncoder, PublishError> {
-        let schema = Schema::parse_str(FLOW_ARCHIVED_AVSC)
-            .map_err(|e| PublishError::Encode(format!("flow_archived.avsc: {e}")))?;
-        let mut header = vec![0xC3, 0x01];
-        header.extend_from_slice(&spec_fingerprint(FLOW_ARCHIVED_AVSC)?);
         Ok(DataEncoder {
             encoding,
-            schema,
-            header,
+            schemas: Schemas::new()?,
         })
     }
 
@@ -36,49 +69,63 @@ impl DataEncoder {
         self.encoding.content_type()
     }
 
-    pub fn encode(&self, data: &FlowArchived) -> Result<Vec<u8>, PublishError> {
-        let fail = |e: apache_avro::Error| PublishError::Encode(format!("avro: {e}"));
-        match self.encoding {
-            DataEncoding::Json => {
-                serde_json::to_vec(data).map_err(|e| PublishError::Encode(e.to_string()))
-            }
-            DataEncoding::Avro => {
-                let value = apache_avro::to_value(data)
-                    .and_then(|v| v.resolve(&self.schema))
-                    .map_err(fail)?;
-                let body = apache_avro::to_avro_datum(&self.schema, value).map_err(fail)?;
-                let mut out = Vec::with_capacity(self.header.len() + body.len());
-                out.extend_from_slice(&self.header);
-                out.extend_from_slice(&body);
-                Ok(out)
-            }
+    pub fn encode(&self, data: &EventData) -> Result<Vec<u8>, PublishError> {
+        if self.encoding == DataEncoding::Json {
+            return serde_json::to_vec(data).map_err(|e| PublishError::Encode(e.to_string()));
         }
+        let (compiled, value) = match data {
+            EventData::Archived(d) => (&self.schemas.archived, apache_avro::to_value(d)),
+            EventData::Purged(d) => (&self.schemas.purged, apache_avro::to_value(d)),
+            EventData::Hold(d) => (&self.schemas.hold, apache_avro::to_value(d)),
+        };
+        let value = value
+            .and_then(|v| v.resolve(&compiled.schema))
+            .map_err(avro_err)?;
+        let body = apache_avro::to_avro_datum(&compiled.schema, value).map_err(avro_err)?;
+        let mut out = Vec::with_capacity(compiled.header.len() + body.len());
+        out.extend_from_slice(&compiled.header);
+        out.extend_from_slice(&body);
+        Ok(out)
     }
 }
 
-/// Reads `flow.archived` data in Avro single-object encoding (the index builder).
+/// Reads published data in Avro single-object encoding (the index builder); the
+/// fingerprint says which schema.
 pub struct DataDecoder {
-    schema: Schema,
-    header: Vec<u8>,
+    schemas: Schemas,
 }
 
 impl DataDecoder {
     pub fn new() -> Result<DataDecoder, PublishError> {
-        let schema = Schema::parse_str(FLOW_ARCHIVED_AVSC)
-            .map_err(|e| PublishError::Encode(format!("flow_archived.avsc: {e}")))?;
-        let mut header = vec![0xC3, 0x01];
-        header.extend_from_slice(&spec_fingerprint(FLOW_ARCHIVED_AVSC)?);
-        Ok(DataDecoder { schema, header })
+        Ok(DataDecoder {
+            schemas: Schemas::new()?,
+        })
     }
 
-    pub fn decode(&self, bytes: &[u8]) -> Result<FlowArchived, PublishError> {
-        let body = bytes.strip_prefix(self.header.as_slice()).ok_or_else(|| {
-            PublishError::Encode("not flow_archived in Avro single-object encoding".into())
-        })?;
-        let value = apache_avro::from_avro_datum(&self.schema, &mut &body[..], None)
-            .map_err(|e| PublishError::Encode(format!("avro: {e}")))?;
-        apache_avro::from_value::<FlowArchived>(&value)
-            .map_err(|e| PublishError::Encode(format!("avro: {e}")))
+    pub fn decode(&self, bytes: &[u8]) -> Result<EventData, PublishError> {
+        let s = &self.schemas;
+        let read = |c: &Compiled| -> Option<Result<apache_avro::types::Value, PublishError>> {
+            let body = bytes.strip_prefix(c.header.as_slice())?;
+            Some(apache_avro::from_avro_datum(&c.schema, &mut &body[..], None).map_err(avro_err))
+        };
+        if let Some(v) = read(&s.archived) {
+            return Ok(EventData::Archived(
+                apache_avro::from_value::<FlowArchived>(&v?).map_err(avro_err)?,
+            ));
+        }
+        if let Some(v) = read(&s.purged) {
+            return Ok(EventData::Purged(
+                apache_avro::from_value::<FlowPurged>(&v?).map_err(avro_err)?,
+            ));
+        }
+        if let Some(v) = read(&s.hold) {
+            return Ok(EventData::Hold(
+                apache_avro::from_value::<FlowHold>(&v?).map_err(avro_err)?,
+            ));
+        }
+        Err(PublishError::Encode(
+            "not a flow-archiver schema in Avro single-object encoding".into(),
+        ))
     }
 }
 
@@ -148,7 +195,7 @@ mod tests {
     #[test]
     fn avro_single_object_round_trip() {
         let enc = DataEncoder::new(DataEncoding::Avro).unwrap();
-        let bytes = enc.encode(&sample()).unwrap();
+        let bytes = enc.encode(&EventData::Archived(sample())).unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
         // Cross-checked with Python: fastavro.schema.fingerprint(
         //   to_parsing_canonical_form(schema), "CRC-64-AVRO").
@@ -171,19 +218,61 @@ mod tests {
     fn the_decoder_reads_what_the_encoder_writes() {
         let bytes = DataEncoder::new(DataEncoding::Avro)
             .unwrap()
-            .encode(&sample())
+            .encode(&EventData::Archived(sample()))
             .unwrap();
+        let decoder = DataDecoder::new().unwrap();
         assert_eq!(
-            DataDecoder::new().unwrap().decode(&bytes).unwrap(),
-            sample()
+            decoder.decode(&bytes).unwrap(),
+            EventData::Archived(sample())
         );
-        assert!(DataDecoder::new().unwrap().decode(b"{}").is_err());
+        assert!(decoder.decode(b"{}").is_err());
+        let purged = EventData::Purged(FlowPurged {
+            tenant: "t".into(),
+            flow_id: "f-1".into(),
+            part: 2,
+            reason: "erasure".into(),
+            object_uri: "s3://b/k".into(),
+            segment_id: "s".into(),
+            purged_at: 1_800_000_000_000_000,
+            actor: Some("dpo@example.com".into()),
+        });
+        let hold = EventData::Hold(FlowHold {
+            tenant: "t".into(),
+            flow_id: "f-1".into(),
+            held: true,
+            reason: "case 42".into(),
+            actor: "legal".into(),
+            at: 1_800_000_000_000_000,
+        });
+        let enc = DataEncoder::new(DataEncoding::Avro).unwrap();
+        for data in [purged, hold] {
+            let bytes = enc.encode(&data).unwrap();
+            assert_eq!(decoder.decode(&bytes).unwrap(), data);
+            // JSON reads back as the same variant too (the records file).
+            let json = serde_json::to_vec(&data).unwrap();
+            assert_eq!(serde_json::from_slice::<EventData>(&json).unwrap(), data);
+        }
+        // An unknown purge reason is refused by the schema's enum.
+        let mut bad = FlowPurged {
+            tenant: "t".into(),
+            flow_id: "f".into(),
+            part: 1,
+            reason: "because".into(),
+            object_uri: String::new(),
+            segment_id: String::new(),
+            purged_at: 0,
+            actor: None,
+        };
+        assert!(enc.encode(&EventData::Purged(bad.clone())).is_err());
+        bad.reason = "retention".into();
+        assert!(enc.encode(&EventData::Purged(bad)).is_ok());
     }
 
     #[test]
     fn json_is_the_schema_shape() {
         let enc = DataEncoder::new(DataEncoding::Json).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&enc.encode(&sample()).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&enc.encode(&EventData::Archived(sample())).unwrap()).unwrap();
         assert_eq!(v["part"], 1);
         assert_eq!(v["labels"]["team"], "payments");
     }

@@ -41,6 +41,12 @@ pub enum PublishError {
 
 /// CloudEvents `type` of the archived event.
 pub const ARCHIVED_TYPE: &str = "io.flowarchiver.flow.archived";
+/// CloudEvents `type` of a flow part removed from the archive.
+pub const PURGED_TYPE: &str = "io.flowarchiver.flow.purged";
+/// CloudEvents `type` of a legal hold placed or released.
+pub const HOLD_TYPE: &str = "io.flowarchiver.flow.hold";
+pub const PURGED_SCHEMA: &str = "urn:flow-archiver:schema:flow_purged:1";
+pub const HOLD_SCHEMA: &str = "urn:flow-archiver:schema:flow_hold:1";
 /// CloudEvents `source` of everything this service publishes.
 pub const EVENT_SOURCE: &str = "flow-archiver";
 pub const ARCHIVED_SCHEMA: &str = "urn:flow-archiver:schema:flow_archived:1";
@@ -74,6 +80,71 @@ pub struct FlowArchived {
     pub traceparent: Option<String>,
 }
 
+/// The `data` of a `flow.purged` event; mirrors `schemas/flow_purged.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowPurged {
+    pub tenant: String,
+    pub flow_id: String,
+    pub part: i32,
+    /// `retention` or `erasure`.
+    pub reason: String,
+    pub object_uri: String,
+    pub segment_id: String,
+    pub purged_at: i64,
+    pub actor: Option<String>,
+}
+
+/// The `data` of a `flow.hold` event (a hold placed or released); mirrors
+/// `schemas/flow_hold.avsc`. Record key `{tenant}/{flow_id}/hold`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowHold {
+    pub tenant: String,
+    pub flow_id: String,
+    pub held: bool,
+    pub reason: String,
+    pub actor: String,
+    pub at: i64,
+}
+
+/// The `data` of a published event. Serialized as the inner record (the CloudEvents
+/// `type` says which); read back by trying each shape, whose required fields differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+// Short-lived, built per publish batch; boxing would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
+pub enum EventData {
+    Archived(FlowArchived),
+    Purged(FlowPurged),
+    Hold(FlowHold),
+}
+
+impl EventData {
+    pub fn tenant(&self) -> &str {
+        match self {
+            EventData::Archived(d) => &d.tenant,
+            EventData::Purged(d) => &d.tenant,
+            EventData::Hold(d) => &d.tenant,
+        }
+    }
+
+    pub fn flow_id(&self) -> &str {
+        match self {
+            EventData::Archived(d) => &d.flow_id,
+            EventData::Purged(d) => &d.flow_id,
+            EventData::Hold(d) => &d.flow_id,
+        }
+    }
+
+    /// The flow part, for per-part events.
+    pub fn part(&self) -> Option<u32> {
+        match self {
+            EventData::Archived(d) => Some(d.part as u32),
+            EventData::Purged(d) => Some(d.part as u32),
+            EventData::Hold(_) => None,
+        }
+    }
+}
+
 /// One CloudEvent to publish, in structured mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublishedEvent {
@@ -94,7 +165,7 @@ pub struct PublishedEvent {
     /// `data.traceparent`). Absent when traces are off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    pub data: FlowArchived,
+    pub data: EventData,
 }
 
 impl PublishedEvent {
@@ -123,7 +194,7 @@ impl PublishedEvent {
                     tenant: m.tenant.clone(),
                     partitionkey: key,
                     traceparent: None,
-                    data: FlowArchived {
+                    data: EventData::Archived(FlowArchived {
                         format: crate::archive::FORMAT.into(),
                         tenant: m.tenant.clone(),
                         flow_id: m.flow_id.clone(),
@@ -147,10 +218,49 @@ impl PublishedEvent {
                         events_sha256: loc.events_sha256.clone(),
                         object_sha256: upload.object_sha256.clone(),
                         traceparent: m.traceparent.clone(),
-                    },
+                    }),
                 }
             })
             .collect()
+    }
+
+    /// The `flow.purged` event of one flow part.
+    pub fn purged(data: FlowPurged) -> Self {
+        let key = format!("{}/{}/{}", data.tenant, data.flow_id, data.part);
+        PublishedEvent {
+            specversion: "1.0".into(),
+            id: format!("{key}/purged"),
+            source: EVENT_SOURCE.into(),
+            event_type: PURGED_TYPE.into(),
+            subject: data.flow_id.clone(),
+            time: rfc3339_ms(data.purged_at / 1000),
+            datacontenttype: "application/json".into(),
+            dataschema: PURGED_SCHEMA.into(),
+            tenant: data.tenant.clone(),
+            partitionkey: key,
+            traceparent: None,
+            data: EventData::Purged(data),
+        }
+    }
+
+    /// The `flow.hold` event of a hold placed or released. Its id names the change
+    /// (time included), its key the flow's hold, so a compacted log keeps the latest.
+    pub fn hold(data: FlowHold) -> Self {
+        let key = format!("{}/{}/hold", data.tenant, data.flow_id);
+        PublishedEvent {
+            specversion: "1.0".into(),
+            id: format!("{key}/{}", data.at),
+            source: EVENT_SOURCE.into(),
+            event_type: HOLD_TYPE.into(),
+            subject: data.flow_id.clone(),
+            time: rfc3339_ms(data.at / 1000),
+            datacontenttype: "application/json".into(),
+            dataschema: HOLD_SCHEMA.into(),
+            tenant: data.tenant.clone(),
+            partitionkey: key,
+            traceparent: None,
+            data: EventData::Hold(data),
+        }
     }
 }
 

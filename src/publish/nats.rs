@@ -68,12 +68,11 @@ impl NatsPublisher {
     }
 
     fn subject(&self, e: &PublishedEvent) -> String {
-        archived_subject(
-            &self.prefix,
-            &e.data.tenant,
-            &e.data.flow_id,
-            e.data.part as u32,
-        )
+        match e.data.part() {
+            // flow.purged replaces the part's flow.archived on the same subject.
+            Some(part) => archived_subject(&self.prefix, e.data.tenant(), e.data.flow_id(), part),
+            None => crate::nats::hold_subject(&self.prefix, e.data.tenant(), e.data.flow_id()),
+        }
     }
 }
 
