@@ -58,6 +58,23 @@ pub struct Config {
     pub nats: NatsConfig,
     pub index: IndexConfig,
     pub api: ApiConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit trail: one JSON line per archive, purge, hold, release, erase and replay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Default `./data/audit.jsonl`.
+    pub path: PathBuf,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: PathBuf::from("./data/audit.jsonl"),
+        }
+    }
 }
 
 /// The embedded state store.
@@ -752,12 +769,16 @@ pub struct SchedulerConfig {
     /// How often `run` looks for due flows. Default `1s`.
     #[serde(with = "duration_text")]
     pub interval: Duration,
+    /// How often `run` purges segments past their purge date. Default `1h`.
+    #[serde(with = "duration_text")]
+    pub purge_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             interval: Duration::from_secs(1),
+            purge_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -1014,6 +1035,13 @@ impl Config {
                 "scheduler.interval",
                 "0s would spin",
                 "use e.g. \"1s\"",
+            ));
+        }
+        if self.scheduler.purge_interval.is_zero() {
+            return Err(invalid(
+                "scheduler.purge_interval",
+                "0s would spin",
+                "use e.g. \"1h\"",
             ));
         }
         for (i, o) in self.retention.overrides.iter().enumerate() {

@@ -62,6 +62,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete archive objects whose every flow part is past its purge date (none under
+    /// legal hold), then publish flow.purged for their parts.
+    Purge {
+        /// Report exactly what would be purged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evaluate purge dates at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        /// Who runs it, for the audit trail (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Place a legal hold on a flow: none of its parts is purged or erased until released.
+    Hold {
+        /// TENANT/FLOW_ID
+        flow: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Release a flow's legal hold.
+    Release {
+        /// TENANT/FLOW_ID
+        flow: String,
+        #[arg(long, default_value = "released")]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// List legal holds.
+    Holds {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the audit trail (archive, purge, hold, release, replay).
+    Audit {
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Archive one live flow now, ignoring its timer.
     Archive {
         /// TENANT/FLOW_ID
@@ -222,6 +268,58 @@ fn error_chain(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+    Ok(chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| UsageError(format!("{flag} {text:?} is not RFC 3339: {e}")))?
+        .timestamp_millis())
+}
+
+/// `--actor`, else the login name, for the audit trail.
+fn actor_or_user(actor: Option<String>) -> String {
+    actor
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "cli".into())
+}
+
+fn print_purge(r: &flow_archiver::pipeline::purge::PurgeReport) {
+    let verb = if r.dry_run { "would purge" } else { "purged" };
+    println!(
+        "{verb} {} objects, {} flow parts, {} (at {})",
+        r.objects,
+        r.flow_parts,
+        human_bytes(r.bytes),
+        r.now
+    );
+    for (tenant, t) in &r.by_tenant {
+        println!(
+            "  {tenant}: {} objects, {} flow parts, {}",
+            t.objects,
+            t.flow_parts,
+            human_bytes(t.bytes)
+        );
+    }
+    if r.dry_run {
+        for o in &r.purged {
+            println!(
+                "  {} ({}): {}",
+                o.object_uri,
+                human_bytes(o.bytes),
+                o.flow_parts.join(" ")
+            );
+        }
+    }
+    if r.held_objects > 0 {
+        println!(
+            "kept {} objects holding flows under legal hold",
+            r.held_objects
+        );
+    }
+    if r.recovered > 0 {
+        println!("finished {} interrupted purges", r.recovered);
+    }
 }
 
 fn load(cli_config: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -408,6 +506,15 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let target = ops::ReplayTarget::parse(&to).map_err(UsageError)?;
             let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
             let report = ops::replay(&pipeline, &tenant, &flow_id, &target).await?;
+            let record = flow_archiver::audit::AuditRecord::new(
+                "replay",
+                &actor_or_user(None),
+                SystemClock.now_ms(),
+            )
+            .flow(&tenant, &flow_id)
+            .count("events", report.events)
+            .count("flow_parts", report.parts.len() as u64);
+            pipeline.audit(record).await?;
             // With `--to stdout` the events own stdout; the summary goes to stderr.
             if json && target != ops::ReplayTarget::Stdout {
                 print_json(&report)?;
@@ -481,6 +588,117 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Purge {
+            dry_run,
+            now,
+            actor,
+            json,
+        } => {
+            let now_ms = match now {
+                Some(text) => parse_time("--now", &text)?,
+                None => SystemClock.now_ms(),
+            };
+            let pipeline =
+                Pipeline::open(load(&cli.config)?, Arc::new(ManualClock::new(now_ms))).await?;
+            let report = pipeline
+                .purge(now_ms, dry_run, &actor_or_user(actor))
+                .await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print_purge(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hold {
+            flow,
+            reason,
+            actor,
+        } => {
+            let (tenant, flow_id) = flow_ref(&flow)?;
+            if reason.trim().is_empty() {
+                return Err(UsageError("--reason must say why the flow is held".into()).into());
+            }
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
+            pipeline
+                .hold(&tenant, &flow_id, &reason, &actor_or_user(actor))
+                .await?;
+            println!("{tenant}/{flow_id} is on hold: {reason}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Release {
+            flow,
+            reason,
+            actor,
+        } => {
+            let (tenant, flow_id) = flow_ref(&flow)?;
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
+            pipeline
+                .release(&tenant, &flow_id, &reason, &actor_or_user(actor))
+                .await?;
+            println!("{tenant}/{flow_id} is released");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Holds { json } => {
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
+            let holds = pipeline.store.holds()?;
+            if json {
+                print_json(&holds)?;
+            } else if holds.is_empty() {
+                println!("no holds");
+            } else {
+                for h in &holds {
+                    println!(
+                        "{}/{}  since {}  by {}: {}",
+                        h.tenant,
+                        h.flow_id,
+                        flow_archiver::archive::rfc3339_ms(h.at_ms),
+                        h.actor,
+                        h.reason
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { since, json } => {
+            let since_ms = since.map(|t| parse_time("--since", &t)).transpose()?;
+            let config = load(&cli.config)?;
+            let records = flow_archiver::audit::read(&config.audit.path, since_ms)?;
+            if json {
+                print_json(&records)?;
+            } else {
+                for r in &records {
+                    let flow = match (&r.tenant, &r.flow_id) {
+                        (Some(t), Some(f)) => format!(" {t}/{f}"),
+                        (Some(t), None) => format!(" {t}"),
+                        _ => String::new(),
+                    };
+                    let counts: Vec<String> =
+                        r.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{}  {:<8} {}{}{}{}{}",
+                        r.time,
+                        r.action,
+                        r.actor,
+                        flow,
+                        r.reason
+                            .as_deref()
+                            .map(|x| format!(" reason={x:?}"))
+                            .unwrap_or_default(),
+                        r.object_uri
+                            .as_deref()
+                            .map(|x| format!(" {x}"))
+                            .unwrap_or_default(),
+                        if counts.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {}", counts.join(" "))
+                        }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Archive { flow, json } => {
             let (tenant, flow_id) = flow_ref(&flow)?;

@@ -300,4 +300,31 @@ impl ArchiveStore {
         keys.sort();
         Ok(keys)
     }
+
+    /// The "directories" directly under `under` (common prefixes of a delimited
+    /// listing), as full key prefixes, sorted.
+    pub async fn list_dirs(&self, under: &str) -> Result<Vec<String>, ArchiveError> {
+        let prefix = ObjectPath::from(under);
+        let listing = self
+            .inner
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| self.err("list", under, e))?;
+        let mut dirs: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        dirs.sort();
+        Ok(dirs)
+    }
+
+    /// Deletes an object; a missing one is not an error (purges are repeated after a
+    /// crash).
+    pub async fn delete(&self, key: &str) -> Result<(), ArchiveError> {
+        match self.inner.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("delete", key, e)),
+        }
+    }
 }

@@ -81,6 +81,7 @@ pub struct Archiver {
     pub(crate) objects: ArchiveStore,
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) spool_dir: PathBuf,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
 }
 
 impl Archiver {
@@ -350,6 +351,25 @@ impl Archiver {
             match self.process(current.clone(), resumed).await {
                 Ok(done) => {
                     record_success(&done);
+                    let mut record = crate::audit::AuditRecord::new(
+                        "archive",
+                        "flow-archiver",
+                        chrono::Utc::now().timestamp_millis(),
+                    )
+                    .count("flow_parts", done.parts)
+                    .count("events", done.events)
+                    .count("raw_bytes", done.raw_bytes)
+                    .count("stored_bytes", done.stored_bytes);
+                    record.tenant = Some(current.tenant.clone());
+                    record.object_uri = Some(done.object_uri.clone());
+                    let log = self.audit.clone();
+                    // The segment is archived whatever happens to its audit line; a
+                    // failed append is logged, not retried into a second archival.
+                    match tokio::task::spawn_blocking(move || log.record(&[record])).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "Audit line not written."),
+                        Err(e) => tracing::error!(error = %e, "Audit line not written."),
+                    }
                     return Ok(done);
                 }
                 Err(error) => {

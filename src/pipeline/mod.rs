@@ -9,6 +9,7 @@
 pub mod archiver;
 pub mod failpoint;
 pub mod ingest;
+pub mod purge;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -105,6 +106,7 @@ pub struct Pipeline {
     pub publisher: Arc<dyn Publisher>,
     pub dead_letters: Arc<dyn DeadLetterSink>,
     pub clock: Arc<dyn Clock>,
+    pub audit: Arc<crate::audit::AuditLog>,
     ids: IntentIds,
 }
 
@@ -138,7 +140,9 @@ impl Pipeline {
             Destination::Kafka => Arc::new(KafkaDeadLetters::open(&config.kafka)?),
             Destination::Nats => Arc::new(NatsDeadLetters::open(&config.nats).await?),
         };
+        let audit = Arc::new(crate::audit::AuditLog::open(&config.audit.path)?);
         Ok(Pipeline {
+            audit,
             store: Arc::new(store),
             policy: Arc::new(policy),
             objects,
@@ -148,6 +152,79 @@ impl Pipeline {
             ids: IntentIds::default(),
             config,
         })
+    }
+
+    /// Appends to the audit trail, durably.
+    pub async fn audit(&self, record: crate::audit::AuditRecord) -> Result<(), PipelineError> {
+        let log = self.audit.clone();
+        Ok(tokio::task::spawn_blocking(move || log.record(&[record])).await??)
+    }
+
+    /// Places a legal hold on a flow (all its parts, live and archived): recorded in
+    /// the state store, published as `flow.hold` (the index marks the parts), audited.
+    pub async fn hold(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), PipelineError> {
+        self.change_hold(tenant, flow_id, true, reason, actor).await
+    }
+
+    /// Releases a flow's legal hold; an error when there is none.
+    pub async fn release(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), PipelineError> {
+        self.change_hold(tenant, flow_id, false, reason, actor)
+            .await
+    }
+
+    async fn change_hold(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        held: bool,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), PipelineError> {
+        let now_ms = self.clock.now_ms();
+        let hold = crate::state::Hold {
+            tenant: tenant.to_string(),
+            flow_id: flow_id.to_string(),
+            reason: reason.to_string(),
+            actor: actor.to_string(),
+            at_ms: now_ms,
+        };
+        let store = self.store.clone();
+        let (t, f, h) = (tenant.to_string(), flow_id.to_string(), hold.clone());
+        let previous = blocking(move || store.set_hold(&t, &f, held.then_some(&h))).await?;
+        if !held && previous.is_none() {
+            return Err(PipelineError::NotFound(format!(
+                "{tenant}/{flow_id} is not on hold"
+            )));
+        }
+        self.publisher
+            .publish(&[crate::publish::PublishedEvent::hold(
+                crate::publish::FlowHold {
+                    tenant: tenant.to_string(),
+                    flow_id: flow_id.to_string(),
+                    held,
+                    reason: reason.to_string(),
+                    actor: actor.to_string(),
+                    at: now_ms * 1000,
+                },
+            )])
+            .await?;
+        let mut record =
+            crate::audit::AuditRecord::new(if held { "hold" } else { "release" }, actor, now_ms)
+                .flow(tenant, flow_id);
+        record.reason = Some(reason.to_string());
+        self.audit(record).await
     }
 
     pub fn ingest_stage(&self) -> Ingest {
@@ -167,6 +244,7 @@ impl Pipeline {
             objects: self.objects.clone(),
             publisher: self.publisher.clone(),
             spool_dir: self.config.archive.spool_dir.clone(),
+            audit: self.audit.clone(),
         }
     }
 
@@ -365,6 +443,43 @@ impl Pipeline {
                     ingest: totals,
                     ..Default::default()
                 })
+            });
+        }
+
+        // Purge: on start and every `scheduler.purge_interval`. A failed pass is
+        // logged and counted; the next one repeats it (purges are idempotent).
+        {
+            let this = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(this.config.scheduler.purge_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let now_ms = this.clock.now_ms();
+                    let pass = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        pass = this.purge(now_ms, false, "flow-archiver") => pass,
+                    };
+                    match pass {
+                        Ok(r) if r.objects > 0 || r.recovered > 0 => tracing::info!(
+                            objects = r.objects,
+                            flow_parts = r.flow_parts,
+                            bytes = r.bytes,
+                            held_objects = r.held_objects,
+                            "Purged."
+                        ),
+                        Ok(_) => {}
+                        Err(error) => {
+                            crate::telemetry::metrics().failed("storage");
+                            tracing::warn!(%error, "Purge pass failed; retrying at the next interval.");
+                        }
+                    }
+                }
+                Ok(RunReport::default())
             });
         }
 

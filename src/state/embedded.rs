@@ -38,6 +38,8 @@ const INTENTS: TableDefinition<&str, Bytes> = TableDefinition::new("intents");
 const VERIFIED: TableDefinition<&str, Bytes> = TableDefinition::new("verified");
 const CHECKPOINTS: TableDefinition<&str, Bytes> = TableDefinition::new("checkpoints");
 const SETTINGS: TableDefinition<&str, Bytes> = TableDefinition::new("settings");
+const HOLDS: TableDefinition<Bytes, Bytes> = TableDefinition::new("holds");
+const PURGES: TableDefinition<&str, Bytes> = TableDefinition::new("purges");
 
 const POLICY_FINGERPRINT: &str = "policy_fingerprint";
 
@@ -117,6 +119,8 @@ impl EmbeddedStore {
             txn.open_table(CHECKPOINTS)
                 .map_err(|e| open_err(e.into()))?;
             txn.open_table(SETTINGS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(HOLDS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(PURGES).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         Ok(EmbeddedStore { db })
@@ -486,6 +490,41 @@ impl StateStore for EmbeddedStore {
         Ok(updated)
     }
 
+    fn set_hold(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        hold: Option<&Hold>,
+    ) -> Result<Option<Hold>, StateError> {
+        let value = hold.map(|h| encode("hold", h)).transpose()?;
+        let previous = self.put(
+            HOLDS,
+            flow_key(tenant, flow_id).as_slice(),
+            value.as_deref(),
+        )?;
+        previous
+            .map(|p| postcard::from_bytes(&p).map_err(|e| corrupt("hold", e)))
+            .transpose()
+    }
+
+    fn holds(&self) -> Result<Vec<Hold>, StateError> {
+        self.all(HOLDS, "hold")
+    }
+
+    fn begin_purge(&self, intent: &PurgeIntent) -> Result<(), StateError> {
+        let value = encode("purge intent", intent)?;
+        self.put(PURGES, intent.object_key.as_str(), Some(&value))
+            .map(|_| ())
+    }
+
+    fn purge_intents(&self) -> Result<Vec<PurgeIntent>, StateError> {
+        self.all(PURGES, "purge intent")
+    }
+
+    fn finish_purge(&self, object_key: &str) -> Result<(), StateError> {
+        self.put(PURGES, object_key, None).map(|_| ())
+    }
+
     fn stats(&self) -> Result<StoreStats, StateError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let settings = txn.open_table(SETTINGS).map_err(storage)?;
@@ -503,6 +542,42 @@ impl StateStore for EmbeddedStore {
                 .len()
                 .map_err(storage)?,
         })
+    }
+}
+
+impl EmbeddedStore {
+    fn put<K: redb::Key + 'static>(
+        &self,
+        table: TableDefinition<K, Bytes>,
+        key: K::SelfType<'_>,
+        value: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self.write()?;
+        let previous = {
+            let mut t = txn.open_table(table).map_err(storage)?;
+            let previous = match value {
+                Some(v) => t.insert(key, v).map_err(storage)?,
+                None => t.remove(key).map_err(storage)?,
+            };
+            previous.map(|p| p.value().to_vec())
+        };
+        txn.commit().map_err(storage)?;
+        Ok(previous)
+    }
+
+    fn all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<K, Bytes>,
+        what: &str,
+    ) -> Result<Vec<T>, StateError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(table).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            out.push(postcard::from_bytes(v.value()).map_err(|e| corrupt(what, e))?);
+        }
+        Ok(out)
     }
 }
 

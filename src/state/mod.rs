@@ -146,6 +146,32 @@ pub struct ArchiveIntent {
     pub stage: IntentStage,
 }
 
+/// A legal hold on a flow (every part, live or archived): no purge, no erasure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub tenant: String,
+    pub flow_id: String,
+    pub reason: String,
+    pub actor: String,
+    pub at_ms: i64,
+}
+
+/// The durable record of one purge in progress: the object is deleted, then each
+/// listed part's `flow.purged` is published, then the record goes. Recovery repeats
+/// both steps (deleting a missing object is a no-op; consumers dedupe by event id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeIntent {
+    pub object_key: String,
+    pub object_uri: String,
+    pub segment_id: String,
+    /// `retention` or `erasure`.
+    pub reason: String,
+    pub actor: Option<String>,
+    pub at_ms: i64,
+    /// (tenant, flow id, part) of every part in the object.
+    pub parts: Vec<(String, String, u32)>,
+}
+
 /// What one ingest batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestOutcome {
@@ -232,4 +258,24 @@ pub trait StateStore: Send + Sync + 'static {
     fn apply_policy(&self, policy: &RetentionPolicy) -> Result<u64, StateError>;
 
     fn stats(&self) -> Result<StoreStats, StateError>;
+
+    /// Places (`Some`) or releases (`None`) a flow's legal hold; returns the previous one.
+    fn set_hold(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        hold: Option<&Hold>,
+    ) -> Result<Option<Hold>, StateError>;
+
+    /// Every hold, ordered by tenant and flow id.
+    fn holds(&self) -> Result<Vec<Hold>, StateError>;
+
+    /// Records a purge before its object is deleted.
+    fn begin_purge(&self, intent: &PurgeIntent) -> Result<(), StateError>;
+
+    /// Purges not yet finished (a crash interrupted them).
+    fn purge_intents(&self) -> Result<Vec<PurgeIntent>, StateError>;
+
+    /// Forgets a purge whose `flow.purged` events are all published.
+    fn finish_purge(&self, object_key: &str) -> Result<(), StateError>;
 }

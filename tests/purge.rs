@@ -1,0 +1,325 @@
+//! Purge, legal hold and the audit trail, clock-driven through `--now`:
+//! - nothing is purged one second before `purge_at`; at `purge_at` every object whose
+//!   parts are all due is deleted and each of its parts gets one `flow.purged`;
+//! - a held flow's object survives until the hold is released; the index shows holds
+//!   and drops purged parts;
+//! - a dry run reports exactly what the live run then does;
+//! - SIGKILL right after an object's deletion: the next purge publishes its
+//!   `flow.purged` events, so no purge is lost;
+//! - every archive, hold, release and purge is in the audit trail.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const ARCHIVED_AT: &str = "2026-01-01T01:00:00Z";
+const PURGE_AT: &str = "2026-01-02T01:00:00Z";
+const BEFORE: &str = "2026-01-02T00:59:59Z";
+
+fn env() -> Env {
+    Env::new(
+        "[retention]\ncompleted = \"1s\"\nfailed = \"1s\"\narchive_for = \"1d\"\n\
+         [archive]\nsegment_max_flows = 2\n",
+    )
+}
+
+/// Seven finished flows over two tenants (one with an odd but valid unicode id), and
+/// one still running; archived at ARCHIVED_AT into segments of two.
+fn archived_env() -> Env {
+    let env = env();
+    let mut lines = Vec::new();
+    let flows = [
+        ("acme", "flow-1"),
+        ("acme", "flow-2"),
+        ("acme", "flow-3"),
+        ("acme", "flüß-✓"),
+        ("globex", "g-1"),
+        ("globex", "g-2"),
+        ("globex", "g-3"),
+    ];
+    for (tenant, flow) in flows {
+        for seq in 1..=3u64 {
+            let kind = if seq == 3 { "completed" } else { "step" };
+            lines.push(ce(
+                tenant,
+                flow,
+                &format!("{flow}-{seq}"),
+                seq,
+                kind,
+                "2026-01-01T00:00:00Z",
+            ));
+        }
+    }
+    lines.push(ce(
+        "acme",
+        "running",
+        "r-1",
+        1,
+        "step",
+        "2026-01-01T00:00:00Z",
+    ));
+    let path = env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
+    env.ok(&["ingest", path.to_str().unwrap()]);
+    env.ok(&["sweep", "--now", ARCHIVED_AT]);
+    assert_eq!(env.archived().len(), 7);
+    env
+}
+
+fn objects(env: &Env) -> BTreeSet<String> {
+    let root = env.path().join("data/archive");
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn records_of(env: &Env, kind: &str) -> Vec<Value> {
+    env.archived()
+        .into_iter()
+        .filter(|r| r["type"] == format!("io.flowarchiver.flow.{kind}"))
+        .collect()
+}
+
+/// flow part → object key, from the flow.archived records.
+fn object_of_part(env: &Env) -> BTreeMap<String, String> {
+    records_of(env, "archived")
+        .iter()
+        .map(|r| {
+            let d = &r["data"];
+            (
+                format!(
+                    "{}/{}/{}",
+                    d["tenant"].as_str().unwrap(),
+                    d["flow_id"].as_str().unwrap(),
+                    d["part"]
+                ),
+                d["object_key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn purge(env: &Env, now: &str, dry_run: bool) -> Value {
+    let mut args = vec![
+        "purge",
+        "--now",
+        now,
+        "--json",
+        "--actor",
+        "ops@example.com",
+    ];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    serde_json::from_str(&env.ok(&args)).unwrap()
+}
+
+fn comparable(report: &Value) -> Value {
+    let mut r = report.clone();
+    r["dry_run"] = Value::Null;
+    r
+}
+
+#[test]
+fn purge_respects_purge_at_and_holds_and_matches_its_dry_run() {
+    let env = archived_env();
+    let before = objects(&env);
+    assert_eq!(before.len(), 4, "{before:?}");
+    let parts = object_of_part(&env);
+    let held_object = parts["acme/flow-1/1"].clone();
+
+    let out = env.ok(&[
+        "hold",
+        "acme/flow-1",
+        "--reason",
+        "case 7",
+        "--actor",
+        "legal",
+    ]);
+    assert!(out.contains("on hold"), "{out}");
+    // A hold without a reason, or on a hostile id, is refused.
+    assert_eq!(
+        env.run(&["hold", "acme/flow-2", "--reason", " "])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        env.run(&["hold", "acme/../etc", "--reason", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // One second early: nothing, dry or live.
+    for dry in [true, false] {
+        let r = purge(&env, BEFORE, dry);
+        assert_eq!(r["objects"], 0, "{r}");
+        assert_eq!(r["not_yet_due"], 4, "{r}");
+    }
+    assert_eq!(objects(&env), before);
+
+    // At purge_at: the dry run names exactly what the live run deletes.
+    let dry = purge(&env, PURGE_AT, true);
+    assert_eq!(dry["objects"], 3, "{dry}");
+    assert_eq!(dry["held_objects"], 1);
+    assert_eq!(objects(&env), before, "a dry run changes nothing");
+    assert!(records_of(&env, "purged").is_empty());
+    let live = purge(&env, PURGE_AT, false);
+    assert_eq!(comparable(&dry), comparable(&live));
+    let left = objects(&env);
+    assert_eq!(left.len(), 1);
+    assert!(held_object.ends_with(left.iter().next().unwrap().as_str()));
+
+    // One flow.purged per part of the deleted objects, none for the held object's.
+    let purged: Vec<String> = records_of(&env, "purged")
+        .iter()
+        .map(|r| {
+            let d = &r["data"];
+            assert_eq!(d["reason"], "retention");
+            format!(
+                "{}/{}/{}",
+                d["tenant"].as_str().unwrap(),
+                d["flow_id"].as_str().unwrap(),
+                d["part"]
+            )
+        })
+        .collect();
+    let expected: BTreeSet<String> = parts
+        .iter()
+        .filter(|(_, key)| **key != held_object)
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert_eq!(purged.len(), expected.len(), "each part once");
+    assert_eq!(purged.iter().cloned().collect::<BTreeSet<_>>(), expected);
+
+    // The index: purged parts gone, the held flow marked.
+    env.ok(&["index"]);
+    let listed: Value =
+        serde_json::from_str(&env.ok(&["list", "--json", "--limit", "100"])).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{listed}");
+    for item in items {
+        let held = item["flow_id"] == "flow-1";
+        assert_eq!(item["held"], held, "{item}");
+    }
+    // The held flow still reads back.
+    let got = env.ok(&["get", "acme/flow-1"]);
+    assert!(got.contains("flow-1-3"), "{got}");
+
+    // Released: the next purge removes it.
+    assert_eq!(
+        env.run(&["release", "acme/flow-2"]).status.code(),
+        Some(1),
+        "not held"
+    );
+    env.ok(&["release", "acme/flow-1", "--actor", "legal"]);
+    let r = purge(&env, PURGE_AT, false);
+    assert_eq!(r["objects"], 1);
+    assert!(objects(&env).is_empty());
+    env.ok(&["index"]);
+    let listed: Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+    assert!(listed["items"].as_array().unwrap().is_empty());
+    // The live flow was never touched.
+    assert!(env.ok(&["get", "acme/running"]).contains("r-1"));
+
+    // The audit trail: archives, the hold, both purges, the release.
+    let audit: Vec<Value> = serde_json::from_str(&env.ok(&["audit", "--json"])).unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap(), r["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actions.iter().filter(|a| a.0 == "archive").count(), 4);
+    assert!(actions.contains(&("hold", "legal")));
+    assert!(actions.contains(&("release", "legal")));
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == &("purge", "ops@example.com"))
+            .count(),
+        4
+    );
+    let hold = audit.iter().find(|r| r["action"] == "hold").unwrap();
+    assert_eq!(hold["reason"], "case 7");
+    assert_eq!(hold["flow_id"], "flow-1");
+    // --since filters by time; the text form prints one line per record.
+    let later: Vec<Value> =
+        serde_json::from_str(&env.ok(&["audit", "--json", "--since", "2100-01-01T00:00:00Z"]))
+            .unwrap();
+    assert!(later.is_empty());
+    assert_eq!(env.ok(&["audit"]).lines().count(), audit.len());
+    assert_eq!(
+        env.run(&["audit", "--since", "yesterday"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn sigkill_after_deleting_an_object_loses_no_flow_purged() {
+    let env = archived_env();
+    let parts = object_of_part(&env);
+    let out = env
+        .command(&["purge", "--now", PURGE_AT])
+        .env("FLOW_ARCHIVER_FAILPOINT", "after-purge-delete")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the failpoint kills the purge");
+    assert_eq!(objects(&env).len(), 3, "one object deleted before the kill");
+    assert!(records_of(&env, "purged").is_empty());
+    let r = purge(&env, PURGE_AT, false);
+    assert_eq!(r["recovered"], 1, "{r}");
+    assert!(objects(&env).is_empty());
+    let purged: BTreeMap<String, usize> =
+        records_of(&env, "purged")
+            .iter()
+            .fold(BTreeMap::new(), |mut m, r| {
+                let d = &r["data"];
+                *m.entry(format!(
+                    "{}/{}/{}",
+                    d["tenant"].as_str().unwrap(),
+                    d["flow_id"].as_str().unwrap(),
+                    d["part"]
+                ))
+                .or_default() += 1;
+                m
+            });
+    assert_eq!(
+        purged.keys().cloned().collect::<BTreeSet<_>>(),
+        parts.keys().cloned().collect::<BTreeSet<_>>()
+    );
+    assert!(purged.values().all(|n| *n == 1), "{purged:?}");
+    env.ok(&["index"]);
+    let listed: Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+    assert!(listed["items"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn run_purges_on_its_interval() {
+    let env = archived_env();
+    // The archive_for of 1d has long passed in real time.
+    let run = env.spawn_env(
+        &[(
+            "FLOW_ARCHIVER__SCHEDULER__PURGE_INTERVAL".into(),
+            "1s".into(),
+        )],
+        &["run"],
+    );
+    eventually(Duration::from_secs(30), "every object purged", || {
+        objects(&env).is_empty().then_some(())
+    });
+    run.stop();
+    assert_eq!(records_of(&env, "purged").len(), 7);
+}
