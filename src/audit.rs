@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,17 @@ impl AuditLog {
     /// Appends durably (blocking; records are small and rare).
     pub fn record(&self, records: &[AuditRecord]) -> Result<(), PublishError> {
         self.file.append(records)
+    }
+
+    /// [`AuditLog::record`] off the async workers.
+    pub async fn append(self: &Arc<Self>, record: AuditRecord) -> Result<(), PublishError> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.record(&[record]))
+            .await
+            .map_err(|e| PublishError::Io {
+                path: self.file.path().display().to_string(),
+                source: std::io::Error::other(e),
+            })?
     }
 }
 

@@ -561,9 +561,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sweep { dry_run, now, json } => {
             let now_ms = match now {
-                Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
-                    .map_err(|e| UsageError(format!("--now {text:?} is not RFC 3339: {e}")))?
-                    .timestamp_millis(),
+                Some(text) => parse_time("--now", &text)?,
                 None => SystemClock.now_ms(),
             };
             let pipeline =

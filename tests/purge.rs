@@ -93,21 +93,23 @@ fn records_of(env: &Env, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `tenant/flow_id/part` of a published record's data.
+fn part_key(d: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        d["tenant"].as_str().unwrap(),
+        d["flow_id"].as_str().unwrap(),
+        d["part"]
+    )
+}
+
 /// flow part → object key, from the flow.archived records.
 fn object_of_part(env: &Env) -> BTreeMap<String, String> {
     records_of(env, "archived")
         .iter()
         .map(|r| {
             let d = &r["data"];
-            (
-                format!(
-                    "{}/{}/{}",
-                    d["tenant"].as_str().unwrap(),
-                    d["flow_id"].as_str().unwrap(),
-                    d["part"]
-                ),
-                d["object_key"].as_str().unwrap().to_string(),
-            )
+            (part_key(d), d["object_key"].as_str().unwrap().to_string())
         })
         .collect()
 }
@@ -190,12 +192,7 @@ fn purge_respects_purge_at_and_holds_and_matches_its_dry_run() {
         .map(|r| {
             let d = &r["data"];
             assert_eq!(d["reason"], "retention");
-            format!(
-                "{}/{}/{}",
-                d["tenant"].as_str().unwrap(),
-                d["flow_id"].as_str().unwrap(),
-                d["part"]
-            )
+            part_key(d)
         })
         .collect();
     let expected: BTreeSet<String> = parts
@@ -287,13 +284,7 @@ fn sigkill_after_deleting_an_object_loses_no_flow_purged() {
             .iter()
             .fold(BTreeMap::new(), |mut m, r| {
                 let d = &r["data"];
-                *m.entry(format!(
-                    "{}/{}/{}",
-                    d["tenant"].as_str().unwrap(),
-                    d["flow_id"].as_str().unwrap(),
-                    d["part"]
-                ))
-                .or_default() += 1;
+                *m.entry(part_key(d)).or_default() += 1;
                 m
             });
     assert_eq!(

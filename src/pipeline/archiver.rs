@@ -362,13 +362,10 @@ impl Archiver {
                     .count("stored_bytes", done.stored_bytes);
                     record.tenant = Some(current.tenant.clone());
                     record.object_uri = Some(done.object_uri.clone());
-                    let log = self.audit.clone();
                     // The segment is archived whatever happens to its audit line; a
                     // failed append is logged, not retried into a second archival.
-                    match tokio::task::spawn_blocking(move || log.record(&[record])).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "Audit line not written."),
-                        Err(e) => tracing::error!(error = %e, "Audit line not written."),
+                    if let Err(e) = self.audit.append(record).await {
+                        tracing::error!(error = %e, "Audit line not written.");
                     }
                     return Ok(done);
                 }

@@ -156,8 +156,7 @@ impl Pipeline {
 
     /// Appends to the audit trail, durably.
     pub async fn audit(&self, record: crate::audit::AuditRecord) -> Result<(), PipelineError> {
-        let log = self.audit.clone();
-        Ok(tokio::task::spawn_blocking(move || log.record(&[record])).await??)
+        Ok(self.audit.append(record).await?)
     }
 
     /// Places a legal hold on a flow (all its parts, live and archived): recorded in
