@@ -39,7 +39,8 @@ async def read(url, stream, n, timeout):
     while time.time() < deadline and (settle is None or time.time() < settle):
         try:
             msgs = await sub.fetch(100, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            # nats-py raises the asyncio one when a partial batch times out.
             continue
         for m in msgs:
             out = {
