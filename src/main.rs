@@ -95,12 +95,28 @@ enum Command {
         #[arg(long)]
         actor: Option<String>,
     },
+    /// Erase a flow (right to be forgotten): delete its live state and rewrite every
+    /// archive object holding it without it. Refused for a flow on legal hold.
+    Erase {
+        /// TENANT/FLOW_ID
+        flow: String,
+        /// Why (the request or ticket), for the audit trail.
+        #[arg(long)]
+        reason: String,
+        /// Report exactly what would be erased and moved; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List legal holds.
     Holds {
         #[arg(long)]
         json: bool,
     },
-    /// Print the audit trail (archive, purge, hold, release, replay).
+    /// Print the audit trail (archive, purge, hold, release, erase, replay).
     Audit {
         /// Only records at or after this time (RFC 3339).
         #[arg(long)]
@@ -319,6 +335,38 @@ fn print_purge(r: &flow_archiver::pipeline::purge::PurgeReport) {
     }
     if r.recovered > 0 {
         println!("finished {} interrupted purges", r.recovered);
+    }
+}
+
+fn print_erase(r: &flow_archiver::pipeline::erase::EraseReport) {
+    let (erase, rewrite, delete) = if r.dry_run {
+        ("would erase", "would rewrite", "would delete")
+    } else {
+        ("erased", "rewrote", "deleted")
+    };
+    if r.recovered > 0 {
+        println!("finished {} interrupted erasures", r.recovered);
+    }
+    if !r.live && r.objects.is_empty() {
+        println!(
+            "found nothing of {}/{} (live or archived): nothing to erase",
+            r.tenant, r.flow_id
+        );
+        return;
+    }
+    println!(
+        "{erase} {}/{}: {} live events, {} archived parts",
+        r.tenant, r.flow_id, r.live_events, r.parts_erased
+    );
+    println!(
+        "  {rewrite} {} objects ({} other parts moved), {delete} {} objects, scanned {}",
+        r.objects_rewritten, r.parts_relocated, r.objects_deleted, r.objects_scanned
+    );
+    for o in &r.objects {
+        match &o.rewritten_uri {
+            Some(new) => println!("  {} -> {}", o.object_uri, new),
+            None => println!("  {} (deleted)", o.object_uri),
+        }
     }
 }
 
@@ -636,6 +684,28 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .release(&tenant, &flow_id, &reason, &actor_or_user(actor))
                 .await?;
             println!("{tenant}/{flow_id} is released");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Erase {
+            flow,
+            reason,
+            dry_run,
+            actor,
+            json,
+        } => {
+            let (tenant, flow_id) = flow_ref(&flow)?;
+            if reason.trim().is_empty() {
+                return Err(UsageError("--reason must say why the flow is erased".into()).into());
+            }
+            let pipeline = Pipeline::open(load(&cli.config)?, Arc::new(SystemClock)).await?;
+            let report = pipeline
+                .erase(&tenant, &flow_id, &reason, &actor_or_user(actor), dry_run)
+                .await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print_erase(&report);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Holds { json } => {

@@ -23,12 +23,15 @@
 //! nothing); a ranged GET of `[offset, offset+length)` decodes to exactly one flow part.
 
 mod reader;
+mod rewrite;
 mod segment;
 mod store;
 
+pub(crate) use reader::compression_of;
 pub use reader::{
     read_manifest, read_part, verify_object, Manifest, ManifestPart, PartContents, VerifyProblem,
 };
+pub use rewrite::rewrite_segment;
 pub use segment::{build_segment, SegmentWriter, FOOTER_MAGIC};
 pub use store::ArchiveStore;
 

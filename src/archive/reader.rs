@@ -69,7 +69,7 @@ pub struct VerifyProblem {
     pub problem: String,
 }
 
-fn compression_of(key: &str) -> Compression {
+pub(crate) fn compression_of(key: &str) -> Compression {
     if key.ends_with(".gz") {
         Compression::Gzip
     } else {

@@ -275,6 +275,15 @@ impl ArchiveStore {
         Ok(meta.size)
     }
 
+    /// Whether an object exists under `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, ArchiveError> {
+        match self.inner.head(&ObjectPath::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err("head", key, e)),
+        }
+    }
+
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ArchiveError> {
         self.inner
             .get_range(&ObjectPath::from(key), range)

@@ -7,6 +7,7 @@
 //! left as intents for the next start, and every task is awaited before `run` returns.
 
 pub mod archiver;
+pub mod erase;
 pub mod failpoint;
 pub mod ingest;
 pub mod purge;
@@ -48,6 +49,9 @@ pub enum PipelineError {
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     NotFound(String),
+    /// The operation is not allowed in the current state (e.g. erasing a held flow).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// One planned segment, as a dry run reports it.

@@ -52,6 +52,11 @@ fn object_key(prefix: &str, parts: &[&str]) -> String {
     ObjectPath::from_iter(all).to_string()
 }
 
+/// The key prefix under which every object of `tenant` lives (both layouts).
+pub fn tenant_prefix(prefix: &str, tenant: &str) -> String {
+    object_key(prefix, &[tenant])
+}
+
 /// Groups due flows into intents. `now_ms` becomes each intent's `archived_at`.
 pub fn plan(
     due: Vec<FlowMeta>,

@@ -224,6 +224,63 @@ impl PublishedEvent {
             .collect()
     }
 
+    /// The `flow.archived` event of a part moved to another object (an erasure rewrote
+    /// the one it was in), built from the new object's manifest. Same record key as
+    /// the original (a compacted log keeps the latest location); its id names the new
+    /// segment, so it is not mistaken for a duplicate of the original.
+    pub fn relocated(
+        manifest: &crate::archive::Manifest,
+        part: &crate::archive::ManifestPart,
+        object_uri: &str,
+        object_key: &str,
+        object_sha256: &str,
+    ) -> Self {
+        let micros = |text: &str| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp_micros())
+                .unwrap_or_default()
+        };
+        let key = format!("{}/{}/{}", part.tenant, part.flow_id, part.part);
+        PublishedEvent {
+            specversion: "1.0".into(),
+            id: format!("{key}/archived/{}", manifest.segment_id),
+            source: EVENT_SOURCE.into(),
+            event_type: ARCHIVED_TYPE.into(),
+            subject: part.flow_id.clone(),
+            time: manifest.archived_at.clone(),
+            datacontenttype: "application/json".into(),
+            dataschema: ARCHIVED_SCHEMA.into(),
+            tenant: part.tenant.clone(),
+            partitionkey: key,
+            traceparent: None,
+            data: EventData::Archived(FlowArchived {
+                format: crate::archive::FORMAT.into(),
+                tenant: part.tenant.clone(),
+                flow_id: part.flow_id.clone(),
+                part: part.part as i32,
+                status: part.status.clone(),
+                labels: part.labels.clone(),
+                event_count: part.event_count as i64,
+                raw_bytes: part.raw_bytes as i64,
+                stored_bytes: part.length as i64,
+                first_event_time: micros(&part.first_event_time),
+                last_event_time: micros(&part.last_event_time),
+                archived_at: micros(&manifest.archived_at),
+                purge_at: micros(&part.purge_at),
+                object_uri: object_uri.to_string(),
+                object_key: object_key.to_string(),
+                segment_id: manifest.segment_id.clone(),
+                compression: manifest.compression.clone(),
+                offset: part.offset as i64,
+                length: part.length as i64,
+                frame_sha256: part.frame_sha256.clone(),
+                events_sha256: part.events_sha256.clone(),
+                object_sha256: object_sha256.to_string(),
+                traceparent: part.traceparent.clone(),
+            }),
+        }
+    }
+
     /// The `flow.purged` event of one flow part.
     pub fn purged(data: FlowPurged) -> Self {
         let key = format!("{}/{}/{}", data.tenant, data.flow_id, data.part);

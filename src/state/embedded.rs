@@ -40,6 +40,7 @@ const CHECKPOINTS: TableDefinition<&str, Bytes> = TableDefinition::new("checkpoi
 const SETTINGS: TableDefinition<&str, Bytes> = TableDefinition::new("settings");
 const HOLDS: TableDefinition<Bytes, Bytes> = TableDefinition::new("holds");
 const PURGES: TableDefinition<&str, Bytes> = TableDefinition::new("purges");
+const ERASURES: TableDefinition<&str, Bytes> = TableDefinition::new("erasures");
 
 const POLICY_FINGERPRINT: &str = "policy_fingerprint";
 
@@ -121,6 +122,7 @@ impl EmbeddedStore {
             txn.open_table(SETTINGS).map_err(|e| open_err(e.into()))?;
             txn.open_table(HOLDS).map_err(|e| open_err(e.into()))?;
             txn.open_table(PURGES).map_err(|e| open_err(e.into()))?;
+            txn.open_table(ERASURES).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         Ok(EmbeddedStore { db })
@@ -523,6 +525,59 @@ impl StateStore for EmbeddedStore {
 
     fn finish_purge(&self, object_key: &str) -> Result<(), StateError> {
         self.put(PURGES, object_key, None).map(|_| ())
+    }
+
+    fn begin_erase(&self, intent: &EraseIntent) -> Result<(), StateError> {
+        let value = encode("erase intent", intent)?;
+        self.put(ERASURES, intent.old_key.as_str(), Some(&value))
+            .map(|_| ())
+    }
+
+    fn erase_intents(&self) -> Result<Vec<EraseIntent>, StateError> {
+        self.all(ERASURES, "erase intent")
+    }
+
+    fn finish_erase(&self, old_key: &str) -> Result<(), StateError> {
+        self.put(ERASURES, old_key, None).map(|_| ())
+    }
+
+    fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError> {
+        let fkey = flow_key(tenant, flow_id);
+        let txn = self.write()?;
+        let mut erased = ErasedLive::default();
+        {
+            let mut flows = txn.open_table(FLOWS).map_err(storage)?;
+            if let Some(v) = flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
+                let meta = decode_meta(v.value())?;
+                drop(v);
+                erased.open_part = true;
+                if let Some(d) = meta.deadline_ms {
+                    txn.open_table(DEADLINES)
+                        .map_err(storage)?
+                        .remove(deadline_key(d, &fkey).as_slice())
+                        .map_err(storage)?;
+                }
+            }
+            let end = prefix_end(&fkey).unwrap_or_else(|| vec![0xff; fkey.len() + 1]);
+            // Meta (0x00), dedupe keys (0x01) and events of every part (0x02).
+            let mut events = 0u64;
+            flows
+                .retain_in::<&[u8], _>(fkey.as_slice()..end.as_slice(), |k, _| {
+                    if k.get(fkey.len()) == Some(&0x02) {
+                        events += 1;
+                    }
+                    false
+                })
+                .map_err(storage)?;
+            erased.events = events;
+            let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
+            add_counter(&mut settings, STORED_EVENTS, -(events as i64))?;
+            if erased.open_part {
+                add_counter(&mut settings, LIVE_FLOWS, -1)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(erased)
     }
 
     fn stats(&self) -> Result<StoreStats, StateError> {

@@ -172,6 +172,44 @@ pub struct PurgeIntent {
     pub parts: Vec<(String, String, u32)>,
 }
 
+/// The durable record of one erasure in one object: the object is rewritten without
+/// the erased flow (when anything else remains), the moved parts' relocation
+/// `flow.archived` events are published, the old object is deleted, then the erased
+/// parts' `flow.purged` (reason `erasure`). Recovery repeats every step whose result
+/// is not already there: a rewrite is skipped once the old object is gone (the new one
+/// was verified before it was deleted), and published ids are not sent twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EraseIntent {
+    pub tenant: String,
+    pub flow_id: String,
+    pub old_key: String,
+    pub old_uri: String,
+    pub old_segment_id: String,
+    /// The rewritten object, or `None` when every part in it was the erased flow's.
+    pub rewrite: Option<Rewrite>,
+    /// Parts of the erased flow in the old object.
+    pub erased_parts: Vec<u32>,
+    pub reason: String,
+    pub actor: String,
+    pub at_ms: i64,
+}
+
+/// Where an erasure rewrites an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewrite {
+    pub segment_id: String,
+    pub object_key: String,
+}
+
+/// What was removed from the live state by an erasure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ErasedLive {
+    /// The flow had an open part.
+    pub open_part: bool,
+    /// Events deleted.
+    pub events: u64,
+}
+
 /// What one ingest batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestOutcome {
@@ -278,4 +316,19 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Forgets a purge whose `flow.purged` events are all published.
     fn finish_purge(&self, object_key: &str) -> Result<(), StateError>;
+
+    /// Records an erasure before its object is rewritten (keyed by the old object).
+    fn begin_erase(&self, intent: &EraseIntent) -> Result<(), StateError>;
+
+    /// Erasures not yet finished (a crash interrupted them).
+    fn erase_intents(&self) -> Result<Vec<EraseIntent>, StateError>;
+
+    /// Forgets a finished erasure.
+    fn finish_erase(&self, old_key: &str) -> Result<(), StateError>;
+
+    /// Deletes everything the store holds of a flow — open part, events, dedupe keys,
+    /// timer — atomically. The tombstone (next part number) stays, so a late event
+    /// cannot reuse the number of an archived part. The caller finishes any archive
+    /// intent holding the flow first: sealed events are deleted too.
+    fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError>;
 }
