@@ -514,6 +514,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     index: index.clone(),
                     objects: pipeline.objects.clone(),
                     store: Some(pipeline.store.clone()),
+                    pipeline: Some(pipeline.clone()),
                     auth: pipeline.config.api.clone(),
                 });
                 let cancel = cancel.clone();

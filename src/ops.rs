@@ -566,6 +566,7 @@ impl Reader {
             index: self.index.clone(),
             objects: self.objects.clone(),
             store: self.store.clone(),
+            pipeline: None,
             auth: self.config.api.clone(),
         }
     }

@@ -171,6 +171,15 @@ fn archived_and_live_flows_read_the_same_way_with_tenant_isolation() {
         http_get(&format!("{}/flows/tenant-0/no-such-flow", base), ADMIN).0,
         404
     );
+    // `serve` does not own the state store: holds go through `run`'s API or the CLI.
+    let (status, body) = http_request(
+        "PUT",
+        &format!("{}/flows/tenant-0/flow-00/hold", base),
+        ADMIN,
+        Some(r#"{"reason":"case 1"}"#),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("run"), "{body}");
     let (status, page) = http_get(&format!("{}/archive/flows?tenant=tenant-1", base), T0_TOKEN);
     assert_eq!(status, 403, "{page}");
     let (_, own) = http_get(&format!("{}/archive/flows", base), T0_TOKEN);

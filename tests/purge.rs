@@ -19,6 +19,8 @@ use support::*;
 const ARCHIVED_AT: &str = "2026-01-01T01:00:00Z";
 const PURGE_AT: &str = "2026-01-02T01:00:00Z";
 const BEFORE: &str = "2026-01-02T00:59:59Z";
+const ADMIN: &str = "admin-token-0123456789";
+const TENANT: &str = "acme-token-0123456789";
 
 fn env() -> Env {
     Env::new(
@@ -31,6 +33,11 @@ fn env() -> Env {
 /// one still running; archived at ARCHIVED_AT into segments of two.
 fn archived_env() -> Env {
     let env = env();
+    archive_all(&env);
+    env
+}
+
+fn archive_all(env: &Env) {
     let mut lines = Vec::new();
     let flows = [
         ("acme", "flow-1"),
@@ -65,8 +72,7 @@ fn archived_env() -> Env {
     let path = env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
     env.ok(&["ingest", path.to_str().unwrap()]);
     env.ok(&["sweep", "--now", ARCHIVED_AT]);
-    assert_eq!(env.archived().len(), 7);
-    env
+    assert_eq!(records_of(env, "archived").len(), 7);
 }
 
 fn objects(env: &Env) -> BTreeSet<String> {
@@ -295,6 +301,101 @@ fn sigkill_after_deleting_an_object_loses_no_flow_purged() {
     env.ok(&["index"]);
     let listed: Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
     assert!(listed["items"].as_array().unwrap().is_empty());
+}
+
+/// Holds through the API that `run` serves: admin token only, validated, durable, and
+/// honoured by the purge pass running in the same process.
+#[test]
+fn holds_through_the_api_of_run_are_honoured_by_its_purge() {
+    let env = env();
+    let port = free_port();
+    let config = std::fs::read_to_string(env.path().join("flow-archiver.toml")).unwrap();
+    env.write(
+        "flow-archiver.toml",
+        format!(
+            "{config}[api]\nlisten = \"127.0.0.1:{port}\"\nadmin_token = \"{ADMIN}\"\n\
+             [api.tenant_tokens]\nacme = \"{TENANT}\"\n"
+        )
+        .as_bytes(),
+    );
+    // The hold is placed before anything is archived (a purge pass runs at start).
+    let run = env.spawn(&["run"]);
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(20), "the API to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let hold_url = format!("{base}/flows/acme/flow-1/hold");
+    let body = r#"{"reason":"case 11","actor":"legal"}"#;
+    assert_eq!(http_request("PUT", &hold_url, "", Some(body)).0, 401);
+    assert_eq!(
+        http_request("PUT", &hold_url, TENANT, Some(body)).0,
+        403,
+        "a tenant token cannot hold"
+    );
+    assert_eq!(
+        http_request(
+            "PUT",
+            &format!("{base}/flows/acme/..%2Fetc/hold"),
+            ADMIN,
+            Some(body)
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        http_request("PUT", &hold_url, ADMIN, Some(r#"{"reason":" "}"#)).0,
+        400
+    );
+    assert_eq!(
+        http_request(
+            "DELETE",
+            &format!("{base}/flows/acme/flow-2/hold"),
+            ADMIN,
+            None
+        )
+        .0,
+        404,
+        "not held"
+    );
+    let (status, placed) = http_request("PUT", &hold_url, ADMIN, Some(body));
+    assert_eq!(status, 200, "{placed}");
+    assert_eq!(placed["actor"], "api:legal");
+    let (status, holds) = http_get(&format!("{base}/holds"), ADMIN);
+    assert_eq!(status, 200);
+    assert_eq!(holds[0]["flow_id"], "flow-1", "{holds}");
+    assert_eq!(holds[0]["reason"], "case 11");
+    run.stop();
+    archive_all(&env);
+    let parts = object_of_part(&env);
+
+    // A purge pass every second now: everything but the held flow's object goes.
+    let run = env.spawn_env(
+        &[(
+            "FLOW_ARCHIVER__SCHEDULER__PURGE_INTERVAL".into(),
+            "1s".into(),
+        )],
+        &["run"],
+    );
+    eventually(Duration::from_secs(30), "unheld objects purged", || {
+        (objects(&env).len() == 1).then_some(())
+    });
+    let held_object = &parts["acme/flow-1/1"];
+    assert!(held_object.ends_with(objects(&env).iter().next().unwrap().as_str()));
+    let (status, _) = http_request("DELETE", &format!("{hold_url}?reason=closed"), ADMIN, None);
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(30),
+        "the released object purged",
+        || objects(&env).is_empty().then_some(()),
+    );
+    run.stop();
+    let audit: Vec<Value> = serde_json::from_str(&env.ok(&["audit", "--json"])).unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap(), r["actor"].as_str().unwrap()))
+        .collect();
+    assert!(actions.contains(&("hold", "api:legal")), "{actions:?}");
+    assert!(actions.contains(&("release", "api:admin")), "{actions:?}");
 }
 
 #[test]

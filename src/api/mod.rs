@@ -7,14 +7,17 @@
 //!   5xx naming the part, never wrong data;
 //! - a tenant token reads only its tenant (every route, every id — ids are validated
 //!   before any lookup); the admin token reads all; with no tokens configured the API
-//!   refuses to listen beyond loopback (config validation) and says so at start.
+//!   refuses to listen beyond loopback (config validation) and says so at start;
+//! - legal holds are placed and released only with the admin token, and only by the
+//!   API that `run` serves (it owns the state store the purge and erase consult);
+//!   `serve` answers 503 and names the way that works.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -29,6 +32,8 @@ pub struct ApiState {
     pub objects: ArchiveStore,
     /// The live store; `None` when another process holds it (`serve` beside `run`).
     pub store: Option<Arc<dyn StateStore>>,
+    /// The running archiver, which places and releases holds; `None` under `serve`.
+    pub pipeline: Option<Arc<crate::pipeline::Pipeline>>,
     pub auth: ApiConfig,
 }
 
@@ -85,6 +90,11 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/flows/{tenant}/{flow_id}", get(get_flow))
+        .route(
+            "/flows/{tenant}/{flow_id}/hold",
+            put(place_hold).delete(release_hold),
+        )
+        .route("/holds", get(list_holds))
         .route("/archive/flows", get(list_flows))
         .route("/archive/stats", get(stats))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -120,6 +130,128 @@ async fn get_flow(
         )),
         Err(e) => Err(internal(e)),
     }
+}
+
+/// The admin token is required for holds, and must be configured: with no tokens a
+/// loopback API reads freely, but never changes what may be purged.
+fn require_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.auth.admin_token.is_none() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "holds through the API need an admin token: set api.admin_token".into(),
+        ));
+    }
+    match caller(state, headers)? {
+        None => Ok(()),
+        Some(_) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "only the admin token places or releases holds".into(),
+        )),
+    }
+}
+
+fn hold_pipeline(state: &ApiState) -> Result<&Arc<crate::pipeline::Pipeline>, ApiError> {
+    state.pipeline.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this API does not own the state store: use the API served by `run` \
+             (api.listen) or `flow-archiver hold`"
+                .into(),
+        )
+    })
+}
+
+fn flow_ids(tenant: &str, flow_id: &str) -> Result<(), ApiError> {
+    for (what, id) in [("tenant", tenant), ("flow id", flow_id)] {
+        crate::event::validate_identifier(what, id)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct HoldBody {
+    reason: String,
+    /// Who asks, recorded as `api:{actor}` (default `api:admin`).
+    actor: Option<String>,
+}
+
+fn api_actor(actor: Option<&str>) -> String {
+    match actor.map(str::trim).filter(|a| !a.is_empty()) {
+        Some(a) => format!("api:{a}"),
+        None => "api:admin".into(),
+    }
+}
+
+fn hold_error(e: crate::pipeline::PipelineError) -> ApiError {
+    match e {
+        crate::pipeline::PipelineError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+        e => internal(e),
+    }
+}
+
+async fn place_hold(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((tenant, flow_id)): Path<(String, String)>,
+    Json(body): Json<HoldBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    flow_ids(&tenant, &flow_id)?;
+    if body.reason.trim().is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "reason must say why the flow is held".into(),
+        ));
+    }
+    let actor = api_actor(body.actor.as_deref());
+    hold_pipeline(&state)?
+        .hold(&tenant, &flow_id, &body.reason, &actor)
+        .await
+        .map_err(hold_error)?;
+    Ok(Json(json!({
+        "tenant": tenant, "flow_id": flow_id, "held": true,
+        "reason": body.reason, "actor": actor,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReleaseParams {
+    reason: Option<String>,
+    actor: Option<String>,
+}
+
+async fn release_hold(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((tenant, flow_id)): Path<(String, String)>,
+    Query(p): Query<ReleaseParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    flow_ids(&tenant, &flow_id)?;
+    let reason = p.reason.unwrap_or_else(|| "released".into());
+    let actor = api_actor(p.actor.as_deref());
+    hold_pipeline(&state)?
+        .release(&tenant, &flow_id, &reason, &actor)
+        .await
+        .map_err(hold_error)?;
+    Ok(Json(json!({
+        "tenant": tenant, "flow_id": flow_id, "held": false,
+        "reason": reason, "actor": actor,
+    })))
+}
+
+async fn list_holds(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::state::Hold>>, ApiError> {
+    require_admin(&state, &headers)?;
+    let store = hold_pipeline(&state)?.store.clone();
+    let holds = tokio::task::spawn_blocking(move || store.holds())
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(Json(holds))
 }
 
 #[derive(Debug, Deserialize)]

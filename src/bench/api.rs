@@ -114,6 +114,7 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
         index: index.clone(),
         objects: pipeline.objects.clone(),
         store: Some(pipeline.store.clone()),
+        pipeline: None,
         auth: Default::default(),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("listen", e))?;

@@ -80,6 +80,8 @@ impl Pipeline {
             flow_id: flow_id.to_string(),
             ..Default::default()
         };
+        // For the whole erasure: a hold placed meanwhile waits, and then finds nothing.
+        let _removal = self.removal.lock().await;
         let store = self.store.clone();
         let held = blocking(move || store.holds())
             .await?

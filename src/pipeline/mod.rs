@@ -112,6 +112,9 @@ pub struct Pipeline {
     pub clock: Arc<dyn Clock>,
     pub audit: Arc<crate::audit::AuditLog>,
     ids: IntentIds,
+    /// Held while a hold changes and while an object is purged or erased, so that once
+    /// `hold` returns no removal that has not yet checked the holds can proceed.
+    removal: tokio::sync::Mutex<()>,
 }
 
 /// Runs a blocking state-store call off the async workers.
@@ -154,6 +157,7 @@ impl Pipeline {
             dead_letters,
             clock,
             ids: IntentIds::default(),
+            removal: tokio::sync::Mutex::new(()),
             config,
         })
     }
@@ -205,7 +209,10 @@ impl Pipeline {
         };
         let store = self.store.clone();
         let (t, f, h) = (tenant.to_string(), flow_id.to_string(), hold.clone());
-        let previous = blocking(move || store.set_hold(&t, &f, held.then_some(&h))).await?;
+        let previous = {
+            let _removal = self.removal.lock().await;
+            blocking(move || store.set_hold(&t, &f, held.then_some(&h))).await?
+        };
         if !held && previous.is_none() {
             return Err(PipelineError::NotFound(format!(
                 "{tenant}/{flow_id} is not on hold"

@@ -78,12 +78,6 @@ impl Pipeline {
                 report.recovered += 1;
             }
         }
-        let store = self.store.clone();
-        let held: HashSet<(String, String)> = blocking(move || store.holds())
-            .await?
-            .into_iter()
-            .map(|h| (h.tenant, h.flow_id))
-            .collect();
         let today = chrono::DateTime::from_timestamp_millis(now_ms)
             .unwrap_or_default()
             .format("%Y-%m-%d")
@@ -102,7 +96,7 @@ impl Pipeline {
                     continue;
                 }
                 for key in self.objects.list_keys(Some(&date_dir)).await? {
-                    self.purge_object(&key, now_ms, dry_run, actor, &held, &mut report)
+                    self.purge_object(&key, now_ms, dry_run, actor, &mut report)
                         .await?;
                 }
             }
@@ -116,7 +110,6 @@ impl Pipeline {
         now_ms: i64,
         dry_run: bool,
         actor: &str,
-        held: &HashSet<(String, String)>,
         report: &mut PurgeReport,
     ) -> Result<(), PipelineError> {
         let manifest = read_manifest(&self.objects, key).await?;
@@ -128,6 +121,15 @@ impl Pipeline {
             report.not_yet_due += 1;
             return Ok(());
         }
+        // Holds are read under the removal lock: a hold placed before this point
+        // keeps the object; one placed after waits until the object is gone.
+        let _removal = self.removal.lock().await;
+        let store = self.store.clone();
+        let held: HashSet<(String, String)> = blocking(move || store.holds())
+            .await?
+            .into_iter()
+            .map(|h| (h.tenant, h.flow_id))
+            .collect();
         if manifest
             .parts
             .iter()

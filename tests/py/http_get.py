@@ -1,6 +1,7 @@
 """An independent HTTP client for the API tests (Python's standard library only).
 
-  http_get.py URL [TOKEN]   prints {"status": N, "body": <JSON or text>}
+  http_get.py URL [TOKEN [METHOD [JSON_BODY]]]
+      prints {"status": N, "body": <JSON or text>}
 """
 
 import json
@@ -9,7 +10,11 @@ import urllib.error
 import urllib.request
 
 url = sys.argv[1]
-request = urllib.request.Request(url)
+method = sys.argv[3] if len(sys.argv) > 3 else "GET"
+data = sys.argv[4].encode() if len(sys.argv) > 4 else None
+request = urllib.request.Request(url, data=data, method=method)
+if data is not None:
+    request.add_header("Content-Type", "application/json")
 if len(sys.argv) > 2 and sys.argv[2]:
     request.add_header("Authorization", "Bearer " + sys.argv[2])
 try:

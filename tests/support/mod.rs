@@ -551,6 +551,14 @@ pub fn http_get(url: &str, token: &str) -> (u16, Value) {
     (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone())
 }
 
+/// Any method, with an optional JSON body, through the same client.
+pub fn http_request(method: &str, url: &str, token: &str, body: Option<&str>) -> (u16, Value) {
+    let mut args = vec![url, token, method];
+    args.extend(body);
+    let v: Value = serde_json::from_str(&python("http_get.py", &args)).expect("http_get.py JSON");
+    (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone())
+}
+
 /// Scrapes `{base}/metrics` and parses it with Python's official client (OpenMetrics
 /// parser): `{"families": {name: type}, "samples": {"name{k=v}": value}}`.
 pub fn scrape_metrics(base: &str) -> Value {
