@@ -1,7 +1,10 @@
 //! The audit trail: one JSON line per operation that changes what the archive holds or
 //! who may remove it — archive (per segment), purge, hold, release, erase, replay — with
 //! actor, time, reason and counts. Lines are appended and fsynced before the operation
-//! reports success; `flow-archiver audit` reads them back.
+//! reports success; `flow-archiver audit` reads them back. When events are published
+//! to a broker, each line is also sent to its audit topic (Kafka, keyed by tenant) or
+//! subject (NATS JetStream, in a stream of its own), after the file: the file is the
+//! record, the broker copy is for central collection.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -11,7 +14,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::rfc3339_ms;
-use crate::publish::{JsonLinesFile, PublishError};
+use crate::config::{Config, Destination};
+use crate::publish::{JsonLinesFile, KafkaEventWriter, NatsEventWriter, PublishError};
 
 /// One audited operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,16 +66,50 @@ impl AuditRecord {
     }
 }
 
-/// The audit file (JSON Lines, fsynced per append).
+/// Where audit lines are copied besides the file.
+enum BrokerCopy {
+    Kafka(KafkaEventWriter),
+    Nats(Box<NatsEventWriter>),
+}
+
+/// The audit file (JSON Lines, fsynced per append), and its broker copy.
 pub struct AuditLog {
     file: JsonLinesFile,
+    broker: Option<BrokerCopy>,
 }
 
 impl AuditLog {
+    /// The file only.
     pub fn open(path: &Path) -> Result<AuditLog, PublishError> {
         Ok(AuditLog {
             file: JsonLinesFile::open(path)?,
+            broker: None,
         })
+    }
+
+    /// The file, and the broker copy `config` asks for.
+    pub async fn open_for(config: &Config) -> Result<AuditLog, PublishError> {
+        let mut log = AuditLog::open(&config.audit.path)?;
+        let audit = &config.audit;
+        log.broker = match config.publish.destination {
+            Destination::Kafka if !audit.topic.is_empty() => Some(BrokerCopy::Kafka(
+                KafkaEventWriter::open(&config.kafka, &audit.topic)?,
+            )),
+            Destination::Nats if !audit.subject.is_empty() => {
+                let client = crate::nats::connect(&config.nats)
+                    .await
+                    .map_err(PublishError::Broker)?;
+                let js = async_nats::jetstream::new(client);
+                crate::nats::ensure_stream(&js, crate::nats::audit_stream_config(audit))
+                    .await
+                    .map_err(PublishError::Broker)?;
+                Some(BrokerCopy::Nats(Box::new(
+                    NatsEventWriter::open(&config.nats, &audit.subject).await?,
+                )))
+            }
+            _ => None,
+        };
+        Ok(log)
     }
 
     /// Appends durably (blocking; records are small and rare).
@@ -79,15 +117,22 @@ impl AuditLog {
         self.file.append(records)
     }
 
-    /// [`AuditLog::record`] off the async workers.
+    /// [`AuditLog::record`] off the async workers, then the broker copy.
     pub async fn append(self: &Arc<Self>, record: AuditRecord) -> Result<(), PublishError> {
+        let line = serde_json::to_vec(&record).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let key = record.tenant.clone().unwrap_or_else(|| "-".into());
         let log = self.clone();
         tokio::task::spawn_blocking(move || log.record(&[record]))
             .await
             .map_err(|e| PublishError::Io {
                 path: self.file.path().display().to_string(),
                 source: std::io::Error::other(e),
-            })?
+            })??;
+        match &self.broker {
+            Some(BrokerCopy::Kafka(w)) => w.send(&key, &[line]).await,
+            Some(BrokerCopy::Nats(w)) => w.send(&[line]).await,
+            None => Ok(()),
+        }
     }
 }
 

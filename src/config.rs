@@ -61,18 +61,30 @@ pub struct Config {
     pub audit: AuditConfig,
 }
 
-/// The audit trail: one JSON line per archive, purge, hold, release, erase and replay.
+/// The audit trail: one JSON line per archive, purge, hold, release, erase and replay,
+/// in a local file and, when `publish.destination` is a broker, on that broker too.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Default `./data/audit.jsonl`.
     pub path: PathBuf,
+    /// Kafka topic of audit records (`publish.destination = "kafka"`); "" = file only.
+    /// Default `flow.audit`.
+    pub topic: String,
+    /// NATS subject of audit records (`publish.destination = "nats"`), captured by
+    /// `stream` (created when missing); "" = file only. Default `flow.audit`.
+    pub subject: String,
+    /// Default `FLOW_AUDIT`.
+    pub stream: String,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             path: PathBuf::from("./data/audit.jsonl"),
+            topic: "flow.audit".into(),
+            subject: "flow.audit".into(),
+            stream: "FLOW_AUDIT".into(),
         }
     }
 }
@@ -1141,6 +1153,7 @@ impl Config {
             ("nats.consumer", &n.consumer),
             ("nats.archived_stream", &n.archived_stream),
             ("nats.dead_letter_stream", &n.dead_letter_stream),
+            ("audit.stream", &self.audit.stream),
         ];
         for (key, name) in names {
             let ok = !name.is_empty()
@@ -1172,7 +1185,12 @@ impl Config {
                     n.dead_letter_subject.as_str(),
                     false,
                 ),
-            ]);
+            ])
+            .chain((!self.audit.subject.is_empty()).then_some((
+                "audit.subject",
+                self.audit.subject.as_str(),
+                false,
+            )));
         for (key, subject, wildcards) in subjects {
             if !valid_subject(subject, wildcards) {
                 return Err(invalid(
@@ -1181,6 +1199,17 @@ impl Config {
                     "use dot-separated tokens without spaces, e.g. \"flows.events.>\"",
                 ));
             }
+        }
+        let audit = &self.audit.subject;
+        if !audit.is_empty() && audit.starts_with(&format!("{}.", n.archived_prefix)) {
+            return Err(invalid(
+                "audit.subject",
+                format!(
+                    "{audit:?} is inside nats.archived_prefix {:?} (its stream would capture it)",
+                    n.archived_prefix
+                ),
+                "use a subject of its own, e.g. \"flow.audit\"",
+            ));
         }
         if n.max_deliver < 1 {
             return Err(invalid(
@@ -1412,6 +1441,8 @@ destination = "kafka"
         assert!(e.contains("nats.filter_subject"), "{e}");
         let e = err("[nats]\narchived_prefix = \"flow.*\"");
         assert!(e.contains("nats.archived_prefix"), "{e}");
+        let e = err("[audit]\nsubject = \"flow.archived.audit\"");
+        assert!(e.contains("audit.subject"), "{e}");
         let e = err("[nats]\nconsumer = \"a.b\"");
         assert!(e.contains("nats.consumer"), "{e}");
         let e = err("[nats]\nmax_ack_pending = 100");

@@ -89,6 +89,16 @@ pub fn archived_stream_config(n: &NatsConfig) -> stream::Config {
     }
 }
 
+/// The stream of audit records: every one kept (limits are the operator's).
+pub fn audit_stream_config(a: &crate::config::AuditConfig) -> stream::Config {
+    stream::Config {
+        name: a.stream.clone(),
+        subjects: vec![a.subject.clone()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
 pub fn dead_letter_stream_config(n: &NatsConfig) -> stream::Config {
     stream::Config {
         name: n.dead_letter_stream.clone(),

@@ -37,6 +37,7 @@ fn cluster(kafka_extra: &str, properties: &str) -> Cluster {
     broker.create_topic(EVENTS, 3);
     broker.create_topic(ARCHIVED, 1);
     broker.create_topic(DLQ, 1);
+    broker.create_topic("flow.audit", 1);
     let config = format!(
         r#"
 [input]
@@ -499,6 +500,104 @@ fn kafka_end_to_end_mixed_workload() {
         })
         .collect();
     assert_eq!(&got, ids);
+
+    check_hold_erase_purge(&c, &w);
+}
+
+/// Hold, erase and purge publish `flow.hold`/`flow.archived`/`flow.purged` to the
+/// archived topic (Avro by fingerprint, record key per part), the index follows the
+/// topic, and every audited operation is on the audit topic as in the local file.
+fn check_hold_erase_purge(c: &Cluster, w: &Workload) {
+    let mut flows = w.terminal.keys();
+    let (ht, hf) = flows.next().unwrap();
+    let (et, ef) = flows.next().unwrap();
+    c.env
+        .ok(&["hold", &format!("{ht}/{hf}"), "--reason", "case 3"]);
+    let erased: Value = serde_json::from_str(&c.env.ok(&[
+        "erase",
+        &format!("{et}/{ef}"),
+        "--reason",
+        "request 7",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(erased["parts_erased"], 1, "{erased}");
+    let relocated = erased["parts_relocated"].as_u64().unwrap() as usize;
+    let purge: Value =
+        serde_json::from_str(
+            &c.env
+                .ok(&["purge", "--now", "2100-01-01T00:00:00Z", "--json"]),
+        )
+        .unwrap();
+    assert!(purge["held_objects"].as_u64().unwrap() >= 1, "{purge}");
+    let purged: BTreeSet<String> = purge["purged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| {
+            let tenant = o["tenant"].as_str().unwrap().to_string();
+            o["flow_parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |p| format!("{tenant}/{}", p.as_str().unwrap()))
+        })
+        .collect();
+    let total = w.terminal.len() + 1 + relocated + 1 + purged.len();
+    let records = consume_topic(&c.broker, ARCHIVED, total, true);
+    assert_eq!(records.len(), total, "each fact once");
+    let mut latest: BTreeMap<String, &Value> = BTreeMap::new();
+    for r in &records {
+        latest.insert(r["key"].as_str().unwrap().to_string(), r);
+    }
+    let mut kept = 0;
+    for (key, r) in &latest {
+        let kind = r["headers"]["ce_type"].as_str().unwrap();
+        let d = &r["data"];
+        if *key == format!("{ht}/{hf}/hold") {
+            assert_eq!(kind, "io.flowarchiver.flow.hold");
+            assert_eq!(d["held"], true);
+        } else if *key == format!("{et}/{ef}/1") {
+            assert_eq!(kind, "io.flowarchiver.flow.purged");
+            assert_eq!(d["reason"], "erasure");
+        } else if purged.contains(key) {
+            assert_eq!(kind, "io.flowarchiver.flow.purged", "{key}");
+            assert_eq!(d["reason"], "retention");
+        } else {
+            assert_eq!(kind, "io.flowarchiver.flow.archived", "{key}");
+            kept += 1;
+        }
+    }
+    assert!(kept >= 1, "the held flow's object is kept");
+    let listed: Value =
+        serde_json::from_str(&c.env.ok(&["list", "--json", "--limit", "1000"])).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), kept, "{listed}");
+    assert!(items
+        .iter()
+        .any(|i| i["flow_id"] == hf.as_str() && i["held"] == true));
+
+    let file = read_jsonl(&c.env.path().join("data/audit.jsonl"));
+    let actions: BTreeSet<&str> = file.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for action in ["archive", "replay", "hold", "erase", "purge"] {
+        assert!(actions.contains(action), "{action} audited: {actions:?}");
+    }
+    let on_topic: Vec<Value> = consume_topic(&c.broker, "flow.audit", file.len(), false)
+        .iter()
+        .map(|r| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(r["value_b64"].as_str().unwrap())
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        })
+        .collect();
+    let as_set = |v: &[Value]| v.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(on_topic.len(), file.len());
+    assert_eq!(
+        as_set(&on_topic),
+        as_set(&file),
+        "the topic carries the file's lines"
+    );
 }
 
 #[test]

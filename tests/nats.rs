@@ -13,6 +13,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -381,6 +382,115 @@ fn nats_end_to_end_mixed_workload() {
         .map(|m| m["json"]["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(&replayed, ids);
+
+    check_hold_erase_purge(&server, &env, &w, &s3.root.path().join("flow-archive"));
+}
+
+/// Hold, erase (a segment rewritten on S3) and purge over NATS: the compacted stream
+/// ends with one message per part subject — `flow.purged` where the part is gone,
+/// `flow.archived` where it is kept — plus the hold; the index follows; every audited
+/// operation is in the audit stream as in the local file.
+fn check_hold_erase_purge(server: &NatsServer, env: &Env, w: &Workload, bucket: &Path) {
+    let mut flows = w.terminal.keys();
+    let (ht, hf) = flows.next().unwrap();
+    let (et, ef) = flows.next().unwrap();
+    env.ok(&["hold", &format!("{ht}/{hf}"), "--reason", "case 3"]);
+    let erased: Value = serde_json::from_str(&env.ok(&[
+        "erase",
+        &format!("{et}/{ef}"),
+        "--reason",
+        "request 7",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(erased["parts_erased"], 1, "{erased}");
+    // Not one byte of the erased flow is left in the bucket.
+    let mut stack = vec![bucket.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".zst") {
+                let plain = pipe(&["zstd", "-dc"], &std::fs::read(&p).unwrap());
+                let text = String::from_utf8_lossy(&plain);
+                assert!(
+                    !text.contains(&format!("\"{ef}\"")),
+                    "{ef} in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    let purge: Value =
+        serde_json::from_str(&env.ok(&["purge", "--now", "2100-01-01T00:00:00Z", "--json"]))
+            .unwrap();
+    let purged: BTreeSet<String> = purge["purged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| {
+            let tenant = o["tenant"].as_str().unwrap().to_string();
+            o["flow_parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |p| format!("{tenant}/{}", p.as_str().unwrap()))
+        })
+        .collect();
+    let messages = read_stream(server, "FLOW_ARCHIVED", w.terminal.len() + 1);
+    assert_eq!(messages.len(), w.terminal.len() + 1, "one per subject");
+    let mut kept = 0;
+    for m in &messages {
+        let e = &m["json"];
+        let d = &e["data"];
+        let kind = e["type"].as_str().unwrap();
+        if kind == "io.flowarchiver.flow.hold" {
+            assert_eq!(d["flow_id"], hf.as_str());
+            assert_eq!(d["held"], true);
+            continue;
+        }
+        let key = format!(
+            "{}/{}/{}",
+            d["tenant"].as_str().unwrap(),
+            d["flow_id"].as_str().unwrap(),
+            d["part"]
+        );
+        if d["flow_id"] == ef.as_str() && d["tenant"] == et.as_str() {
+            assert_eq!(kind, "io.flowarchiver.flow.purged");
+            assert_eq!(d["reason"], "erasure");
+        } else if purged.contains(&key) {
+            assert_eq!(kind, "io.flowarchiver.flow.purged", "{key}");
+            assert_eq!(d["reason"], "retention");
+        } else {
+            assert_eq!(kind, "io.flowarchiver.flow.archived", "{key}");
+            kept += 1;
+        }
+    }
+    assert!(kept >= 1, "the held flow's object is kept");
+    let listed: Value =
+        serde_json::from_str(&env.ok(&["list", "--json", "--limit", "1000"])).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), kept, "{listed}");
+    assert!(items
+        .iter()
+        .any(|i| i["flow_id"] == hf.as_str() && i["held"] == true));
+    env.ok(&["verify"]);
+
+    let file = read_jsonl(&env.path().join("data/audit.jsonl"));
+    let actions: BTreeSet<&str> = file.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for action in ["archive", "replay", "hold", "erase", "purge"] {
+        assert!(actions.contains(action), "{action} audited: {actions:?}");
+    }
+    let as_set =
+        |v: &mut dyn Iterator<Item = &Value>| v.map(|r| r.to_string()).collect::<BTreeSet<_>>();
+    let audit = read_stream(server, "FLOW_AUDIT", file.len());
+    assert_eq!(audit.len(), file.len());
+    assert_eq!(
+        as_set(&mut audit.iter().map(|m| &m["json"])),
+        as_set(&mut file.iter()),
+        "the audit stream carries the file's lines"
+    );
 }
 
 #[test]

@@ -245,6 +245,8 @@ async fn latency(
     let archived_topic = format!("bench.archived.{run_id}");
     create_topic(k, &events_topic, 3).await?;
     create_topic(k, &archived_topic, 1).await?;
+    let audit_topic = format!("bench.audit.{run_id}");
+    create_topic(k, &audit_topic, 1).await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let spec = WorkloadSpec {
         flows,
@@ -268,6 +270,7 @@ async fn latency(
         ..k.clone()
     };
     config.publish.destination = Destination::Kafka;
+    config.audit.topic = audit_topic;
     config.scheduler.interval = Duration::from_millis(250);
     let after = Retention::After(retention);
     let r = &mut config.retention;

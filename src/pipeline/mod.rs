@@ -147,7 +147,7 @@ impl Pipeline {
             Destination::Kafka => Arc::new(KafkaDeadLetters::open(&config.kafka)?),
             Destination::Nats => Arc::new(NatsDeadLetters::open(&config.nats).await?),
         };
-        let audit = Arc::new(crate::audit::AuditLog::open(&config.audit.path)?);
+        let audit = Arc::new(crate::audit::AuditLog::open_for(&config).await?);
         Ok(Pipeline {
             audit,
             store: Arc::new(store),

@@ -4,7 +4,7 @@ It shares no code with flow-archiver: records are produced and read back with th
 Python client, and Avro payloads are decoded with fastavro against schemas/*.avsc.
 
   produce BROKER TOPIC SPEC.json      records: [{"key", "value" | "value_b64", "headers"}]
-  consume BROKER TOPIC N [--avro SCHEMA] [--timeout S]
+  consume BROKER TOPIC N [--avro SCHEMA[,SCHEMA…]] [--timeout S]
                                       prints one JSON object per record: at least N
                                       (or what came before the timeout), and any
                                       that follow within 2 s
@@ -47,22 +47,28 @@ def produce(broker, topic, spec_path):
     print(len(records))
 
 
-def avro_decoder(schema_path):
+def avro_decoder(schema_paths):
+    """Decodes Avro single-object encoding with whichever of the schemas (paths,
+    comma-separated) the record's fingerprint names; an unknown fingerprint is an
+    error."""
     import fastavro
     from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-    with open(schema_path) as f:
-        schema = fastavro.parse_schema(json.load(f))
-    # fastavro prints the fingerprint's bytes in the order the encoding carries them.
-    expected = bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+    schemas = {}
+    for path in schema_paths.split(","):
+        with open(path) as f:
+            schema = fastavro.parse_schema(json.load(f))
+        # fastavro prints the fingerprint's bytes in the order the encoding carries them.
+        schemas[bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))] = schema
 
     def decode(value):
         import io
 
         if value[:2] != b"\xc3\x01":
             raise ValueError("not Avro single-object encoding")
-        if value[2:10] != expected:
-            raise ValueError(f"schema fingerprint {value[2:10].hex()} != {expected.hex()}")
+        schema = schemas.get(value[2:10])
+        if schema is None:
+            raise ValueError(f"schema fingerprint {value[2:10].hex()} is none of {schema_paths}")
         record = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema)
         # datetimes (timestamp-micros) back to integers for comparison.
         for k, v in list(record.items()):

@@ -345,12 +345,13 @@ pub fn kafka_client(args: &[&str]) -> String {
 
 /// Records read back by the independent client, one JSON object each.
 pub fn consume_topic(broker: &KafkaBroker, topic: &str, n: usize, avro: bool) -> Vec<Value> {
-    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/flow_archived.avsc");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+    let schema = format!("{dir}/flow_archived.avsc,{dir}/flow_purged.avsc,{dir}/flow_hold.avsc");
     let address = broker.address();
     let n = n.to_string();
     let mut args = vec!["consume", &address, topic, &n, "--timeout", "60"];
     if avro {
-        args.extend(["--avro", schema]);
+        args.extend(["--avro", &schema]);
     }
     kafka_client(&args)
         .lines()
