@@ -364,6 +364,45 @@ fn holds_through_the_api_of_run_are_honoured_by_its_purge() {
     assert_eq!(status, 200);
     assert_eq!(holds[0]["flow_id"], "flow-1", "{holds}");
     assert_eq!(holds[0]["reason"], "case 11");
+    // Every answer is the one schemas/openapi.yaml documents.
+    let hold = "/flows/{tenant}/{flow_id}/hold";
+    let case = |method: &str, url: &str, token: &str, body: Value| {
+        serde_json::json!({"path": if url == "/holds" { "/holds" } else { hold },
+            "url": url, "token": token, "method": method, "body": body})
+    };
+    check_openapi_cases(
+        &env,
+        &base,
+        &[
+            case("GET", "/holds", ADMIN, Value::Null),
+            case("GET", "/holds", TENANT, Value::Null),
+            case(
+                "PUT",
+                "/flows/acme/flow-3/hold",
+                ADMIN,
+                serde_json::json!({"reason": "case 12"}),
+            ),
+            case(
+                "PUT",
+                "/flows/acme/flow-3/hold",
+                "",
+                serde_json::json!({"reason": "x"}),
+            ),
+            case(
+                "PUT",
+                "/flows/acme/..%2Fx/hold",
+                ADMIN,
+                serde_json::json!({"reason": "x"}),
+            ),
+            case(
+                "DELETE",
+                "/flows/acme/flow-3/hold?reason=done",
+                ADMIN,
+                Value::Null,
+            ),
+            case("DELETE", "/flows/acme/flow-3/hold", ADMIN, Value::Null),
+        ],
+    );
     run.stop();
     archive_all(&env);
     let parts = object_of_part(&env);

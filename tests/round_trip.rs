@@ -309,4 +309,25 @@ fn per_flow_layout_writes_one_object_per_flow_part() {
     assert!(env
         .ok(&["verify"])
         .contains(&format!("checked {} objects", expected.len())));
+
+    // Erasure deletes a flow's own object; purge finds the rest without a date prefix.
+    let d = &records[0]["data"];
+    let flow = format!(
+        "{}/{}",
+        d["tenant"].as_str().unwrap(),
+        d["flow_id"].as_str().unwrap()
+    );
+    let erased: Value =
+        serde_json::from_str(&env.ok(&["erase", &flow, "--reason", "test", "--json"])).unwrap();
+    assert_eq!(erased["objects_deleted"], 1, "{erased}");
+    assert_eq!(erased["objects_rewritten"], 0);
+    let early: Value =
+        serde_json::from_str(&env.ok(&["purge", "--now", "2027-05-31T00:00:00Z", "--json"]))
+            .unwrap();
+    assert_eq!(early["objects"], 0, "nothing is due yet: {early}");
+    let late: Value =
+        serde_json::from_str(&env.ok(&["purge", "--now", "2200-01-01T00:00:00Z", "--json"]))
+            .unwrap();
+    assert_eq!(late["objects"], expected.len() - 1, "{late}");
+    assert!(env.ok(&["verify"]).contains("checked 0 objects"));
 }

@@ -84,11 +84,17 @@ impl Pipeline {
             .to_string();
         for tenant_dir in self.objects.list_dirs(self.objects.prefix()).await? {
             for date_dir in self.objects.list_dirs(&tenant_dir).await? {
-                let Some(date) = date_dir
-                    .rsplit('/')
-                    .next()
-                    .and_then(|d| d.strip_prefix("purge="))
-                else {
+                let name = date_dir.rsplit('/').next().unwrap_or_default();
+                if name == "flows" {
+                    // The per-flow layout has no date in its keys: every object is
+                    // read (its manifest decides), so each pass costs O(objects).
+                    for key in self.objects.list_keys(Some(&date_dir)).await? {
+                        self.purge_object(&key, now_ms, dry_run, actor, &mut report)
+                            .await?;
+                    }
+                    continue;
+                }
+                let Some(date) = name.strip_prefix("purge=") else {
                     continue;
                 };
                 // ISO dates compare as text.

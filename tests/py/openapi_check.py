@@ -1,7 +1,8 @@
 """Checks live API responses against schemas/openapi.yaml (PyYAML + jsonschema).
 
   openapi_check.py SPEC BASE_URL CASES.json
-    CASES: [{"path": "/flows/{tenant}/{flow_id}", "url": "/flows/t/f", "token": "..."}]
+    CASES: [{"path": "/flows/{tenant}/{flow_id}", "url": "/flows/t/f", "token": "...",
+             "method": "GET" (default), "body": <JSON> (optional)}]
   Each case is requested; its status must be documented for that path, and the body
   must validate against the documented schema. Prints one line per case; exits 1 on
   any mismatch. Also fails when a documented path answers 404 "no route".
@@ -43,7 +44,11 @@ failures = 0
 documented = set(spec["paths"])
 for case in cases:
     assert case["path"] in documented, f"{case['path']} is not documented"
-    request = urllib.request.Request(base + case["url"])
+    method = case.get("method") or "GET"
+    data = json.dumps(case["body"]).encode() if case.get("body") is not None else None
+    request = urllib.request.Request(base + case["url"], data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if case.get("token"):
         request.add_header("Authorization", "Bearer " + case["token"])
     try:
@@ -51,7 +56,12 @@ for case in cases:
             status, raw = r.status, r.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()
-    responses = spec["paths"][case["path"]]["get"]["responses"]
+    operation = spec["paths"][case["path"]].get(method.lower())
+    if operation is None:
+        print(f"FAIL {method} {case['path']} is not documented")
+        failures += 1
+        continue
+    responses = operation["responses"]
     if str(status) not in responses:
         print(f"FAIL {case['url']}: status {status} is not documented ({sorted(responses)})")
         failures += 1
@@ -65,5 +75,5 @@ for case in cases:
             print(f"FAIL {case['url']} ({status}): {list(e.path)}: {e.message}")
         failures += 1
     else:
-        print(f"ok   {case['url']} ({status})")
+        print(f"ok   {method} {case['url']} ({status})")
 sys.exit(1 if failures else 0)

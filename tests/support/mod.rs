@@ -560,6 +560,30 @@ pub fn http_request(method: &str, url: &str, token: &str, body: Option<&str>) ->
     (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone())
 }
 
+/// Every case's status must be documented in schemas/openapi.yaml for its path, and
+/// its body must validate against the documented schema (checked in Python with
+/// PyYAML and jsonschema, sharing nothing with the server). Cases are GETs: (spec path,
+/// URL, token).
+pub fn check_openapi(env: &Env, base: &str, cases: &[(&str, String, &str)]) {
+    let cases: Vec<Value> = cases
+        .iter()
+        .map(|(path, url, token)| serde_json::json!({"path": path, "url": url, "token": token}))
+        .collect();
+    check_openapi_cases(env, base, &cases);
+}
+
+/// As [`check_openapi`], with any method and body: `{"path", "url", "token",
+/// "method", "body"}` per case.
+pub fn check_openapi_cases(env: &Env, base: &str, cases: &[Value]) {
+    let file = env.write(
+        "openapi-cases.json",
+        serde_json::to_string(&cases).unwrap().as_bytes(),
+    );
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.yaml");
+    // Fails (with the mismatches) when a response differs from the spec.
+    python("openapi_check.py", &[spec, base, file.to_str().unwrap()]);
+}
+
 /// Scrapes `{base}/metrics` and parses it with Python's official client (OpenMetrics
 /// parser): `{"families": {name: type}, "samples": {"name{k=v}": value}}`.
 pub fn scrape_metrics(base: &str) -> Value {
