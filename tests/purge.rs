@@ -346,6 +346,21 @@ fn holds_through_the_api_of_run_are_honoured_by_its_purge() {
         http_request("PUT", &hold_url, ADMIN, Some(r#"{"reason":" "}"#)).0,
         400
     );
+    // Malformed, mistyped and oversized bodies are refused before anything changes.
+    assert_eq!(
+        http_request("PUT", &hold_url, ADMIN, Some(r#"{"reason":"#)).0,
+        400
+    );
+    assert_eq!(
+        http_request("PUT", &hold_url, ADMIN, Some(r#"{"reason":7}"#)).0,
+        422
+    );
+    let huge = env.write(
+        "huge.json",
+        format!(r#"{{"reason":"{}"}}"#, "x".repeat(3 << 20)).as_bytes(),
+    );
+    let huge = format!("@{}", huge.display());
+    assert_eq!(http_request("PUT", &hold_url, ADMIN, Some(&huge)).0, 413);
     assert_eq!(
         http_request(
             "DELETE",

@@ -1,6 +1,6 @@
 """An independent HTTP client for the API tests (Python's standard library only).
 
-  http_get.py URL [TOKEN [METHOD [JSON_BODY]]]
+  http_get.py URL [TOKEN [METHOD [JSON_BODY | @FILE]]]
       prints {"status": N, "body": <JSON or text>}
 """
 
@@ -12,6 +12,9 @@ import urllib.request
 url = sys.argv[1]
 method = sys.argv[3] if len(sys.argv) > 3 else "GET"
 data = sys.argv[4].encode() if len(sys.argv) > 4 else None
+if data is not None and data.startswith(b"@"):
+    with open(data[1:], "rb") as f:  # a body too large for the command line
+        data = f.read()
 request = urllib.request.Request(url, data=data, method=method)
 if data is not None:
     request.add_header("Content-Type", "application/json")
