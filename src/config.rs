@@ -116,13 +116,17 @@ pub enum InputFormat {
     Cloudevents,
     /// `{"flow_id","tenant","seq","type","status","time","labels","data"}`.
     Plain,
+    /// Argo Workflows `Workflow` objects, as a resource watch (e.g. Argo Events)
+    /// forwards them: uid → flow id, namespace → tenant, phase → status,
+    /// resourceVersion → order and dedupe, finishedAt → time, labels.
+    Argo,
 }
 
 /// Decoding of input events.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InputConfig {
-    /// `cloudevents` (default) or `plain`; selects the default field mapping.
+    /// `cloudevents` (default), `plain` or `argo`; selects the default field mapping.
     pub format: InputFormat,
     /// Larger records are dead-lettered (reason `oversize`). Default 1 MiB.
     pub max_event_bytes: usize,
@@ -151,6 +155,10 @@ impl Default for InputConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MappingOverrides {
+    /// The event is the object at this pointer, e.g. `/workflow` when an Argo Events
+    /// sensor wraps the Workflow as `{"workflow": …}`: the format's default pointers
+    /// are taken relative to it (explicit overrides below stay absolute).
+    pub root: Option<String>,
     pub flow_id: Option<String>,
     pub tenant: Option<String>,
     /// Tenant used when the event has none. Default `default`.
@@ -177,6 +185,8 @@ pub struct FieldMapping {
     pub event_type: String,
     pub status: Option<String>,
     pub time: String,
+    /// Tried in order when `time` is absent or null (before falling back to ingest time).
+    pub time_fallbacks: Vec<String>,
     pub labels: String,
     pub traceparent: String,
     pub tracestate: String,
@@ -195,6 +205,7 @@ impl InputConfig {
                 event_type: s("/type"),
                 status: None,
                 time: s("/time"),
+                time_fallbacks: Vec::new(),
                 labels: s("/data/labels"),
                 traceparent: s("/traceparent"),
                 tracestate: s("/tracestate"),
@@ -208,13 +219,51 @@ impl InputConfig {
                 event_type: s("/type"),
                 status: Some(s("/status")),
                 time: s("/time"),
+                time_fallbacks: Vec::new(),
                 labels: s("/labels"),
                 traceparent: s("/traceparent"),
                 tracestate: s("/tracestate"),
                 dedupe: Some((s("/type"), s("/seq"))),
             },
+            InputFormat::Argo => FieldMapping {
+                flow_id: s("/metadata/uid"),
+                tenant: s("/metadata/namespace"),
+                default_tenant: s("default"),
+                // Kubernetes bumps it on every change; digit strings compare numerically.
+                sequence: s("/metadata/resourceVersion"),
+                event_type: s("/kind"),
+                status: Some(s("/status/phase")),
+                // Absent until the workflow finishes: until then, when it started.
+                time: s("/status/finishedAt"),
+                time_fallbacks: vec![s("/status/startedAt"), s("/metadata/creationTimestamp")],
+                labels: s("/metadata/labels"),
+                traceparent: s("/metadata/annotations/traceparent"),
+                tracestate: s("/metadata/annotations/tracestate"),
+                // A watch may deliver the same object version twice.
+                dedupe: Some((s("/metadata/uid"), s("/metadata/resourceVersion"))),
+            },
         };
         let o = &self.mapping;
+        if let Some(root) = o.root.as_deref().filter(|r| !r.is_empty()) {
+            let root = root.trim_end_matches('/');
+            for p in [
+                &mut m.flow_id,
+                &mut m.tenant,
+                &mut m.sequence,
+                &mut m.event_type,
+                &mut m.time,
+                &mut m.labels,
+                &mut m.traceparent,
+                &mut m.tracestate,
+            ]
+            .into_iter()
+            .chain(m.status.as_mut())
+            .chain(m.time_fallbacks.iter_mut())
+            .chain(m.dedupe.iter_mut().flat_map(|(a, b)| [a, b]))
+            {
+                *p = format!("{root}{p}");
+            }
+        }
         let set = |target: &mut String, v: &Option<String>| {
             if let Some(v) = v {
                 *target = v.clone();
@@ -225,6 +274,9 @@ impl InputConfig {
         set(&mut m.default_tenant, &o.default_tenant);
         set(&mut m.sequence, &o.sequence);
         set(&mut m.event_type, &o.event_type);
+        if o.time.is_some() {
+            m.time_fallbacks.clear();
+        }
         set(&mut m.time, &o.time);
         set(&mut m.labels, &o.labels);
         set(&mut m.traceparent, &o.traceparent);
@@ -1003,6 +1055,7 @@ impl Config {
         }
         let m = &self.input.mapping;
         let pointers = [
+            ("input.mapping.root", &m.root),
             ("input.mapping.flow_id", &m.flow_id),
             ("input.mapping.tenant", &m.tenant),
             ("input.mapping.sequence", &m.sequence),

@@ -58,3 +58,59 @@ fn rules_and_dashboard_use_only_served_metrics() {
     .unwrap();
     assert!(dash["panels"].as_array().unwrap().len() >= 6);
 }
+
+/// The Argo Events wiring agrees with the archiver configuration shipped beside it:
+/// the config passes `config check`, the sensors wrap the Workflow under the key the
+/// config's `input.mapping.root` names, and they publish where the archiver reads.
+#[test]
+fn argo_wiring_matches_its_archiver_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config_path = format!("{root}/deploy/argo/flow-archiver.toml");
+    let env = Env::new("");
+    env.ok(&["--config", &config_path, "config", "check"]);
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    assert_eq!(config["input"]["format"].as_str(), Some("argo"));
+    let wrap = config["input"]["mapping"]["root"].as_str().unwrap();
+    let topics: Vec<&str> = config["kafka"]["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+
+    let yaml = |name: &str| -> Vec<Value> {
+        let docs = python("yaml_to_json.py", &[&format!("{root}/deploy/argo/{name}")]);
+        serde_json::from_str(&docs).unwrap()
+    };
+    let sources = yaml("eventsource.yaml");
+    let source = sources.iter().find(|d| d["kind"] == "EventSource").unwrap();
+    let watched = &source["spec"]["resource"]["workflows"];
+    assert_eq!(watched["group"], "argoproj.io");
+    assert_eq!(watched["resource"], "workflows");
+    for (file, kind) in [("sensor-kafka.yaml", "kafka"), ("sensor-nats.yaml", "nats")] {
+        let sensor = &yaml(file)[0];
+        assert_eq!(sensor["kind"], "Sensor");
+        let dep = &sensor["spec"]["dependencies"][0];
+        assert_eq!(dep["eventSourceName"], source["metadata"]["name"]);
+        assert!(watched.is_object() && dep["eventName"] == "workflows");
+        let trigger = &sensor["spec"]["triggers"][0]["template"][kind];
+        let payload = &trigger["payload"][0];
+        assert_eq!(
+            payload["src"]["dataKey"], "body",
+            "{file}: the whole object"
+        );
+        assert_eq!(
+            format!("/{}", payload["dest"].as_str().unwrap()),
+            wrap,
+            "{file}: wrapped where input.mapping.root looks"
+        );
+        match kind {
+            "kafka" => assert!(topics.contains(&trigger["topic"].as_str().unwrap())),
+            _ => assert!(trigger["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("flows.events.")),
+        }
+    }
+}

@@ -270,6 +270,7 @@ struct Pointers {
     event_type: Pointer,
     status: Option<Pointer>,
     time: Pointer,
+    time_fallbacks: Vec<Pointer>,
     labels: Pointer,
     traceparent: Pointer,
     tracestate: Pointer,
@@ -386,6 +387,11 @@ impl Decoder {
             event_type: Pointer::new(&mapping.event_type),
             status: mapping.status.as_deref().map(Pointer::new),
             time: Pointer::new(&mapping.time),
+            time_fallbacks: mapping
+                .time_fallbacks
+                .iter()
+                .map(|t| Pointer::new(t))
+                .collect(),
             labels: Pointer::new(&mapping.labels),
             traceparent: Pointer::new(&mapping.traceparent),
             tracestate: Pointer::new(&mapping.tracestate),
@@ -532,7 +538,14 @@ impl Decoder {
         };
         let status = FlowStatus::from_type(status_text.as_deref().unwrap_or(&event_type));
 
-        let time_ms = match optional_string(&value, &p.time, "time")? {
+        let mut time = optional_string(&value, &p.time, "time")?;
+        for fallback in &p.time_fallbacks {
+            if time.is_some() {
+                break;
+            }
+            time = optional_string(&value, fallback, "time")?;
+        }
+        let time_ms = match time {
             None => now_ms,
             Some(t) => {
                 let parsed = chrono::DateTime::parse_from_rfc3339(&t).map_err(|e| {
