@@ -17,6 +17,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq zstd gzip coreutils >/dev/null
 fi
 
+# docker-compose.yml is validated by Debian's docker-compose (no daemon needed).
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "installing docker-compose (Debian package)"
+  apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
+fi
+
 # A real NATS server with JetStream (DESIGN.md §5): Debian's 2.9.10.
 if ! command -v nats-server >/dev/null 2>&1; then
   echo "installing nats-server (Debian package)"

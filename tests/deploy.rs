@@ -114,3 +114,117 @@ fn argo_wiring_matches_its_archiver_config() {
         }
     }
 }
+
+/// `docker-compose.yml` is valid for both profiles (Debian's docker-compose parses it
+/// without a daemon), every service starts after what it needs, and every archiver
+/// service's mounted configuration passes `config check` with the environment the
+/// compose file gives it.
+#[test]
+fn compose_file_is_valid_and_its_archiver_configs_check() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let env = Env::new("");
+    let out = std::process::Command::new("docker-compose")
+        .args(["--profile", "kafka", "--profile", "nats", "config"])
+        .current_dir(root)
+        .env_remove("FLOW_ARCHIVER_ADMIN_TOKEN")
+        .output()
+        .expect("docker-compose (Debian package) is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = env.write("compose.yaml", &out.stdout);
+    let docs: Vec<Value> =
+        serde_json::from_str(&python("yaml_to_json.py", &[rendered.to_str().unwrap()])).unwrap();
+    let services = docs[0]["services"].as_object().unwrap();
+    for name in [
+        "kafka",
+        "kafka-topics",
+        "nats",
+        "minio",
+        "minio-init",
+        "otel-collector",
+        "jaeger",
+        "prometheus",
+        "grafana",
+        "archiver-kafka",
+        "archiver-nats",
+        "api-kafka",
+        "api-nats",
+    ] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    // Ordered start: brokers healthy, topics and bucket created, before the archiver.
+    let deps = |s: &str| services[s]["depends_on"].clone();
+    assert_eq!(
+        deps("archiver-kafka")["kafka-topics"]["condition"],
+        "service_completed_successfully"
+    );
+    assert_eq!(
+        deps("archiver-kafka")["minio-init"]["condition"],
+        "service_completed_successfully"
+    );
+    assert_eq!(
+        deps("archiver-nats")["nats"]["condition"],
+        "service_healthy"
+    );
+    assert_eq!(deps("minio-init")["minio"]["condition"], "service_healthy");
+    assert_eq!(
+        deps("kafka-topics")["kafka"]["condition"],
+        "service_healthy"
+    );
+
+    let mut checked = 0;
+    for (name, service) in services {
+        if service["image"] != "flow-archiver:dev" {
+            continue;
+        }
+        assert_eq!(service["read_only"], true, "{name}");
+        assert_eq!(service["cap_drop"][0], "ALL", "{name}");
+        let command: Vec<&str> = service["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let config_in_container =
+            command[command.iter().position(|c| *c == "--config").unwrap() + 1];
+        // Long syntax ({source, target}) or short ("source:target[:mode]").
+        let mounts: Vec<(String, String)> = service["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| match v.as_str() {
+                Some(short) => {
+                    let mut parts = short.split(':');
+                    let source = parts.next().unwrap_or_default().to_string();
+                    (source, parts.next().unwrap_or_default().to_string())
+                }
+                None => (
+                    v["source"].as_str().unwrap_or_default().to_string(),
+                    v["target"].as_str().unwrap_or_default().to_string(),
+                ),
+            })
+            .collect();
+        let host_config = mounts
+            .iter()
+            .find(|(_, target)| target == config_in_container)
+            .map(|(source, _)| source.clone())
+            .unwrap_or_else(|| panic!("{name}: {config_in_container} is not mounted"));
+        let mut check = env.command(&["--config", &host_config, "config", "check"]);
+        for (k, v) in service["environment"].as_object().unwrap() {
+            if !k.starts_with("OTEL_") {
+                check.env(k, v.as_str().unwrap());
+            }
+        }
+        let out = check.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            describe(&["config", "check"], env.path(), &out)
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "two archivers and two API services");
+}
