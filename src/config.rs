@@ -1303,10 +1303,35 @@ impl Config {
     }
 
     /// The effective configuration as TOML, for `config check`.
+    /// The effective configuration as TOML, secrets replaced by `<redacted>`: it is
+    /// printed by `config check` and ends up in terminals and CI logs.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut shown = self.clone();
+        let redact = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some(REDACTED.into());
+            }
+        };
+        redact(&mut shown.nats.password);
+        redact(&mut shown.nats.token);
+        redact(&mut shown.api.admin_token);
+        for token in shown.api.tenant_tokens.values_mut() {
+            *token = REDACTED.into();
+        }
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            let key = key.to_ascii_lowercase();
+            if ["password", "secret", "token", "key"]
+                .iter()
+                .any(|s| key.contains(s))
+            {
+                *value = REDACTED.into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
+
+const REDACTED: &str = "<redacted>";
 
 #[cfg(test)]
 mod tests {
@@ -1481,6 +1506,26 @@ destination = "kafka"
         assert!(e.contains("kafka.topics"), "{e}");
         let e = err("[kafka]\narchived_topic = \"flow archived\"");
         assert!(e.contains("kafka.archived_topic"), "{e}");
+    }
+
+    #[test]
+    fn printed_config_hides_secrets() {
+        let c = Config::from_sources(
+            Some(
+                "[api]\nadmin_token = \"admin-secret-0123456789\"\n\
+                 [api.tenant_tokens]\nacme = \"tenant-secret-0123456789\"\n\
+                 [nats]\nuser = \"u\"\npassword = \"nats-secret\"\n\
+                 [kafka.properties]\n\"sasl.password\" = \"kafka-secret\"\n\"linger.ms\" = \"7\"\n",
+            ),
+            &[],
+        )
+        .unwrap();
+        let text = c.to_toml();
+        for secret in ["admin-secret", "tenant-secret", "nats-secret", "kafka-secret"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        assert!(text.contains("<redacted>"));
+        assert!(text.contains("\"7\""), "other properties are shown");
     }
 
     #[test]
