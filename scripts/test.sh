@@ -42,11 +42,12 @@ if ! command -v tansu >/dev/null 2>&1; then
 fi
 
 # Independent clients for the broker tests: they share no code with flow-archiver.
-if ! python3 -c "import confluent_kafka, fastavro, nats, yaml, jsonschema, prometheus_client" >/dev/null 2>&1; then
-  echo "installing confluent-kafka, fastavro, nats-py, PyYAML, jsonschema and prometheus-client (PyPI)"
+if ! python3 -c "import confluent_kafka, fastavro, nats, yaml, jsonschema, prometheus_client, kubernetes_validate" >/dev/null 2>&1; then
+  echo "installing confluent-kafka, fastavro, nats-py, PyYAML, jsonschema, prometheus-client and kubernetes-validate (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check \
     "confluent-kafka==2.16.1" "fastavro==1.13.1" "nats-py==2.16.0" \
-    "PyYAML==6.0.3" "jsonschema==4.26.0" "prometheus-client==0.26.0"
+    "PyYAML==6.0.3" "jsonschema==4.26.0" "prometheus-client==0.26.0" \
+    "kubernetes-validate==1.37.0"
 fi
 
 cargo test --locked "$@"

@@ -1521,7 +1521,12 @@ destination = "kafka"
         )
         .unwrap();
         let text = c.to_toml();
-        for secret in ["admin-secret", "tenant-secret", "nats-secret", "kafka-secret"] {
+        for secret in [
+            "admin-secret",
+            "tenant-secret",
+            "nats-secret",
+            "kafka-secret",
+        ] {
             assert!(!text.contains(secret), "{secret} printed:\n{text}");
         }
         assert!(text.contains("<redacted>"));

@@ -42,7 +42,7 @@ enum Command {
     Run {
         /// `nats`, `kafka` (topics from the config), `kafka:TOPIC[,TOPIC]`, `file:PATH`
         /// (followed like tail -f) or `stdin`; none archives only.
-        #[arg(long)]
+        #[arg(long, env = "FLOW_ARCHIVER_SOURCE")]
         source: Option<String>,
     },
     /// Ingest a file (or `-` for stdin) to its end, then exit.

@@ -228,3 +228,180 @@ fn compose_file_is_valid_and_its_archiver_configs_check() {
     }
     assert_eq!(checked, 4, "two archivers and two API services");
 }
+
+/// Every manifest under `deploy/k8s/` validates offline against the Kubernetes schemas
+/// (PyPI `kubernetes-validate`, strict: unknown fields fail), and a manifest with an
+/// invalid field is caught; the Prometheus Operator objects match the rules file and
+/// the Service; no Secret is committed and credentials come from Secret references; the
+/// pod is hardened; each overlay's configuration passes `config check`. With `kubectl`
+/// present the rendered overlays are validated too.
+#[test]
+fn kubernetes_manifests_validate_offline() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let mut manifests = Vec::new();
+    let mut kustomizations = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() == "kustomization.yaml" {
+                kustomizations.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml") {
+                manifests.push(p);
+            }
+        }
+    }
+    manifests.sort();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    let validate = |files: &[std::path::PathBuf]| {
+        std::process::Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "-k", "1.30.0"])
+            .args(files)
+            .output()
+            .expect("kubernetes-validate (PyPI) is installed by scripts/test.sh")
+    };
+    let out = validate(&manifests);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An invalid field fails: the validator is not waving things through.
+    let env = Env::new("");
+    let statefulset = std::fs::read_to_string(root.join("base/statefulset.yaml")).unwrap();
+    let broken = env.write(
+        "broken.yaml",
+        statefulset
+            .replace(
+                "readOnlyRootFilesystem: true",
+                "readOnlyRootFilesytem: true",
+            )
+            .as_bytes(),
+    );
+    let out = validate(&[broken]);
+    assert!(!out.status.success(), "a misspelt field must fail");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("readOnlyRootFilesytem"));
+
+    let docs = |p: &std::path::Path| -> Vec<Value> {
+        serde_json::from_str(&python("yaml_to_json.py", &[p.to_str().unwrap()])).unwrap()
+    };
+    let all: Vec<Value> = manifests.iter().flat_map(|p| docs(p)).collect();
+    let kind = |k: &str| all.iter().find(|d| d["kind"] == k).unwrap().clone();
+    assert!(
+        all.iter().all(|d| d["kind"] != "Secret"),
+        "no Secret is committed"
+    );
+
+    // Hardened pod, credentials from Secrets only.
+    let sts = kind("StatefulSet");
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        if ["KEY", "SECRET", "TOKEN", "PASSWORD", "USER"]
+            .iter()
+            .any(|s| name.contains(s))
+        {
+            assert!(
+                var["valueFrom"]["secretKeyRef"].is_object(),
+                "{name} from a Secret"
+            );
+            assert!(var.get("value").is_none(), "{name} has no literal value");
+        }
+    }
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "state",
+        "the state store is on a PVC"
+    );
+
+    // Prometheus Operator objects: the rules file's groups; the Service's port.
+    let rules = docs(&root.join("../prometheus/flow-archiver-rules.yaml"));
+    assert_eq!(kind("PrometheusRule")["spec"], rules[0]);
+    let monitor = kind("ServiceMonitor");
+    let service = all
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "flow-archiver")
+        .unwrap();
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        let labelled = service["metadata"]["labels"][k] == *v
+            || (k == "app.kubernetes.io/name" && v == "flow-archiver");
+        assert!(labelled, "the ServiceMonitor selects the Service ({k})");
+    }
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+
+    // Every kustomization names files that exist; every config it ships checks.
+    for k in &kustomizations {
+        let dir = k.parent().unwrap();
+        let doc = &docs(k)[0];
+        for r in doc["resources"].as_array().into_iter().flatten() {
+            assert!(
+                dir.join(r.as_str().unwrap()).exists(),
+                "{}: {r}",
+                k.display()
+            );
+        }
+        for generator in doc["configMapGenerator"].as_array().into_iter().flatten() {
+            for f in generator["files"].as_array().into_iter().flatten() {
+                let file = dir.join(f.as_str().unwrap());
+                assert!(file.exists(), "{}", file.display());
+                let out = env
+                    .command(&["--config", file.to_str().unwrap(), "config", "check"])
+                    .env(
+                        "FLOW_ARCHIVER__API__ADMIN_TOKEN",
+                        "a-secret-from-kubernetes",
+                    )
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    describe(&["config", "check"], env.path(), &out)
+                );
+            }
+        }
+    }
+
+    if std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        for overlay in ["kafka", "nats"] {
+            let out = std::process::Command::new("kubectl")
+                .args([
+                    "kustomize",
+                    root.join("overlays").join(overlay).to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let rendered = env.write(&format!("{overlay}.yaml"), &out.stdout);
+            let out = validate(&[rendered]);
+            assert!(
+                out.status.success(),
+                "{overlay}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
