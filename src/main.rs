@@ -44,6 +44,10 @@ enum Command {
         /// (followed like tail -f) or `stdin`; none archives only.
         #[arg(long, env = "FLOW_ARCHIVER_SOURCE")]
         source: Option<String>,
+        /// Stop (draining in-flight work, committing) once no input has arrived for this
+        /// long, e.g. `30s`: for cron-style operation (then `sweep` and `purge`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        until_idle: Option<std::time::Duration>,
     },
     /// Ingest a file (or `-` for stdin) to its end, then exit.
     Ingest {
@@ -466,7 +470,10 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("configuration is valid");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { source } => {
+        Command::Run { source, until_idle } => {
+            if until_idle.is_some() && source.is_none() {
+                return Err(UsageError("--until-idle needs a --source to wait on".into()).into());
+            }
             let config = load(&cli.config)?;
             let source = match source.as_deref() {
                 Some(spec) => Some(
@@ -523,6 +530,18 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         .await
                         .with_context(|| format!("cannot serve on {addr}"))
                 }));
+            }
+            if let Some(idle) = until_idle {
+                let (pipeline, cancel) = (pipeline.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    while !cancel.is_cancelled() {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        if pipeline.input_idle_for() >= idle {
+                            tracing::info!(?idle, "No input for the idle period; stopping.");
+                            cancel.cancel();
+                        }
+                    }
+                });
             }
             let report = pipeline.run(source, cancel.clone()).await;
             cancel.cancel();

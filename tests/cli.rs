@@ -223,3 +223,58 @@ fn a_second_process_on_the_same_state_is_refused_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&read.stderr);
     assert!(stderr.contains("held by the running archiver"), "{stderr}");
 }
+
+/// Cron-style operation: `run --until-idle` reads what the source has, stops by itself
+/// once nothing new arrives for the idle period (exit 0, input committed), and the
+/// `sweep` and `purge` that follow archive and purge as `run` would have.
+#[test]
+fn run_until_idle_drains_the_source_and_exits_for_sweep_and_purge() {
+    let env = Env::new("[retention]\ncompleted = \"1s\"\n");
+    let lines: Vec<String> = (1..=3)
+        .map(|seq| {
+            let kind = if seq == 3 { "completed" } else { "step" };
+            ce(
+                "acme",
+                "cron-1",
+                &format!("c-{seq}"),
+                seq,
+                kind,
+                "2026-01-01T00:00:00Z",
+            )
+        })
+        .collect();
+    env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
+    assert_eq!(
+        env.run(&["run", "--until-idle", "1s"]).status.code(),
+        Some(2),
+        "nothing to wait on"
+    );
+    let started = Instant::now();
+    let (status, stderr) = env
+        .spawn(&["run", "--source", "file:events.jsonl", "--until-idle", "1s"])
+        .wait(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+    assert!(stderr.contains("read 3 records"), "{stderr}");
+    // A second pass reads nothing new (the position was committed) and stops again.
+    let (status, stderr) = env
+        .spawn(&["run", "--source", "file:events.jsonl", "--until-idle", "1s"])
+        .wait(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("read 0 records"), "{stderr}");
+    env.ok(&["sweep"]);
+    env.ok(&["purge", "--now", "2100-01-01T00:00:00Z"]);
+    let kinds: Vec<String> = env
+        .archived()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.contains(&"io.flowarchiver.flow.archived".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"io.flowarchiver.flow.purged".to_string()),
+        "{kinds:?}"
+    );
+}

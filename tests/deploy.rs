@@ -296,26 +296,43 @@ fn kubernetes_manifests_validate_offline() {
         "no Secret is committed"
     );
 
-    // Hardened pod, credentials from Secrets only.
+    // Hardened pods (the StatefulSet's and the CronJob's), credentials from Secrets only.
     let sts = kind("StatefulSet");
-    let pod = &sts["spec"]["template"]["spec"];
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    let container = &pod["containers"][0];
-    let sc = &container["securityContext"];
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
-    for var in container["env"].as_array().unwrap() {
-        let name = var["name"].as_str().unwrap();
-        if ["KEY", "SECRET", "TOKEN", "PASSWORD", "USER"]
-            .iter()
-            .any(|s| name.contains(s))
-        {
-            assert!(
-                var["valueFrom"]["secretKeyRef"].is_object(),
-                "{name} from a Secret"
-            );
-            assert!(var.get("value").is_none(), "{name} has no literal value");
+    let cron = kind("CronJob");
+    assert_eq!(
+        cron["spec"]["concurrencyPolicy"], "Forbid",
+        "one writer per store"
+    );
+    let command = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+        [0]
+    .as_str()
+    .unwrap()
+    .to_string();
+    for step in ["run --until-idle", "sweep", "purge"] {
+        assert!(command.contains(step), "the CronJob runs {step}: {command}");
+    }
+    for pod in [
+        &sts["spec"]["template"]["spec"],
+        &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+    ] {
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let container = &pod["containers"][0];
+        let sc = &container["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        for var in container["env"].as_array().unwrap() {
+            let name = var["name"].as_str().unwrap();
+            if ["KEY", "SECRET", "TOKEN", "PASSWORD", "USER"]
+                .iter()
+                .any(|s| name.contains(s))
+            {
+                assert!(
+                    var["valueFrom"]["secretKeyRef"].is_object(),
+                    "{name} from a Secret"
+                );
+                assert!(var.get("value").is_none(), "{name} has no literal value");
+            }
         }
     }
     assert_eq!(
@@ -395,7 +412,7 @@ fn kubernetes_manifests_validate_offline() {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let rendered = env.write(&format!("{overlay}.yaml"), &out.stdout);
+            let rendered = env.write(&format!("{}.yaml", overlay.replace('/', "-")), &out.stdout);
             let out = validate(&[rendered]);
             assert!(
                 out.status.success(),

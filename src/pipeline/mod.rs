@@ -115,6 +115,9 @@ pub struct Pipeline {
     /// Held while a hold changes and while an object is purged or erased, so that once
     /// `hold` returns no removal that has not yet checked the holds can proceed.
     removal: tokio::sync::Mutex<()>,
+    /// When `run` last stored input, in ms since `started` (for `run --until-idle`).
+    started: std::time::Instant,
+    last_input_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Runs a blocking state-store call off the async workers.
@@ -158,8 +161,26 @@ impl Pipeline {
             clock,
             ids: IntentIds::default(),
             removal: tokio::sync::Mutex::new(()),
+            started: std::time::Instant::now(),
+            last_input_ms: std::sync::atomic::AtomicU64::new(0),
             config,
         })
+    }
+
+    /// How long since `run` last read input (or since the pipeline opened).
+    pub fn input_idle_for(&self) -> Duration {
+        let last = self
+            .last_input_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    fn mark_input(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_input_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Appends to the audit trail, durably.
@@ -442,8 +463,17 @@ impl Pipeline {
         if let Some(mut source) = source {
             let ingest = self.ingest_stage();
             let cancel = cancel.clone();
+            let this = self.clone();
             tasks.spawn(async move {
-                let totals = ingest.run(&mut *source, &cancel, &mut |_| {}).await?;
+                let mut seen = 0;
+                let totals = ingest
+                    .run(&mut *source, &cancel, &mut |t| {
+                        if t.records > seen {
+                            seen = t.records;
+                            this.mark_input();
+                        }
+                    })
+                    .await?;
                 tracing::info!(
                     records = totals.records,
                     stored = totals.stored,
