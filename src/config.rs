@@ -938,6 +938,22 @@ impl Config {
             ret.cancelled = r;
             ret.timed_out = r;
         }
+        // `"sasl.password" = "env:KAFKA_SASL_PASSWORD"`: librdkafka property names have
+        // dots, which the environment overrides cannot express, so secrets for them are
+        // read from a named variable (a Kubernetes Secret reference, say).
+        for (property, value) in cfg.kafka.properties.iter_mut() {
+            if let Some(name) = value.strip_prefix("env:") {
+                *value = lookup(name).ok_or_else(|| {
+                    invalid(
+                        "kafka.properties",
+                        format!(
+                            "{property:?} names the environment variable {name}, which is not set"
+                        ),
+                        "set it (e.g. from a Secret) or write the value itself",
+                    )
+                })?;
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -1506,6 +1522,21 @@ destination = "kafka"
         assert!(e.contains("kafka.topics"), "{e}");
         let e = err("[kafka]\narchived_topic = \"flow archived\"");
         assert!(e.contains("kafka.archived_topic"), "{e}");
+    }
+
+    #[test]
+    fn kafka_properties_can_name_an_environment_variable() {
+        let toml = "[kafka.properties]\n\"sasl.password\" = \"env:KAFKA_SASL_PASSWORD\"\n";
+        let c = Config::from_sources(Some(toml), &env(&[("KAFKA_SASL_PASSWORD", "from-secret")]))
+            .unwrap();
+        assert_eq!(c.kafka.properties["sasl.password"], "from-secret");
+        let e = Config::from_sources(Some(toml), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KAFKA_SASL_PASSWORD") && e.contains("sasl.password"),
+            "{e}"
+        );
     }
 
     #[test]
