@@ -374,12 +374,6 @@ pub async fn from_destination(
     }
 }
 
-fn micros(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis() * 1000)
-        .unwrap_or(0)
-}
-
 /// Rebuilds the index from the segment manifests alone: every object under the archive
 /// prefix is listed, its manifest read, and each part indexed as its `flow.archived`
 /// record had it. The object SHA-256 comes from the object's metadata, or is computed.
@@ -407,31 +401,13 @@ pub async fn from_archive(
             .parts
             .iter()
             .map(|p| {
-                IndexRecord::Archived(Box::new(FlowArchived {
-                    format: manifest.format.clone(),
-                    tenant: p.tenant.clone(),
-                    flow_id: p.flow_id.clone(),
-                    part: p.part as i32,
-                    status: p.status.clone(),
-                    labels: p.labels.clone(),
-                    event_count: p.event_count as i64,
-                    raw_bytes: p.raw_bytes as i64,
-                    stored_bytes: p.length as i64,
-                    first_event_time: micros(&p.first_event_time),
-                    last_event_time: micros(&p.last_event_time),
-                    archived_at: micros(&manifest.archived_at),
-                    purge_at: micros(&p.purge_at),
-                    object_uri: objects.uri(&key),
-                    object_key: key.clone(),
-                    segment_id: manifest.segment_id.clone(),
-                    compression: manifest.compression.clone(),
-                    offset: p.offset as i64,
-                    length: p.length as i64,
-                    frame_sha256: p.frame_sha256.clone(),
-                    events_sha256: p.events_sha256.clone(),
-                    object_sha256: kept.clone(),
-                    traceparent: p.traceparent.clone(),
-                }))
+                IndexRecord::Archived(Box::new(FlowArchived::from_manifest(
+                    &manifest,
+                    p,
+                    &objects.uri(&key),
+                    &key,
+                    &kept,
+                )))
             })
             .collect();
         report.records += records.len() as u64;

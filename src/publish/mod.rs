@@ -80,6 +80,50 @@ pub struct FlowArchived {
     pub traceparent: Option<String>,
 }
 
+impl FlowArchived {
+    /// The record of one part as its object's manifest describes it (the manifest keeps
+    /// every field but the object's own location and SHA-256).
+    pub fn from_manifest(
+        manifest: &crate::archive::Manifest,
+        part: &crate::archive::ManifestPart,
+        object_uri: &str,
+        object_key: &str,
+        object_sha256: &str,
+    ) -> FlowArchived {
+        // Manifest times are RFC 3339 with milliseconds.
+        let micros = |text: &str| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp_millis() * 1000)
+                .unwrap_or(0)
+        };
+        FlowArchived {
+            format: manifest.format.clone(),
+            tenant: part.tenant.clone(),
+            flow_id: part.flow_id.clone(),
+            part: part.part as i32,
+            status: part.status.clone(),
+            labels: part.labels.clone(),
+            event_count: part.event_count as i64,
+            raw_bytes: part.raw_bytes as i64,
+            stored_bytes: part.length as i64,
+            first_event_time: micros(&part.first_event_time),
+            last_event_time: micros(&part.last_event_time),
+            archived_at: micros(&manifest.archived_at),
+            purge_at: micros(&part.purge_at),
+            object_uri: object_uri.to_string(),
+            object_key: object_key.to_string(),
+            segment_id: manifest.segment_id.clone(),
+            compression: manifest.compression.clone(),
+            offset: part.offset as i64,
+            length: part.length as i64,
+            frame_sha256: part.frame_sha256.clone(),
+            events_sha256: part.events_sha256.clone(),
+            object_sha256: object_sha256.to_string(),
+            traceparent: part.traceparent.clone(),
+        }
+    }
+}
+
 /// The `data` of a `flow.purged` event; mirrors `schemas/flow_purged.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowPurged {
@@ -235,11 +279,6 @@ impl PublishedEvent {
         object_key: &str,
         object_sha256: &str,
     ) -> Self {
-        let micros = |text: &str| {
-            chrono::DateTime::parse_from_rfc3339(text)
-                .map(|t| t.timestamp_micros())
-                .unwrap_or_default()
-        };
         let key = format!("{}/{}/{}", part.tenant, part.flow_id, part.part);
         PublishedEvent {
             specversion: "1.0".into(),
@@ -253,31 +292,13 @@ impl PublishedEvent {
             tenant: part.tenant.clone(),
             partitionkey: key,
             traceparent: None,
-            data: EventData::Archived(FlowArchived {
-                format: crate::archive::FORMAT.into(),
-                tenant: part.tenant.clone(),
-                flow_id: part.flow_id.clone(),
-                part: part.part as i32,
-                status: part.status.clone(),
-                labels: part.labels.clone(),
-                event_count: part.event_count as i64,
-                raw_bytes: part.raw_bytes as i64,
-                stored_bytes: part.length as i64,
-                first_event_time: micros(&part.first_event_time),
-                last_event_time: micros(&part.last_event_time),
-                archived_at: micros(&manifest.archived_at),
-                purge_at: micros(&part.purge_at),
-                object_uri: object_uri.to_string(),
-                object_key: object_key.to_string(),
-                segment_id: manifest.segment_id.clone(),
-                compression: manifest.compression.clone(),
-                offset: part.offset as i64,
-                length: part.length as i64,
-                frame_sha256: part.frame_sha256.clone(),
-                events_sha256: part.events_sha256.clone(),
-                object_sha256: object_sha256.to_string(),
-                traceparent: part.traceparent.clone(),
-            }),
+            data: EventData::Archived(FlowArchived::from_manifest(
+                manifest,
+                part,
+                object_uri,
+                object_key,
+                object_sha256,
+            )),
         }
     }
 
