@@ -238,22 +238,10 @@ fn compose_file_is_valid_and_its_archiver_configs_check() {
 #[test]
 fn kubernetes_manifests_validate_offline() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
-    let mut manifests = Vec::new();
-    let mut kustomizations = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().unwrap() == "kustomization.yaml" {
-                kustomizations.push(p);
-            } else if p.extension().is_some_and(|e| e == "yaml") {
-                manifests.push(p);
-            }
-        }
-    }
-    manifests.sort();
+    let (kustomizations, manifests): (Vec<_>, Vec<_>) = files_under(&root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .partition(|p| p.file_name().unwrap() == "kustomization.yaml");
     assert!(manifests.len() >= 5, "{manifests:?}");
     let validate = |files: &[std::path::PathBuf]| {
         std::process::Command::new("python3")

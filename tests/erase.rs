@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use serde_json::Value;
 use support::*;
@@ -87,23 +86,13 @@ fn archived_env() -> Env {
 
 fn objects(env: &Env) -> BTreeMap<String, Vec<u8>> {
     let root = env.path().join("data/archive");
-    let mut out = BTreeMap::new();
-    let mut stack: Vec<PathBuf> = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let key = p.strip_prefix(&root).unwrap().display().to_string();
-                out.insert(key, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    files_under(&root)
+        .iter()
+        .map(|p| {
+            let key = p.strip_prefix(&root).unwrap().display().to_string();
+            (key, std::fs::read(p).unwrap())
+        })
+        .collect()
 }
 
 /// Decompresses every object with the standard tool and looks for any trace of the

@@ -530,19 +530,7 @@ fn check_hold_erase_purge(c: &Cluster, w: &Workload) {
         )
         .unwrap();
     assert!(purge["held_objects"].as_u64().unwrap() >= 1, "{purge}");
-    let purged: BTreeSet<String> = purge["purged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|o| {
-            let tenant = o["tenant"].as_str().unwrap().to_string();
-            o["flow_parts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(move |p| format!("{tenant}/{}", p.as_str().unwrap()))
-        })
-        .collect();
+    let purged = purged_parts(&purge);
     let total = w.terminal.len() + 1 + relocated + 1 + purged.len();
     let records = consume_topic(&c.broker, ARCHIVED, total, true);
     assert_eq!(records.len(), total, "each fact once");
@@ -577,11 +565,7 @@ fn check_hold_erase_purge(c: &Cluster, w: &Workload) {
         .iter()
         .any(|i| i["flow_id"] == hf.as_str() && i["held"] == true));
 
-    let file = read_jsonl(&c.env.path().join("data/audit.jsonl"));
-    let actions: BTreeSet<&str> = file.iter().map(|r| r["action"].as_str().unwrap()).collect();
-    for action in ["archive", "replay", "hold", "erase", "purge"] {
-        assert!(actions.contains(action), "{action} audited: {actions:?}");
-    }
+    let file = audit_records_with(&c.env, &["archive", "replay", "hold", "erase", "purge"]);
     let on_topic: Vec<Value> = consume_topic(&c.broker, "flow.audit", file.len(), false)
         .iter()
         .map(|r| {
@@ -591,13 +575,7 @@ fn check_hold_erase_purge(c: &Cluster, w: &Workload) {
             serde_json::from_slice(&bytes).unwrap()
         })
         .collect();
-    let as_set = |v: &[Value]| v.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>();
-    assert_eq!(on_topic.len(), file.len());
-    assert_eq!(
-        as_set(&on_topic),
-        as_set(&file),
-        "the topic carries the file's lines"
-    );
+    assert_same_records(&on_topic, &file, "the topic carries the file's lines");
 }
 
 #[test]

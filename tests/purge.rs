@@ -77,19 +77,10 @@ fn archive_all(env: &Env) {
 
 fn objects(env: &Env) -> BTreeSet<String> {
     let root = env.path().join("data/archive");
-    let mut out = BTreeSet::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(&root).unwrap().display().to_string());
-            }
-        }
-    }
-    out
+    files_under(&root)
+        .iter()
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect()
 }
 
 fn records_of(env: &Env, kind: &str) -> Vec<Value> {

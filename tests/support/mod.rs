@@ -112,6 +112,66 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Every file below `dir`, recursively, sorted; none when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let p = entry.expect("directory entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `tenant/flow_id/part` of every part a `purge --json` report removed.
+pub fn purged_parts(report: &Value) -> std::collections::BTreeSet<String> {
+    report["purged"]
+        .as_array()
+        .expect("purged objects")
+        .iter()
+        .flat_map(|o| {
+            let tenant = o["tenant"].as_str().unwrap().to_string();
+            o["flow_parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |p| format!("{tenant}/{}", p.as_str().unwrap()))
+        })
+        .collect()
+}
+
+/// The audit file's records, after checking that each of `actions` is among them.
+pub fn audit_records_with(env: &Env, actions: &[&str]) -> Vec<Value> {
+    let file = read_jsonl(&env.path().join("data/audit.jsonl"));
+    let seen: std::collections::BTreeSet<&str> =
+        file.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for action in actions {
+        assert!(seen.contains(action), "{action} audited: {seen:?}");
+    }
+    file
+}
+
+/// A broker's copy of the audit trail holds exactly the file's records.
+pub fn assert_same_records(copy: &[Value], file: &[Value], what: &str) {
+    let as_set = |v: &[Value]| {
+        v.iter()
+            .map(|r| r.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(copy.len(), file.len(), "{what}");
+    assert_eq!(as_set(copy), as_set(file), "{what}");
+}
+
 /// A CloudEvent line for tests.
 pub fn ce(tenant: &str, flow: &str, id: &str, seq: u64, kind: &str, time: &str) -> String {
     format!(
