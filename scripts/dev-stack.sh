@@ -26,19 +26,11 @@ S3_KEY=dev-access
 S3_SECRET=dev-secret-key
 SERVICES=(nats kafka s3 archiver-kafka archiver-nats)
 
+# shellcheck source=scripts/servers.sh
+. scripts/servers.sh
+
 install_missing() {
-  if ! command -v nats-server >/dev/null 2>&1; then
-    echo "installing nats-server (Debian package)"
-    apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
-  fi
-  if ! command -v s3s-fs >/dev/null 2>&1; then
-    echo "installing s3s-fs 0.14.1 (about 2 minutes, once)"
-    cargo install s3s-fs@0.14.1 --locked --features binary --quiet
-  fi
-  if ! command -v tansu >/dev/null 2>&1; then
-    echo "installing tansu 0.6.0 (about 8 minutes, once)"
-    cargo install tansu@0.6.0 --locked --features dynostore,libsql --quiet
-  fi
+  ensure_servers
   if [ -z "${FLOW_ARCHIVER_BIN:-}" ]; then
     echo "building flow-archiver (release)"
     cargo build --release --locked --quiet

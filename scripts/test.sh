@@ -23,23 +23,10 @@ if ! command -v docker-compose >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
 fi
 
-# A real NATS server with JetStream (DESIGN.md §5): Debian's 2.9.10.
-if ! command -v nats-server >/dev/null 2>&1; then
-  echo "installing nats-server (Debian package)"
-  apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
-fi
-
-# A real S3 server (DESIGN.md §5).
-if ! command -v s3s-fs >/dev/null 2>&1; then
-  echo "installing s3s-fs 0.14.1 (about 2 minutes, once)"
-  cargo install s3s-fs@0.14.1 --locked --features binary --quiet
-fi
-
-# A real Kafka-protocol broker (DESIGN.md §5); about 8 minutes to build, once.
-if ! command -v tansu >/dev/null 2>&1; then
-  echo "installing tansu 0.6.0 (about 8 minutes, once)"
-  cargo install tansu@0.6.0 --locked --features dynostore,libsql --quiet
-fi
+# Real NATS, S3 and Kafka-protocol servers (DESIGN.md §5).
+# shellcheck source=scripts/servers.sh
+. scripts/servers.sh
+ensure_servers
 
 # Independent clients for the broker tests: they share no code with flow-archiver.
 if ! python3 -c "import confluent_kafka, fastavro, nats, yaml, jsonschema, prometheus_client, kubernetes_validate" >/dev/null 2>&1; then
