@@ -213,34 +213,27 @@ impl Pipeline {
     /// recovery).
     async fn finish_erase(&self, intent: &EraseIntent) -> Result<(), PipelineError> {
         if let Some(rewrite) = &intent.rewrite {
+            // The new object's SHA-256: known when it is written here, read back from
+            // the store when a resumed erasure finds the old object already gone.
+            let mut sha256 = None;
             if self.objects.exists(&intent.old_key).await? {
-                let old = read_manifest(&self.objects, &intent.old_key).await?;
                 let spool = self
                     .config
                     .archive
                     .spool_dir
                     .join(format!("{}.segment", rewrite.segment_id));
-                let erased = |p: &crate::archive::ManifestPart| {
-                    p.tenant == intent.tenant && p.flow_id == intent.flow_id
-                };
-                let built = rewrite_segment(
-                    &self.objects,
-                    &intent.old_key,
-                    &old,
-                    |p| !erased(p),
-                    rewrite,
-                    self.config.archive.zstd_level,
-                    &spool,
-                )
-                .await;
-                let uploaded = match built {
-                    Ok(u) => u,
-                    Err(e) => {
-                        let _ = tokio::fs::remove_file(&spool).await;
-                        return Err(e.into());
-                    }
-                };
                 let stored = async {
+                    let old = read_manifest(&self.objects, &intent.old_key).await?;
+                    let uploaded = rewrite_segment(
+                        &self.objects,
+                        &intent.old_key,
+                        &old,
+                        |p| !(p.tenant == intent.tenant && p.flow_id == intent.flow_id),
+                        rewrite,
+                        self.config.archive.zstd_level,
+                        &spool,
+                    )
+                    .await?;
                     self.objects
                         .upload(&rewrite.object_key, &spool, &uploaded.object_sha256)
                         .await?;
@@ -250,16 +243,20 @@ impl Pipeline {
                             &uploaded.object_sha256,
                             uploaded.object_size,
                         )
-                        .await
+                        .await?;
+                    Ok::<_, crate::archive::ArchiveError>(uploaded.object_sha256)
                 }
                 .await;
                 let _ = tokio::fs::remove_file(&spool).await;
-                stored?;
+                sha256 = Some(stored?);
                 failpoint::hit("after-erase-upload");
             }
             // From the object itself, so a resumed erasure publishes the same records.
             let manifest = read_manifest(&self.objects, &rewrite.object_key).await?;
-            let (sha256, _) = self.objects.object_sha256(&rewrite.object_key).await?;
+            let sha256 = match sha256 {
+                Some(known) => known,
+                None => self.objects.object_sha256(&rewrite.object_key).await?.0,
+            };
             let uri = self.objects.uri(&rewrite.object_key);
             let moved: Vec<PublishedEvent> = manifest
                 .parts
