@@ -75,7 +75,8 @@ fn archived_env() -> Env {
         "third.jsonl",
         &[victim_event("v-5", 5, "step", "2026-01-03T00:00:00Z")],
     );
-    let parts: BTreeSet<String> = records_of(&env, "archived")
+    let parts: BTreeSet<String> = env
+        .records_of("archived")
         .iter()
         .map(|r| part_key(&r["data"]))
         .collect();
@@ -120,22 +121,6 @@ fn assert_no_byte_of_victim(env: &Env) {
     assert!(!got.contains(SECRET), "{got}");
 }
 
-fn records_of(env: &Env, kind: &str) -> Vec<Value> {
-    env.archived()
-        .into_iter()
-        .filter(|r| r["type"] == format!("io.flowarchiver.flow.{kind}"))
-        .collect()
-}
-
-fn part_key(d: &Value) -> String {
-    format!(
-        "{}/{}/{}",
-        d["tenant"].as_str().unwrap(),
-        d["flow_id"].as_str().unwrap(),
-        d["part"]
-    )
-}
-
 /// Everything a consumer sees after the erasure: every other part indexed once at an
 /// object that exists and verifies, the victim nowhere, each fact published once.
 fn assert_consistent(env: &Env) {
@@ -150,7 +135,8 @@ fn assert_consistent(env: &Env) {
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "an event was published twice");
 
-    let purged: BTreeSet<String> = records_of(env, "purged")
+    let purged: BTreeSet<String> = env
+        .records_of("purged")
         .iter()
         .map(|r| {
             assert_eq!(r["data"]["reason"], "erasure");
@@ -165,7 +151,7 @@ fn assert_consistent(env: &Env) {
     // The latest flow.archived of each part names an object that exists.
     let existing = objects(env);
     let mut latest: BTreeMap<String, String> = BTreeMap::new();
-    for r in records_of(env, "archived") {
+    for r in env.records_of("archived") {
         latest.insert(
             part_key(&r["data"]),
             r["data"]["object_key"].as_str().unwrap().to_string(),
@@ -267,7 +253,8 @@ fn erasure_leaves_no_byte_of_the_flow_and_every_other_flow_intact() {
     for item in listed["items"].as_array().unwrap() {
         assert_eq!(item["held"], item["flow_id"] == "a-1", "{item}");
     }
-    let relocated: Vec<Value> = records_of(&env, "archived")
+    let relocated: Vec<Value> = env
+        .records_of("archived")
         .into_iter()
         .filter(|r| r["id"].as_str().unwrap().matches('/').count() == 4)
         .collect();

@@ -72,7 +72,7 @@ fn archive_all(env: &Env) {
     let path = env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
     env.ok(&["ingest", path.to_str().unwrap()]);
     env.ok(&["sweep", "--now", ARCHIVED_AT]);
-    assert_eq!(records_of(env, "archived").len(), 7);
+    assert_eq!(env.records_of("archived").len(), 7);
 }
 
 fn objects(env: &Env) -> BTreeSet<String> {
@@ -83,26 +83,9 @@ fn objects(env: &Env) -> BTreeSet<String> {
         .collect()
 }
 
-fn records_of(env: &Env, kind: &str) -> Vec<Value> {
-    env.archived()
-        .into_iter()
-        .filter(|r| r["type"] == format!("io.flowarchiver.flow.{kind}"))
-        .collect()
-}
-
-/// `tenant/flow_id/part` of a published record's data.
-fn part_key(d: &Value) -> String {
-    format!(
-        "{}/{}/{}",
-        d["tenant"].as_str().unwrap(),
-        d["flow_id"].as_str().unwrap(),
-        d["part"]
-    )
-}
-
 /// flow part → object key, from the flow.archived records.
 fn object_of_part(env: &Env) -> BTreeMap<String, String> {
-    records_of(env, "archived")
+    env.records_of("archived")
         .iter()
         .map(|r| {
             let d = &r["data"];
@@ -176,7 +159,7 @@ fn purge_respects_purge_at_and_holds_and_matches_its_dry_run() {
     assert_eq!(dry["objects"], 3, "{dry}");
     assert_eq!(dry["held_objects"], 1);
     assert_eq!(objects(&env), before, "a dry run changes nothing");
-    assert!(records_of(&env, "purged").is_empty());
+    assert!(env.records_of("purged").is_empty());
     let live = purge(&env, PURGE_AT, false);
     assert_eq!(comparable(&dry), comparable(&live));
     let left = objects(&env);
@@ -184,7 +167,8 @@ fn purge_respects_purge_at_and_holds_and_matches_its_dry_run() {
     assert!(held_object.ends_with(left.iter().next().unwrap().as_str()));
 
     // One flow.purged per part of the deleted objects, none for the held object's.
-    let purged: Vec<String> = records_of(&env, "purged")
+    let purged: Vec<String> = env
+        .records_of("purged")
         .iter()
         .map(|r| {
             let d = &r["data"];
@@ -272,12 +256,12 @@ fn sigkill_after_deleting_an_object_loses_no_flow_purged() {
         .unwrap();
     assert!(!out.status.success(), "the failpoint kills the purge");
     assert_eq!(objects(&env).len(), 3, "one object deleted before the kill");
-    assert!(records_of(&env, "purged").is_empty());
+    assert!(env.records_of("purged").is_empty());
     let r = purge(&env, PURGE_AT, false);
     assert_eq!(r["recovered"], 1, "{r}");
     assert!(objects(&env).is_empty());
     let purged: BTreeMap<String, usize> =
-        records_of(&env, "purged")
+        env.records_of("purged")
             .iter()
             .fold(BTreeMap::new(), |mut m, r| {
                 let d = &r["data"];
@@ -458,5 +442,5 @@ fn run_purges_on_its_interval() {
         objects(&env).is_empty().then_some(())
     });
     run.stop();
-    assert_eq!(records_of(&env, "purged").len(), 7);
+    assert_eq!(env.records_of("purged").len(), 7);
 }

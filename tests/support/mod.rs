@@ -133,6 +133,26 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+impl Env {
+    /// The published records of one kind (`archived`, `purged`, `hold`).
+    pub fn records_of(&self, kind: &str) -> Vec<Value> {
+        self.archived()
+            .into_iter()
+            .filter(|r| r["type"] == format!("io.flowarchiver.flow.{kind}"))
+            .collect()
+    }
+}
+
+/// `tenant/flow_id/part` of a published record's data.
+pub fn part_key(d: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        d["tenant"].as_str().unwrap(),
+        d["flow_id"].as_str().unwrap(),
+        d["part"]
+    )
+}
+
 /// `tenant/flow_id/part` of every part a `purge --json` report removed.
 pub fn purged_parts(report: &Value) -> std::collections::BTreeSet<String> {
     report["purged"]
@@ -148,6 +168,42 @@ pub fn purged_parts(report: &Value) -> std::collections::BTreeSet<String> {
                 .map(move |p| format!("{tenant}/{}", p.as_str().unwrap()))
         })
         .collect()
+}
+
+/// After hold, erase and purge: checks a part's latest published record — the erased
+/// part purged for erasure, purged parts for retention, every other part still
+/// archived — and returns whether the part is still archived.
+pub fn check_latest_part_record(
+    kind: &str,
+    data: &Value,
+    key: &str,
+    erased_key: &str,
+    purged: &std::collections::BTreeSet<String>,
+) -> bool {
+    if key == erased_key {
+        assert_eq!(kind, "io.flowarchiver.flow.purged");
+        assert_eq!(data["reason"], "erasure");
+        false
+    } else if purged.contains(key) {
+        assert_eq!(kind, "io.flowarchiver.flow.purged", "{key}");
+        assert_eq!(data["reason"], "retention");
+        false
+    } else {
+        assert_eq!(kind, "io.flowarchiver.flow.archived", "{key}");
+        true
+    }
+}
+
+/// The index lists exactly `kept` parts, the held flow's among them and marked held.
+pub fn assert_index_keeps(env: &Env, kept: usize, held_flow: &str) {
+    assert!(kept >= 1, "the held flow's object is kept");
+    let listed: Value =
+        serde_json::from_str(&env.ok(&["list", "--json", "--limit", "1000"])).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), kept, "{listed}");
+    assert!(items
+        .iter()
+        .any(|i| i["flow_id"] == held_flow && i["held"] == true));
 }
 
 /// The audit file's records, after checking that each of `actions` is among them.
