@@ -14,6 +14,7 @@
 
 pub mod binding;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -468,10 +469,12 @@ impl Decoder {
         };
 
         if self.format == InputFormat::Cloudevents {
-            match value
-                .get("specversion")
+            let specversion = value.get("specversion");
+            match specversion
+                .filter(|r| r.get() != "\"1.0\"")
                 .map(|r| serde_json::from_str::<Value>(r.get()))
             {
+                None if specversion.is_some() => {}
                 Some(Ok(Value::String(v))) if v == "1.0" => {}
                 Some(Ok(Value::String(v))) => {
                     return Err(Rejection::new(
@@ -493,7 +496,7 @@ impl Decoder {
                 }
             }
             for required in ["id", "source", "type"] {
-                match value.get(required).map(|r| as_string(r, required)) {
+                match value.get(required).map(|r| as_str(r, required)) {
                     Some(Ok(Some(s))) if !s.is_empty() => {}
                     Some(Ok(_)) | None => {
                         return Err(Rejection::new(
@@ -627,6 +630,12 @@ fn parse_value(raw: &RawValue) -> Result<Value, Rejection> {
 
 /// A JSON string (or null) as text; anything else is a wrong type.
 fn as_string(raw: &RawValue, what: &str) -> Result<Option<String>, Rejection> {
+    as_str(raw, what).map(|s| s.map(Cow::into_owned))
+}
+
+/// As [`as_string`], borrowing the text when it has no escapes (the usual case: the
+/// parser has already checked the string, so its bytes between the quotes are it).
+fn as_str<'a>(raw: &'a RawValue, what: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
     let text = raw.get();
     if text == "null" {
         return Ok(None);
@@ -637,8 +646,15 @@ fn as_string(raw: &RawValue, what: &str) -> Result<Option<String>, Rejection> {
             format!("{what} is not a string"),
         ));
     }
+    if let Some(inner) = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|t| !t.contains('\\'))
+    {
+        return Ok(Some(Cow::Borrowed(inner)));
+    }
     serde_json::from_str::<String>(text)
-        .map(Some)
+        .map(|s| Some(Cow::Owned(s)))
         .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))
 }
 
@@ -658,7 +674,13 @@ fn optional_string(
 ) -> Result<Option<String>, Rejection> {
     match value.lookup(pointer) {
         None => Ok(None),
-        Some(raw) => as_string(raw, &format!("{what} ({})", pointer.text)),
+        // The name is formatted only on error: this runs several times per event.
+        Some(raw) => as_string(raw, what).map_err(|mut r| {
+            if r.reason == RejectReason::WrongType {
+                r.detail = format!("{what} ({}) is not a string", pointer.text);
+            }
+            r
+        }),
     }
 }
 
@@ -669,6 +691,7 @@ fn optional_scalar(
 ) -> Result<Option<String>, Rejection> {
     match value.lookup(pointer) {
         None => Ok(None),
+        Some(raw) if raw.get().starts_with('"') => as_string(raw, what),
         Some(raw) => match parse_value(raw)? {
             Value::Null => Ok(None),
             Value::String(s) => Ok(Some(s)),
