@@ -93,11 +93,15 @@ impl Default for AuditConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// Directory holding the store (`state.redb`). Default `./data/state`.
+    /// Directory holding the store (`state.redb` and the event journal `journal/`).
+    /// Default `./data/state`.
     pub path: PathBuf,
     /// Page cache of the store, in bytes. Default 16 MiB; memory use does not grow
     /// with the number of tracked flows beyond this.
     pub cache_bytes: u64,
+    /// Size after which the event journal starts a new file. A file is deleted once
+    /// every event in it is archived, so smaller files free disk sooner. Default 64 MiB.
+    pub journal_file_bytes: u64,
 }
 
 impl Default for StateConfig {
@@ -105,6 +109,7 @@ impl Default for StateConfig {
         StateConfig {
             path: PathBuf::from("./data/state"),
             cache_bytes: 16 << 20,
+            journal_file_bytes: 64 << 20,
         }
     }
 }
@@ -960,6 +965,13 @@ impl Config {
 
     /// Cross-field and range checks; every error names the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.state.journal_file_bytes < 4096 {
+            return Err(invalid(
+                "state.journal_file_bytes",
+                format!("{} bytes is too small", self.state.journal_file_bytes),
+                "use at least 4096, e.g. 67108864 (64 MiB)",
+            ));
+        }
         let a = &self.archive;
         if a.concurrency == 0 || a.concurrency > 256 {
             return Err(invalid(

@@ -539,7 +539,7 @@ impl Reader {
             .map_err(|e| PipelineError::NotFound(e.to_string()))?;
         let objects = crate::archive::ArchiveStore::from_config(&config.archive)?;
         let store: Option<Arc<dyn crate::state::StateStore>> =
-            match crate::state::EmbeddedStore::open(&config.state.path, config.state.cache_bytes) {
+            match crate::state::EmbeddedStore::open(&config.state) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(crate::state::StateError::Locked { .. }) => None,
                 Err(e) => return Err(e.into()),

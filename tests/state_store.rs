@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flow_archiver::config::{Compression, Config, Retention};
+use flow_archiver::config::{Compression, Config, Retention, StateConfig};
 use flow_archiver::event::{FlowEvent, FlowStatus, Sequence};
 use flow_archiver::policy::RetentionPolicy;
 use flow_archiver::state::{
@@ -276,5 +276,202 @@ macro_rules! conformance {
 }
 
 conformance!(embedded, |dir: &std::path::Path| -> Box<dyn StateStore> {
-    Box::new(EmbeddedStore::open(dir, 16 << 20).unwrap())
+    Box::new(EmbeddedStore::open(&state_config(dir, 16 << 20)).unwrap())
 });
+
+fn state_config(dir: &std::path::Path, journal_file_bytes: u64) -> StateConfig {
+    StateConfig {
+        path: dir.to_path_buf(),
+        cache_bytes: 16 << 20,
+        journal_file_bytes,
+    }
+}
+
+/// The event journal of the embedded store, on disk: `(file name, bytes)`, sorted.
+fn journal_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn archive_now(s: &dyn StateStore, id: &str, flows: &[&str]) {
+    s.seal(&intent_for(s, id, flows)).unwrap().expect("sealed");
+    s.complete(id).unwrap();
+}
+
+#[test]
+fn journal_files_are_deleted_once_every_event_in_them_is_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    // ~30-byte events, 4 KiB files: each batch of 200 events starts a new file.
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    let p = policy();
+    let flows: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+    for batch in 0..4 {
+        let events: Vec<FlowEvent> = (0..200)
+            .map(|i| {
+                let flow = &flows[i % 40];
+                event(
+                    flow,
+                    &format!("{batch}-{i}"),
+                    (batch * 200 + i) as u64,
+                    FlowStatus::Completed,
+                    0,
+                )
+            })
+            .collect();
+        s.ingest(&events, &p, 0, None).unwrap();
+    }
+    // "pinned" has one event in the first file only.
+    assert_eq!(journal_files(dir.path()).len(), 4);
+    let first = journal_files(dir.path())[0].0.clone();
+    s.ingest(
+        &[event("pinned", "p", 1, FlowStatus::Running, 0)],
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    assert_eq!(journal_files(dir.path()).len(), 5, "the full file rotated");
+
+    let all: Vec<&str> = flows.iter().map(String::as_str).collect();
+    archive_now(&s, "i1", &all);
+    let left: Vec<String> = journal_files(dir.path()).into_iter().map(|f| f.0).collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "every file but the active one is freed once its events are archived: {left:?}"
+    );
+    assert_eq!(events_of(&s, "pinned", 1), vec![r#"{"id":"p","seq":1}"#]);
+    assert_ne!(left[0], first);
+
+    // A reader opened before an archival keeps the files it may read.
+    s.ingest(
+        &(0..200)
+            .map(|i| event("late", &format!("l{i}"), i, FlowStatus::Completed, 0))
+            .collect::<Vec<_>>(),
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    let reader = s.event_reader().unwrap();
+    s.ingest(
+        &[event("next", "n", 1, FlowStatus::Completed, 0)],
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    archive_now(&s, "i2", &["late", "pinned"]);
+    let mut seen = 0;
+    reader
+        .for_each_event("t", "late", 1, &mut |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen, 200, "the open reader still reads its snapshot");
+    drop(reader);
+    s.ingest(
+        &[event("next", "n2", 2, FlowStatus::Completed, 0)],
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        journal_files(dir.path()).len(),
+        1,
+        "freed files go once the reader has closed"
+    );
+    assert_eq!(events_of(&s, "next", 1).len(), 2);
+}
+
+#[test]
+fn an_uncommitted_journal_tail_is_cut_at_open_and_stray_files_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy();
+    {
+        let s = EmbeddedStore::open(&state_config(dir.path(), 1 << 20)).unwrap();
+        s.ingest(&[event("f", "1", 1, FlowStatus::Running, 0)], &p, 0, None)
+            .unwrap();
+    }
+    // What a SIGKILL between the journal write and the commit leaves: bytes past the
+    // committed end, and a file started by a rotation that never committed.
+    let (name, committed) = journal_files(dir.path()).remove(0);
+    let active = dir.path().join("journal").join(&name);
+    let mut torn = committed.clone();
+    torn.extend_from_slice(b"{\"id\":\"never-committed\"}");
+    std::fs::write(&active, &torn).unwrap();
+    std::fs::write(dir.path().join("journal/00000099.log"), b"stray").unwrap();
+
+    let s = EmbeddedStore::open(&state_config(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(journal_files(dir.path()), vec![(name, committed)]);
+    s.ingest(&[event("f", "2", 2, FlowStatus::Completed, 0)], &p, 0, None)
+        .unwrap();
+    assert_eq!(
+        events_of(&s, "f", 1),
+        vec![r#"{"id":"1","seq":1}"#, r#"{"id":"2","seq":2}"#]
+    );
+}
+
+#[test]
+fn a_damaged_journal_byte_is_an_error_naming_the_file_not_wrong_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&state_config(dir.path(), 1 << 20)).unwrap();
+    s.ingest(
+        &[event("f", "1", 1, FlowStatus::Running, 0)],
+        &policy(),
+        0,
+        None,
+    )
+    .unwrap();
+    let (name, mut bytes) = journal_files(dir.path()).remove(0);
+    bytes[3] ^= 0x20;
+    std::fs::write(dir.path().join("journal").join(&name), &bytes).unwrap();
+    let err = s
+        .for_each_event("t", "f", 1, &mut |_| Ok(()))
+        .expect_err("a CRC mismatch");
+    let text = err.to_string();
+    assert!(text.contains(&name) && text.contains("CRC"), "{text}");
+}
+
+#[test]
+fn erasing_a_live_flow_overwrites_its_bytes_in_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&state_config(dir.path(), 1 << 20)).unwrap();
+    let p = policy();
+    s.ingest(
+        &[
+            event("keep", "k1", 1, FlowStatus::Running, 0),
+            event("secret-flow", "s-private-1", 1, FlowStatus::Running, 0),
+            event("keep", "k2", 2, FlowStatus::Running, 0),
+            event("secret-flow", "s-private-2", 2, FlowStatus::Running, 0),
+        ],
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    let erased = s.erase_live("t", "secret-flow").unwrap();
+    assert_eq!(erased.events, 2);
+    let on_disk: Vec<u8> = journal_files(dir.path())
+        .into_iter()
+        .flat_map(|f| f.1)
+        .collect();
+    let text = String::from_utf8_lossy(&on_disk);
+    assert!(!text.contains("s-private"), "erased bytes left: {text:?}");
+    assert_eq!(
+        events_of(&s, "keep", 1),
+        vec![r#"{"id":"k1","seq":1}"#, r#"{"id":"k2","seq":2}"#]
+    );
+}

@@ -130,7 +130,7 @@ async fn blocking<T: Send + 'static>(
 impl Pipeline {
     /// Opens the state store, object store and destinations named by `config`.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Pipeline, PipelineError> {
-        let store = EmbeddedStore::open(&config.state.path, config.state.cache_bytes)?;
+        let store = EmbeddedStore::open(&config.state)?;
         let policy = RetentionPolicy::new(config.retention.clone());
         let updated = store.apply_policy(&policy)?;
         if updated > 0 {

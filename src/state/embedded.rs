@@ -1,5 +1,6 @@
-//! The embedded state store on redb: one file, ACID transactions, copy-on-write
-//! B-trees, fsync on commit (`Durability::Immediate`), a bounded page cache.
+//! The embedded state store: redb (ACID transactions, copy-on-write B-trees, fsync on
+//! commit with `Durability::Immediate`, a bounded page cache) for everything but the
+//! event bytes, which go to the append-only [journal](super::journal).
 //!
 //! Key layout (all integers big-endian so byte order is numeric order):
 //! - `flow key` = `u16 len | tenant | u16 len | flow_id` (prefix-free)
@@ -7,25 +8,30 @@
 //!   share B-tree pages and an ingest batch dirties one region per flow, not three:
 //!   - flow key | `0x00` → postcard [`FlowMeta`] of the open part
 //!   - flow key | `0x01` | u16 len | key a | u16 len | key b → `[]` (dedupe key)
-//!   - flow key | `0x02` | u32 part | order | u64 arrival → event bytes, where
-//!     `order` is the encoded [`Sequence`] or `0x02` when the event has none
+//!   - flow key | `0x02` | u32 part | order | u64 arrival → event pointer
+//!     (`0xFF` | u32 file | u64 offset | u32 length | u32 CRC-32), where `order` is the
+//!     encoded [`Sequence`] or `0x02` when the event has none. Stores written before
+//!     the journal hold the event bytes here instead; both are read.
 //! - `deadlines`: u64 (deadline ms, sign bit flipped) | flow key → ()
 //! - `archived`:  flow key → u32 next part (tombstone of an archived flow)
 //! - `intents`:   intent id → postcard [`ArchiveIntent`] (written once, at seal)
 //! - `verified`:  intent id → postcard [`VerifiedObject`]
 //! - `checkpoints`: source name → opaque position
 //! - `settings`:  name → bytes (policy fingerprint, live flow and event counters)
+//! - `journal`:   u32 file id → u64 live events | u64 committed end
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::path::Path;
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use super::journal::{EventPointer, FileRow, Journal, JournalReader};
 use super::keys::*;
 use super::*;
+use crate::config::StateConfig;
 
 type Bytes<'a> = &'a [u8];
 const FLOWS: TableDefinition<Bytes, Bytes> = TableDefinition::new("flows");
@@ -41,6 +47,7 @@ const SETTINGS: TableDefinition<&str, Bytes> = TableDefinition::new("settings");
 const HOLDS: TableDefinition<Bytes, Bytes> = TableDefinition::new("holds");
 const PURGES: TableDefinition<&str, Bytes> = TableDefinition::new("purges");
 const ERASURES: TableDefinition<&str, Bytes> = TableDefinition::new("erasures");
+const JOURNAL: TableDefinition<u32, Bytes> = TableDefinition::new("journal");
 
 const POLICY_FINGERPRINT: &str = "policy_fingerprint";
 
@@ -76,9 +83,11 @@ fn read_counter(
         .unwrap_or(0))
 }
 
-/// The default [`StateStore`]: redb in `{dir}/state.redb`.
+/// The default [`StateStore`]: redb in `{dir}/state.redb`, event bytes in
+/// `{dir}/journal/`.
 pub struct EmbeddedStore {
     db: Database,
+    journal: Journal,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -90,7 +99,8 @@ impl std::fmt::Debug for EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`. Fails if another process has it
     /// open: one writer per store file.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<EmbeddedStore, StateError> {
+    pub fn open(config: &StateConfig) -> Result<EmbeddedStore, StateError> {
+        let (dir, cache_bytes) = (config.path.as_path(), config.cache_bytes);
         let path = dir.join("state.redb");
         let open_err = |e: redb::Error| StateError::Open {
             path: path.display().to_string(),
@@ -123,9 +133,57 @@ impl EmbeddedStore {
             txn.open_table(HOLDS).map_err(|e| open_err(e.into()))?;
             txn.open_table(PURGES).map_err(|e| open_err(e.into()))?;
             txn.open_table(ERASURES).map_err(|e| open_err(e.into()))?;
+            txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
-        Ok(EmbeddedStore { db })
+        let rows = {
+            let txn = db.begin_read().map_err(|e| open_err(e.into()))?;
+            let table = txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;
+            let mut rows = Vec::new();
+            for entry in table.iter().map_err(|e| open_err(e.into()))? {
+                let (k, v) = entry.map_err(|e| open_err(e.into()))?;
+                rows.push((k.value(), FileRow::decode(v.value())?));
+            }
+            rows
+        };
+        let (journal, _) = Journal::open(&dir.join("journal"), &rows, config.journal_file_bytes)?;
+        Ok(EmbeddedStore { db, journal })
+    }
+
+    /// Takes `counts` (file id → events no longer pointing into it) off the journal
+    /// rows; returns the files no live event points into any more, except the active
+    /// one. Their rows are removed: delete them after the commit.
+    fn release_events(
+        &self,
+        txn: &redb::WriteTransaction,
+        counts: HashMap<u32, u64>,
+    ) -> Result<Vec<u32>, StateError> {
+        let mut table = txn.open_table(JOURNAL).map_err(storage)?;
+        let active = self.journal.active_id();
+        let mut freed = Vec::new();
+        for (id, n) in counts {
+            let Some(row) = table
+                .get(id)
+                .map_err(storage)?
+                .map(|v| FileRow::decode(v.value()))
+                .transpose()?
+            else {
+                return Err(corrupt(
+                    "journal",
+                    format!("events point into file {id}, which has no row"),
+                ));
+            };
+            let live = row.live.saturating_sub(n);
+            if live == 0 && id != active {
+                table.remove(id).map_err(storage)?;
+                freed.push(id);
+            } else {
+                table
+                    .insert(id, FileRow { live, ..row }.encode().as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        Ok(freed)
     }
 
     fn write(&self) -> Result<redb::WriteTransaction, StateError> {
@@ -157,61 +215,124 @@ impl StateStore for EmbeddedStore {
             let mut deadlines = txn.open_table(DEADLINES).map_err(storage)?;
             let archived = txn.open_table(ARCHIVED).map_err(storage)?;
             let mut new_flows = 0i64;
-            // Metas are updated in memory and written once per flow per batch: a batch
-            // usually carries several events of the same flow.
-            let mut touched: HashMap<Vec<u8>, Touched> = HashMap::new();
+            // Every B-tree access below goes in key order, not arrival order: a batch
+            // touches many flows, and sorted access finds the previous leaf still hot.
+            let fkeys: Vec<Vec<u8>> = events
+                .iter()
+                .map(|e| flow_key(&e.tenant, &e.flow_id))
+                .collect();
 
-            for event in events {
-                let fkey = flow_key(&event.tenant, &event.flow_id);
-                if let Some((a, b)) = &event.dedupe_key {
-                    let dkey = dedupe_key(&fkey, a, b);
-                    if flows
-                        .insert(dkey.as_slice(), [].as_slice())
-                        .map_err(storage)?
-                        .is_some()
-                    {
-                        outcome.duplicates += 1;
-                        continue;
+            // Dedupe. Equal keys sort by arrival, so the first of them is kept.
+            let mut dkeys: Vec<(Vec<u8>, usize)> = events
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let (a, b) = e.dedupe_key.as_ref()?;
+                    Some((dedupe_key(&fkeys[i], a, b), i))
+                })
+                .collect();
+            dkeys.sort_unstable();
+            let mut duplicate = vec![false; events.len()];
+            for (dkey, i) in &dkeys {
+                if flows
+                    .insert(dkey.as_slice(), [].as_slice())
+                    .map_err(storage)?
+                    .is_some()
+                {
+                    duplicate[*i] = true;
+                    outcome.duplicates += 1;
+                }
+            }
+            drop(dkeys);
+
+            // Metas are read once and written once per flow per batch: a batch usually
+            // carries several events of the same flow.
+            let mut touched: BTreeMap<&[u8], Touched> = BTreeMap::new();
+            let mut first_event: BTreeMap<&[u8], usize> = BTreeMap::new();
+            for (i, fkey) in fkeys.iter().enumerate() {
+                if !duplicate[i] {
+                    first_event.entry(fkey.as_slice()).or_insert(i);
+                }
+            }
+            for (fkey, i) in first_event {
+                let entry = match flows.get(meta_key(fkey).as_slice()).map_err(storage)? {
+                    Some(v) => {
+                        let meta = decode_meta(v.value())?;
+                        Touched {
+                            indexed_deadline: meta.deadline_ms,
+                            meta,
+                        }
                     }
-                }
-                if !touched.contains_key(&fkey) {
-                    let entry = match flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
-                        Some(v) => {
-                            let meta = decode_meta(v.value())?;
-                            Touched {
-                                indexed_deadline: meta.deadline_ms,
-                                meta,
+                    None => {
+                        new_flows += 1;
+                        let part = match archived.get(fkey).map_err(storage)? {
+                            Some(next) => {
+                                outcome.reopened += 1;
+                                next.value()
                             }
+                            None => 1,
+                        };
+                        Touched {
+                            indexed_deadline: None,
+                            meta: new_meta(&events[i], part, now_ms),
                         }
-                        None => {
-                            new_flows += 1;
-                            let part = match archived.get(fkey.as_slice()).map_err(storage)? {
-                                Some(next) => {
-                                    outcome.reopened += 1;
-                                    next.value()
-                                }
-                                None => 1,
-                            };
-                            Touched {
-                                indexed_deadline: None,
-                                meta: new_meta(event, part, now_ms),
-                            }
-                        }
-                    };
-                    touched.insert(fkey.clone(), entry);
+                    }
+                };
+                touched.insert(fkey, entry);
+            }
+
+            // Events, folded into their metas in arrival order; their bytes go to the
+            // journal in one write.
+            let mut active = self.journal.active()?;
+            let mut bytes: Vec<u8> = Vec::new();
+            let mut entries: Vec<(Vec<u8>, [u8; super::journal::POINTER_LEN])> =
+                Vec::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                if duplicate[i] {
+                    continue;
                 }
-                // Present: inserted just above when missing.
-                let Some(t) = touched.get_mut(&fkey) else {
+                // Present: every stored event's flow was loaded above.
+                let Some(t) = touched.get_mut(fkeys[i].as_slice()) else {
                     continue;
                 };
-                let ekey = apply_event(&mut t.meta, &fkey, event, now_ms);
-                flows
-                    .insert(ekey.as_slice(), event.raw.as_slice())
-                    .map_err(storage)?;
+                let ekey = apply_event(&mut t.meta, &fkeys[i], event, now_ms);
+                let pointer = EventPointer {
+                    file: active.id,
+                    offset: active.len + bytes.len() as u64,
+                    len: event.raw.len() as u32,
+                    crc: crc32fast::hash(&event.raw),
+                };
+                bytes.extend_from_slice(&event.raw);
+                entries.push((ekey, pointer.encode()));
                 outcome.stored += 1;
+            }
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (ekey, pointer) in &entries {
+                flows
+                    .insert(ekey.as_slice(), pointer.as_slice())
+                    .map_err(storage)?;
+            }
+            if outcome.stored > 0 {
+                // Durable before the transaction that points at the bytes commits.
+                active.append(&bytes)?;
+                let mut journal = txn.open_table(JOURNAL).map_err(storage)?;
+                let row = journal
+                    .get(active.id)
+                    .map_err(storage)?
+                    .map(|v| FileRow::decode(v.value()))
+                    .transpose()?
+                    .unwrap_or_default();
+                let row = FileRow {
+                    live: row.live + outcome.stored,
+                    end: active.len,
+                };
+                journal
+                    .insert(active.id, row.encode().as_slice())
+                    .map_err(storage)?;
             }
 
             for (fkey, t) in touched {
+                let fkey = fkey.to_vec();
                 let mut meta = t.meta;
                 meta.deadline_ms = policy
                     .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
@@ -244,6 +365,8 @@ impl StateStore for EmbeddedStore {
             }
         }
         txn.commit().map_err(storage)?;
+        // Files freed while a reader was open go once it has closed.
+        self.journal.delete_later([]);
         Ok(outcome)
     }
 
@@ -301,7 +424,10 @@ impl StateStore for EmbeddedStore {
     fn event_reader(&self) -> Result<Box<dyn EventReader>, StateError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(FLOWS).map_err(storage)?;
-        Ok(Box::new(EmbeddedEventReader { events }))
+        Ok(Box::new(EmbeddedEventReader {
+            events,
+            journal: RefCell::new(self.journal.reader()),
+        }))
     }
 
     fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
@@ -385,6 +511,7 @@ impl StateStore for EmbeddedStore {
 
     fn complete(&self, intent_id: &str) -> Result<(), StateError> {
         let txn = self.write()?;
+        let freed;
         {
             let mut intents = txn.open_table(INTENTS).map_err(storage)?;
             let intent: ArchiveIntent = match intents.remove(intent_id).map_err(storage)? {
@@ -400,6 +527,7 @@ impl StateStore for EmbeddedStore {
             let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
             let removed: u64 = intent.parts.iter().map(|p| p.meta.event_count).sum();
             add_counter(&mut settings, STORED_EVENTS, -(removed as i64))?;
+            let mut released: HashMap<u32, u64> = HashMap::new();
             for part in &intent.parts {
                 let start = part_prefix(
                     &flow_key(&part.meta.tenant, &part.meta.flow_id),
@@ -407,11 +535,20 @@ impl StateStore for EmbeddedStore {
                 );
                 let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
                 events
-                    .retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |_, _| false)
+                    .retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |_, v| {
+                        if let Some(p) = EventPointer::decode(v) {
+                            *released.entry(p.file).or_default() += 1;
+                        }
+                        false
+                    })
                     .map_err(storage)?;
             }
+            drop((events, settings));
+            freed = self.release_events(&txn, released)?;
         }
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        self.journal.delete_later(freed);
+        Ok(())
     }
 
     fn apply_policy(&self, policy: &RetentionPolicy) -> Result<u64, StateError> {
@@ -545,6 +682,7 @@ impl StateStore for EmbeddedStore {
         let fkey = flow_key(tenant, flow_id);
         let txn = self.write()?;
         let mut erased = ErasedLive::default();
+        let freed;
         {
             let mut flows = txn.open_table(FLOWS).map_err(storage)?;
             if let Some(v) = flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
@@ -561,10 +699,12 @@ impl StateStore for EmbeddedStore {
             let end = prefix_end(&fkey).unwrap_or_else(|| vec![0xff; fkey.len() + 1]);
             // Meta (0x00), dedupe keys (0x01) and events of every part (0x02).
             let mut events = 0u64;
+            let mut pointers = Vec::new();
             flows
-                .retain_in::<&[u8], _>(fkey.as_slice()..end.as_slice(), |k, _| {
-                    if k.get(fkey.len()) == Some(&0x02) {
+                .retain_in::<&[u8], _>(fkey.as_slice()..end.as_slice(), |k, v| {
+                    if k.get(fkey.len()) == Some(&EVENT) {
                         events += 1;
+                        pointers.extend(EventPointer::decode(v));
                     }
                     false
                 })
@@ -575,8 +715,18 @@ impl StateStore for EmbeddedStore {
             if erased.open_part {
                 add_counter(&mut settings, LIVE_FLOWS, -1)?;
             }
+            drop((flows, settings));
+            // The bytes go before the pointers: if this fails, the erasure fails and
+            // is retried, and a crash in between leaves zeros, never the history.
+            self.journal.zero(&pointers)?;
+            let mut released: HashMap<u32, u64> = HashMap::new();
+            for p in &pointers {
+                *released.entry(p.file).or_default() += 1;
+            }
+            freed = self.release_events(&txn, released)?;
         }
         txn.commit().map_err(storage)?;
+        self.journal.delete_later(freed);
         Ok(erased)
     }
 
@@ -636,9 +786,11 @@ impl EmbeddedStore {
     }
 }
 
-/// A read-only snapshot of the events table (it keeps its transaction alive).
+/// A read-only snapshot of the events table (it keeps its transaction alive) and the
+/// journal files it points into (kept until the reader is dropped).
 struct EmbeddedEventReader {
     events: redb::ReadOnlyTable<Bytes<'static>, Bytes<'static>>,
+    journal: RefCell<JournalReader>,
 }
 
 impl EventReader for EmbeddedEventReader {
@@ -657,7 +809,12 @@ impl EventReader for EmbeddedEventReader {
             .map_err(storage)?
         {
             let (_, value) = entry.map_err(storage)?;
-            sink(value.value()).map_err(|source| StateError::Stream {
+            let mut journal = self.journal.borrow_mut();
+            let bytes = match EventPointer::decode(value.value()) {
+                Some(pointer) => journal.read(&pointer)?,
+                None => value.value(),
+            };
+            sink(bytes).map_err(|source| StateError::Stream {
                 tenant: tenant.to_string(),
                 flow_id: flow_id.to_string(),
                 part,
@@ -665,5 +822,84 @@ impl EventReader for EmbeddedEventReader {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A store written before the journal holds event bytes inline in `flows`; they
+    /// are read, archived and deleted like journal events.
+    #[test]
+    fn inline_events_of_an_older_store_are_read_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default().state;
+        config.path = dir.path().to_path_buf();
+        let store = EmbeddedStore::open(&config).unwrap();
+        let policy = RetentionPolicy::new(Config::default().retention);
+        let event = FlowEvent {
+            tenant: "t".into(),
+            flow_id: "f".into(),
+            dedupe_key: Some(("s".into(), "1".into())),
+            sequence: None,
+            status: FlowStatus::Completed,
+            event_type: "flow.completed".into(),
+            time_ms: 0,
+            labels: BTreeMap::new(),
+            traceparent: None,
+            tracestate: None,
+            raw: br#"{"new":1}"#.to_vec(),
+        };
+        store.ingest(&[event], &policy, 0, None).unwrap();
+        // The layout of an older store: an event before the new one, bytes inline.
+        let fkey = flow_key("t", "f");
+        let mut key = part_prefix(&fkey, 1);
+        key.extend_from_slice(&order_key(
+            Some(&crate::event::Sequence::Number("0".into())),
+            0,
+        ));
+        let txn = store.write().unwrap();
+        txn.open_table(FLOWS)
+            .unwrap()
+            .insert(key.as_slice(), br#"{"old":0}"#.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+
+        let mut seen = Vec::new();
+        store
+            .for_each_event("t", "f", 1, &mut |b| {
+                seen.push(String::from_utf8_lossy(b).into_owned());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, [r#"{"old":0}"#, r#"{"new":1}"#]);
+
+        let meta = store.live_flow("t", "f").unwrap().unwrap();
+        let intent = ArchiveIntent {
+            id: "i".into(),
+            tenant: "t".into(),
+            object_key: "k".into(),
+            archived_at_ms: 0,
+            compression: crate::config::Compression::Zstd,
+            zstd_level: 3,
+            parts: vec![SealedPart {
+                meta,
+                archive_status: FlowStatus::Completed,
+                purge_at_ms: 0,
+            }],
+            stage: IntentStage::Pending,
+        };
+        store.seal(&intent).unwrap().unwrap();
+        store.complete("i").unwrap();
+        let mut left = 0;
+        store
+            .for_each_event("t", "f", 1, &mut |_| {
+                left += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

@@ -1,8 +1,8 @@
 //! The durable state store: per-flow ordered events and metadata, the deadline index,
 //! archive intents, tombstones of archived flows, and source checkpoints.
 //!
-//! [`StateStore`] is the seam; [`EmbeddedStore`] (redb, one file on local disk) is the
-//! default backend. Methods block on disk I/O: async code calls them through
+//! [`StateStore`] is the seam; [`EmbeddedStore`] (redb for the indexes, an append-only
+//! journal for event bytes, on local disk) is the default backend. Methods block on disk I/O: async code calls them through
 //! `tokio::task::spawn_blocking`.
 //!
 //! Guarantees every backend keeps:
@@ -18,6 +18,7 @@
 //!   are streamed out through [`StateStore::for_each_event`].
 
 mod embedded;
+mod journal;
 mod keys;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,11 @@ pub enum StateError {
         tenant: String,
         flow_id: String,
         part: u32,
+        source: std::io::Error,
+    },
+    #[error("state store journal file {path}: {source}")]
+    Journal {
+        path: String,
         source: std::io::Error,
     },
     #[error("no archive intent {0}")]
