@@ -475,3 +475,83 @@ fn erasing_a_live_flow_overwrites_its_bytes_in_the_journal() {
         vec![r#"{"id":"k1","seq":1}"#, r#"{"id":"k2","seq":2}"#]
     );
 }
+
+#[test]
+fn compaction_moves_the_few_live_events_of_mostly_archived_files_and_frees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    let p = policy();
+    // Four files, each with 199 events of finished flows and one of a running flow.
+    for batch in 0..4u64 {
+        let mut events: Vec<FlowEvent> = (0..199)
+            .map(|i| {
+                event(
+                    &format!("done-{batch}-{}", i % 10),
+                    &format!("{batch}-{i}"),
+                    i,
+                    FlowStatus::Completed,
+                    0,
+                )
+            })
+            .collect();
+        events.push(event(
+            "running",
+            &format!("r{batch}"),
+            batch,
+            FlowStatus::Running,
+            0,
+        ));
+        s.ingest(&events, &p, 0, None).unwrap();
+    }
+    let before = journal_files(dir.path());
+    assert_eq!(before.len(), 4);
+    assert_eq!(
+        s.compact().unwrap(),
+        Default::default(),
+        "nothing to do while the files are full of live events"
+    );
+
+    let done: Vec<String> = (0..4)
+        .flat_map(|b| (0..10).map(move |i| format!("done-{b}-{i}")))
+        .collect();
+    let done: Vec<&str> = done.iter().map(String::as_str).collect();
+    archive_now(&s, "i1", &done);
+    assert_eq!(
+        journal_files(dir.path()).len(),
+        4,
+        "one running flow pins every file"
+    );
+
+    // The active file is full too, so the moved events start a fifth file, and the
+    // fourth (no longer active, mostly dead) is compacted in the same call.
+    let c = s.compact().unwrap();
+    assert_eq!((c.files, c.moved_events), (4, 4), "{c:?}");
+    let after = journal_files(dir.path());
+    assert_eq!(after.len(), 1, "only the active file is left");
+    assert!(c.freed_bytes > 0);
+    assert_eq!(
+        events_of(&s, "running", 1),
+        vec![
+            r#"{"id":"r0","seq":0}"#,
+            r#"{"id":"r1","seq":1}"#,
+            r#"{"id":"r2","seq":2}"#,
+            r#"{"id":"r3","seq":3}"#
+        ],
+        "moved events read back in order"
+    );
+    assert_eq!(s.compact().unwrap(), Default::default(), "idempotent");
+
+    // The moved events survive a restart and archive like any other.
+    drop(s);
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    assert_eq!(events_of(&s, "running", 1).len(), 4);
+    s.ingest(
+        &[event("running", "end", 9, FlowStatus::Completed, 0)],
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    archive_now(&s, "i2", &["running"]);
+    assert!(events_of(&s, "running", 1).is_empty());
+}

@@ -121,6 +121,23 @@ pub struct Pipeline {
 }
 
 /// Runs a blocking state-store call off the async workers.
+/// Gives back journal files that archival has mostly emptied (see
+/// [`StateStore::compact`]); a failure is logged and retried at the next pass.
+async fn compact_journal(store: Arc<dyn StateStore>) {
+    match blocking(move || store.compact()).await {
+        Ok(c) if c.files > 0 => tracing::info!(
+            files = c.files,
+            moved_events = c.moved_events,
+            freed_bytes = c.freed_bytes,
+            "Compacted the event journal."
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "Compacting the event journal failed; retrying at the next pass.")
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, PipelineError> {
@@ -404,6 +421,9 @@ impl Pipeline {
         while let Some(done) = jobs.join_next().await {
             collect(&mut report, done);
         }
+        if report.failures.is_empty() {
+            compact_journal(self.store.clone()).await;
+        }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -564,6 +584,7 @@ impl Pipeline {
                             sent = tx.send((sealed, false)) => if sent.is_err() { break },
                         }
                     }
+                    compact_journal(this.store.clone()).await;
                 }
                 Ok(RunReport::default())
             });

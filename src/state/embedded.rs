@@ -28,7 +28,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
-use super::journal::{EventPointer, FileRow, Journal, JournalReader};
+use super::journal::{EventPointer, FileRow, Journal, JournalReader, COMPACTION_BUDGET};
 use super::keys::*;
 use super::*;
 use crate::config::StateConfig;
@@ -150,18 +150,18 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db, journal })
     }
 
-    /// Takes `counts` (file id → events no longer pointing into it) off the journal
-    /// rows; returns the files no live event points into any more, except the active
-    /// one. Their rows are removed: delete them after the commit.
+    /// Takes `released` (file id → events and bytes no longer pointed at) off the
+    /// journal rows; returns the files no live event points into any more, except the
+    /// active one. Their rows are removed: delete them after the commit.
     fn release_events(
         &self,
         txn: &redb::WriteTransaction,
-        counts: HashMap<u32, u64>,
+        released: Released,
     ) -> Result<Vec<u32>, StateError> {
         let mut table = txn.open_table(JOURNAL).map_err(storage)?;
         let active = self.journal.active_id();
         let mut freed = Vec::new();
-        for (id, n) in counts {
+        for (id, (n, bytes)) in released {
             let Some(row) = table
                 .get(id)
                 .map_err(storage)?
@@ -178,12 +178,41 @@ impl EmbeddedStore {
                 table.remove(id).map_err(storage)?;
                 freed.push(id);
             } else {
-                table
-                    .insert(id, FileRow { live, ..row }.encode().as_slice())
-                    .map_err(storage)?;
+                let row = FileRow {
+                    live,
+                    live_bytes: row.live_bytes.saturating_sub(bytes),
+                    ..row
+                };
+                table.insert(id, row.encode().as_slice()).map_err(storage)?;
             }
         }
         Ok(freed)
+    }
+
+    /// Counts `events` events of `bytes` bytes, just appended, in the active file's
+    /// row, with its new committed end.
+    fn add_to_active(
+        txn: &redb::WriteTransaction,
+        active: &super::journal::Active,
+        events: u64,
+        bytes: u64,
+    ) -> Result<(), StateError> {
+        let mut journal = txn.open_table(JOURNAL).map_err(storage)?;
+        let row = journal
+            .get(active.id)
+            .map_err(storage)?
+            .map(|v| FileRow::decode(v.value()))
+            .transpose()?
+            .unwrap_or_default();
+        let row = FileRow {
+            live: row.live + events,
+            live_bytes: row.live_bytes + bytes,
+            end: active.len,
+        };
+        journal
+            .insert(active.id, row.encode().as_slice())
+            .map_err(storage)?;
+        Ok(())
     }
 
     fn write(&self) -> Result<redb::WriteTransaction, StateError> {
@@ -192,6 +221,9 @@ impl EmbeddedStore {
         Ok(txn)
     }
 }
+
+/// Per journal file: events and bytes no longer pointed at.
+type Released = HashMap<u32, (u64, u64)>;
 
 /// A flow touched by the current ingest batch.
 struct Touched {
@@ -315,20 +347,7 @@ impl StateStore for EmbeddedStore {
             if outcome.stored > 0 {
                 // Durable before the transaction that points at the bytes commits.
                 active.append(&bytes)?;
-                let mut journal = txn.open_table(JOURNAL).map_err(storage)?;
-                let row = journal
-                    .get(active.id)
-                    .map_err(storage)?
-                    .map(|v| FileRow::decode(v.value()))
-                    .transpose()?
-                    .unwrap_or_default();
-                let row = FileRow {
-                    live: row.live + outcome.stored,
-                    end: active.len,
-                };
-                journal
-                    .insert(active.id, row.encode().as_slice())
-                    .map_err(storage)?;
+                Self::add_to_active(&txn, &active, outcome.stored, bytes.len() as u64)?;
             }
 
             for (fkey, t) in touched {
@@ -527,7 +546,7 @@ impl StateStore for EmbeddedStore {
             let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
             let removed: u64 = intent.parts.iter().map(|p| p.meta.event_count).sum();
             add_counter(&mut settings, STORED_EVENTS, -(removed as i64))?;
-            let mut released: HashMap<u32, u64> = HashMap::new();
+            let mut released = Released::new();
             for part in &intent.parts {
                 let start = part_prefix(
                     &flow_key(&part.meta.tenant, &part.meta.flow_id),
@@ -537,7 +556,8 @@ impl StateStore for EmbeddedStore {
                 events
                     .retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |_, v| {
                         if let Some(p) = EventPointer::decode(v) {
-                            *released.entry(p.file).or_default() += 1;
+                            let r = released.entry(p.file).or_default();
+                            (r.0, r.1) = (r.0 + 1, r.1 + u64::from(p.len));
                         }
                         false
                     })
@@ -678,6 +698,95 @@ impl StateStore for EmbeddedStore {
         self.put(ERASURES, old_key, None).map(|_| ())
     }
 
+    fn compact(&self) -> Result<Compaction, StateError> {
+        let mut done = Compaction::default();
+        loop {
+            // The mostly-dead files, emptiest first, up to the budget of live bytes.
+            let mut picked: Vec<(u32, FileRow)> = {
+                let active = self.journal.active_id();
+                let txn = self.db.begin_read().map_err(storage)?;
+                let table = txn.open_table(JOURNAL).map_err(storage)?;
+                let mut rows = Vec::new();
+                for entry in table.iter().map_err(storage)? {
+                    let (k, v) = entry.map_err(storage)?;
+                    let row = FileRow::decode(v.value())?;
+                    if k.value() != active && row.mostly_dead() {
+                        rows.push((k.value(), row));
+                    }
+                }
+                rows
+            };
+            if picked.is_empty() {
+                return Ok(done);
+            }
+            picked.sort_by_key(|(_, row)| row.live_bytes);
+            let mut budget = 0u64;
+            picked.retain(|(_, row)| {
+                let keep = budget == 0 || budget + row.live_bytes <= COMPACTION_BUDGET;
+                if keep {
+                    budget += row.live_bytes.max(1);
+                }
+                keep
+            });
+            let ids: std::collections::HashSet<u32> = picked.iter().map(|(id, _)| *id).collect();
+
+            let txn = self.write()?;
+            {
+                let mut flows = txn.open_table(FLOWS).map_err(storage)?;
+                // One pass over the index finds every pointer into the picked files:
+                // O(stored events), which is why this runs only for mostly-dead files.
+                let mut moved: Vec<(Vec<u8>, EventPointer)> = Vec::new();
+                for entry in flows.iter().map_err(storage)? {
+                    let (k, v) = entry.map_err(storage)?;
+                    if let Some(p) = EventPointer::decode(v.value()) {
+                        if ids.contains(&p.file) {
+                            moved.push((k.value().to_vec(), p));
+                        }
+                    }
+                }
+                let mut active = self.journal.active()?;
+                let mut bytes = Vec::new();
+                let mut repointed = Vec::with_capacity(moved.len());
+                {
+                    let mut reader = self.journal.reader();
+                    for (key, p) in &moved {
+                        let at = active.len + bytes.len() as u64;
+                        bytes.extend_from_slice(reader.read(p)?);
+                        repointed.push((
+                            key,
+                            EventPointer {
+                                file: active.id,
+                                offset: at,
+                                ..*p
+                            },
+                        ));
+                    }
+                }
+                if !bytes.is_empty() {
+                    active.append(&bytes)?;
+                }
+                for (key, p) in &repointed {
+                    flows
+                        .insert(key.as_slice(), p.encode().as_slice())
+                        .map_err(storage)?;
+                }
+                drop(flows);
+                let mut journal = txn.open_table(JOURNAL).map_err(storage)?;
+                for (id, row) in &picked {
+                    journal.remove(*id).map_err(storage)?;
+                    done.files += 1;
+                    done.freed_bytes += row.end;
+                }
+                drop(journal);
+                Self::add_to_active(&txn, &active, moved.len() as u64, bytes.len() as u64)?;
+                done.moved_events += moved.len() as u64;
+                done.freed_bytes = done.freed_bytes.saturating_sub(bytes.len() as u64);
+            }
+            txn.commit().map_err(storage)?;
+            self.journal.delete_later(ids);
+        }
+    }
+
     fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError> {
         let fkey = flow_key(tenant, flow_id);
         let txn = self.write()?;
@@ -719,9 +828,10 @@ impl StateStore for EmbeddedStore {
             // The bytes go before the pointers: if this fails, the erasure fails and
             // is retried, and a crash in between leaves zeros, never the history.
             self.journal.zero(&pointers)?;
-            let mut released: HashMap<u32, u64> = HashMap::new();
+            let mut released = Released::new();
             for p in &pointers {
-                *released.entry(p.file).or_default() += 1;
+                let r = released.entry(p.file).or_default();
+                (r.0, r.1) = (r.0 + 1, r.1 + u64::from(p.len));
             }
             freed = self.release_events(&txn, released)?;
         }

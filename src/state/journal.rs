@@ -76,34 +76,55 @@ impl EventPointer {
     }
 }
 
-/// Per-file bookkeeping stored in the `journal` table: `live u64 | end u64`.
+/// Per-file bookkeeping stored in the `journal` table:
+/// `live events u64 | live bytes u64 | end u64`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct FileRow {
     /// Events still pointing into the file.
     pub live: u64,
+    /// Their bytes.
+    pub live_bytes: u64,
     /// Bytes of the file covered by committed transactions.
     pub end: u64,
 }
 
 impl FileRow {
-    pub fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    pub fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
         out[..8].copy_from_slice(&self.live.to_be_bytes());
-        out[8..].copy_from_slice(&self.end.to_be_bytes());
+        out[8..16].copy_from_slice(&self.live_bytes.to_be_bytes());
+        out[16..].copy_from_slice(&self.end.to_be_bytes());
         out
     }
 
     pub fn decode(value: &[u8]) -> Result<FileRow, StateError> {
-        let bytes: [u8; 16] = value.try_into().map_err(|_| {
-            super::keys::corrupt("journal row", format!("{} bytes, not 16", value.len()))
-        })?;
-        let (live, end) = bytes.split_at(8);
+        if value.len() != 24 {
+            return Err(super::keys::corrupt(
+                "journal row",
+                format!("{} bytes, not 24", value.len()),
+            ));
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&value[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
         Ok(FileRow {
-            live: u64::from_be_bytes(live.try_into().unwrap_or_default()),
-            end: u64::from_be_bytes(end.try_into().unwrap_or_default()),
+            live: u64_at(0),
+            live_bytes: u64_at(8),
+            end: u64_at(16),
         })
     }
+
+    /// Worth compacting: less than a quarter of the file is still live.
+    pub fn mostly_dead(&self) -> bool {
+        self.live_bytes.saturating_mul(4) < self.end
+    }
 }
+
+/// Live bytes moved by one compaction transaction at most (one file may exceed it:
+/// a mostly-dead file holds at most a quarter of `state.journal_file_bytes`).
+pub(super) const COMPACTION_BUDGET: u64 = 8 << 20;
 
 fn io(path: &Path, e: std::io::Error) -> StateError {
     StateError::Journal {

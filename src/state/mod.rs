@@ -225,6 +225,16 @@ pub struct IngestOutcome {
     pub reopened: u64,
 }
 
+/// What one journal compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Compaction {
+    /// Files whose live events were moved and which were then deleted.
+    pub files: u64,
+    pub moved_events: u64,
+    /// Disk given back: the files' sizes less the bytes moved.
+    pub freed_bytes: u64,
+}
+
 /// Counts for summaries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
@@ -331,6 +341,12 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Forgets a finished erasure.
     fn finish_erase(&self, old_key: &str) -> Result<(), StateError>;
+
+    /// Gives back disk held by storage that is mostly archived: the embedded store
+    /// moves the live events of journal files that are mostly dead into the active
+    /// file and deletes those files, so a few long-running flows cannot pin them.
+    /// Cheap when there is nothing to do.
+    fn compact(&self) -> Result<Compaction, StateError>;
 
     /// Deletes everything the store holds of a flow — open part, events, dedupe keys,
     /// timer — atomically. The tombstone (next part number) stays, so a late event
