@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Work directory (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Events per state-store transaction (default: `input.batch_size`).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Skip the archive phase (ingest and memory only).
     #[arg(long)]
     pub ingest_only: bool,
@@ -112,6 +115,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     drop(out);
 
     let mut config = Config::rooted_at(&dir);
+    if let Some(n) = args.batch_size {
+        config.input.batch_size = n;
+    }
     let hour = Retention::After(std::time::Duration::from_secs(3600));
     let r = &mut config.retention;
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
