@@ -441,12 +441,12 @@ impl StateStore for EmbeddedStore {
     }
 
     fn event_reader(&self) -> Result<Box<dyn EventReader>, StateError> {
+        // The journal reader first: from then on no file is deleted, so every file
+        // the snapshot below points into stays readable.
+        let journal = RefCell::new(self.journal.reader());
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(FLOWS).map_err(storage)?;
-        Ok(Box::new(EmbeddedEventReader {
-            events,
-            journal: RefCell::new(self.journal.reader()),
-        }))
+        Ok(Box::new(EmbeddedEventReader { events, journal }))
     }
 
     fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
