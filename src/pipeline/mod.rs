@@ -120,7 +120,6 @@ pub struct Pipeline {
     last_input_ms: std::sync::atomic::AtomicU64,
 }
 
-/// Runs a blocking state-store call off the async workers.
 /// Gives back journal files that archival has mostly emptied (see
 /// [`StateStore::compact`]); a failure is logged and retried at the next pass.
 async fn compact_journal(store: Arc<dyn StateStore>) {
@@ -138,6 +137,7 @@ async fn compact_journal(store: Arc<dyn StateStore>) {
     }
 }
 
+/// Runs a blocking state-store call off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, PipelineError> {

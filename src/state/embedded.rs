@@ -18,7 +18,7 @@
 //! - `verified`:  intent id → postcard [`VerifiedObject`]
 //! - `checkpoints`: source name → opaque position
 //! - `settings`:  name → bytes (policy fingerprint, live flow and event counters)
-//! - `journal`:   u32 file id → u64 live events | u64 committed end
+//! - `journal`:   u32 file id → u64 live events | u64 live bytes | u64 committed end
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -146,7 +146,7 @@ impl EmbeddedStore {
             }
             rows
         };
-        let (journal, _) = Journal::open(&dir.join("journal"), &rows, config.journal_file_bytes)?;
+        let journal = Journal::open(&dir.join("journal"), &rows, config.journal_file_bytes)?;
         Ok(EmbeddedStore { db, journal })
     }
 
@@ -224,6 +224,11 @@ impl EmbeddedStore {
 
 /// Per journal file: events and bytes no longer pointed at.
 type Released = HashMap<u32, (u64, u64)>;
+
+fn release(released: &mut Released, pointer: &EventPointer) {
+    let r = released.entry(pointer.file).or_default();
+    (r.0, r.1) = (r.0 + 1, r.1 + u64::from(pointer.len));
+}
 
 /// A flow touched by the current ingest batch.
 struct Touched {
@@ -351,7 +356,6 @@ impl StateStore for EmbeddedStore {
             }
 
             for (fkey, t) in touched {
-                let fkey = fkey.to_vec();
                 let mut meta = t.meta;
                 meta.deadline_ms = policy
                     .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
@@ -359,18 +363,18 @@ impl StateStore for EmbeddedStore {
                 if t.indexed_deadline != meta.deadline_ms {
                     if let Some(old) = t.indexed_deadline {
                         deadlines
-                            .remove(deadline_key(old, &fkey).as_slice())
+                            .remove(deadline_key(old, fkey).as_slice())
                             .map_err(storage)?;
                     }
                     if let Some(new) = meta.deadline_ms {
                         deadlines
-                            .insert(deadline_key(new, &fkey).as_slice(), ())
+                            .insert(deadline_key(new, fkey).as_slice(), ())
                             .map_err(storage)?;
                     }
                 }
                 flows
                     .insert(
-                        meta_key(&fkey).as_slice(),
+                        meta_key(fkey).as_slice(),
                         encode("flow meta", &meta)?.as_slice(),
                     )
                     .map_err(storage)?;
@@ -556,8 +560,7 @@ impl StateStore for EmbeddedStore {
                 events
                     .retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |_, v| {
                         if let Some(p) = EventPointer::decode(v) {
-                            let r = released.entry(p.file).or_default();
-                            (r.0, r.1) = (r.0 + 1, r.1 + u64::from(p.len));
+                            release(&mut released, &p);
                         }
                         false
                     })
@@ -830,8 +833,7 @@ impl StateStore for EmbeddedStore {
             self.journal.zero(&pointers)?;
             let mut released = Released::new();
             for p in &pointers {
-                let r = released.entry(p.file).or_default();
-                (r.0, r.1) = (r.0 + 1, r.1 + u64::from(p.len));
+                release(&mut released, p);
             }
             freed = self.release_events(&txn, released)?;
         }

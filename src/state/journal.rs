@@ -143,16 +143,15 @@ pub(super) struct Active {
 }
 
 impl Active {
-    /// Appends `bytes` at the end and makes them durable; returns their offset.
-    pub fn append(&mut self, bytes: &[u8]) -> Result<u64, StateError> {
+    /// Appends `bytes` at the end (offset `len`) and makes them durable.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         let at = self.len;
         // Whatever happens, never hand out these offsets again.
         self.len += bytes.len() as u64;
         self.file
             .write_all_at(bytes, at)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| io(&self.path, e))?;
-        Ok(at)
+            .map_err(|e| io(&self.path, e))
     }
 }
 
@@ -178,7 +177,7 @@ impl Journal {
         dir: &Path,
         rows: &[(u32, FileRow)],
         file_bytes: u64,
-    ) -> Result<(Journal, Option<FileRow>), StateError> {
+    ) -> Result<Journal, StateError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let known: HashMap<u32, FileRow> = rows.iter().copied().collect();
         for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
@@ -195,9 +194,9 @@ impl Journal {
                 None => {}
             }
         }
-        let (id, row) = match rows.iter().max_by_key(|(id, _)| *id) {
-            Some((id, row)) => (*id, Some(*row)),
-            None => (1, None),
+        let (id, len) = match rows.iter().max_by_key(|(id, _)| *id) {
+            Some((id, row)) => (*id, row.end),
+            None => (1, 0),
         };
         let path = Journal::path_of(dir, id);
         let file = OpenOptions::new()
@@ -207,10 +206,9 @@ impl Journal {
             .truncate(false)
             .open(&path)
             .map_err(|e| io(&path, e))?;
-        let len = row.map(|r| r.end).unwrap_or(0);
         // Bytes past the committed end belong to a batch that never committed.
         file.set_len(len).map_err(|e| io(&path, e))?;
-        let journal = Journal {
+        Ok(Journal {
             dir: dir.to_path_buf(),
             file_bytes,
             active: Mutex::new(Active {
@@ -221,8 +219,7 @@ impl Journal {
             }),
             readers: Arc::new(()),
             doomed: Mutex::new(Vec::new()),
-        };
-        Ok((journal, row))
+        })
     }
 
     /// The active file, rotated first when it is full. Call with the write
