@@ -233,6 +233,80 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn large_parts_read_in_order_and_dedupe_across_the_inline_index() {
+                // 100 events in shuffled sequence order over 5 batches: more than a
+                // meta record keeps inline, so they end up in both places.
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                let mut seqs: Vec<u64> = (1..=100).collect();
+                seqs.reverse();
+                seqs.swap(3, 60);
+                seqs.swap(10, 90);
+                let ev = |seq: u64| {
+                    let status = if seq == 100 {
+                        FlowStatus::Completed
+                    } else {
+                        FlowStatus::Running
+                    };
+                    event("big", &format!("e{seq}"), seq, status, 0)
+                };
+                let mut stored = 0;
+                for chunk in seqs.chunks(20) {
+                    let mut batch: Vec<FlowEvent> = chunk.iter().map(|&q| ev(q)).collect();
+                    // Redeliveries of the batch's first event and of the very first one.
+                    batch.push(ev(chunk[0]));
+                    batch.push(ev(seqs[0]));
+                    let out = s.ingest(&batch, &p, 0, None).unwrap();
+                    assert_eq!(out.duplicates, 2);
+                    stored += out.stored;
+                }
+                assert_eq!(stored, 100);
+                let expected: Vec<String> = (1..=100)
+                    .map(|q| format!("{{\"id\":\"e{q}\",\"seq\":{q}}}"))
+                    .collect();
+                assert_eq!(events_of(&*s, "big", 1), expected, "open part, in order");
+                let meta = s.live_flow("t", "big").unwrap().unwrap();
+                assert_eq!(
+                    (meta.event_count, meta.status),
+                    (100, FlowStatus::Completed)
+                );
+
+                // Sealed: still in order until complete, then gone.
+                s.seal(&intent_for(&*s, "i1", &["big"]))
+                    .unwrap()
+                    .expect("sealed");
+                assert_eq!(events_of(&*s, "big", 1), expected, "sealed part, in order");
+                s.complete("i1").unwrap();
+                assert!(events_of(&*s, "big", 1).is_empty());
+                assert_eq!(s.stats().unwrap().stored_events, 0);
+
+                // Redeliveries of archived events, early (inline digest) and late
+                // (individual key), are duplicates; a new event opens part 2.
+                let out = s
+                    .ingest(
+                        &[
+                            ev(100),
+                            ev(1),
+                            ev(50),
+                            event("big", "new", 101, FlowStatus::Running, 0),
+                        ],
+                        &p,
+                        0,
+                        None,
+                    )
+                    .unwrap();
+                assert_eq!((out.duplicates, out.stored, out.reopened), (3, 1, 1));
+                assert_eq!(events_of(&*s, "big", 2), vec![r#"{"id":"new","seq":101}"#]);
+                // Everything survives reopening the store.
+                drop(s);
+                let s = open(dir.path());
+                let again = s.ingest(&[ev(7)], &p, 0, None).unwrap();
+                assert_eq!(again.duplicates, 1);
+                assert_eq!(events_of(&*s, "big", 2).len(), 1);
+            }
+
+            #[test]
             fn state_survives_reopening() {
                 let dir = tempfile::tempdir().unwrap();
                 {

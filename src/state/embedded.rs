@@ -6,12 +6,17 @@
 //! - `flow key` = `u16 len | tenant | u16 len | flow_id` (prefix-free)
 //! - `flows`, one table for everything about a flow, so that one flow's records
 //!   share B-tree pages and an ingest batch dirties one region per flow, not three:
-//!   - flow key | `0x00` → postcard [`FlowMeta`] of the open part
-//!   - flow key | `0x01` | u16 len | key a | u16 len | key b → `[]` (dedupe key)
+//!   - flow key | `0x00` → meta record: postcard [`FlowMeta`] of the open part, then
+//!     its inline index (the pointers of its first events and the flow's first dedupe
+//!     digests; see [`inline`](super::inline))
+//!   - flow key | `0x01` | u16 len | key a | u16 len | key b → `[]` (a dedupe key that
+//!     did not fit inline); flow key | `0x01 0xFF` → the digests of archived parts
 //!   - flow key | `0x02` | u32 part | order | u64 arrival → event pointer
-//!     (`0xFF` | u32 file | u64 offset | u32 length | u32 CRC-32), where `order` is the
-//!     encoded [`Sequence`] or `0x02` when the event has none. Stores written before
-//!     the journal hold the event bytes here instead; both are read.
+//!     (`0xFF` | u32 file | u64 offset | u32 length | u32 CRC-32) of an event that did
+//!     not fit inline, where `order` is the encoded [`Sequence`] or `0x02` when the
+//!     event has none. Stores written before the journal hold the event bytes here
+//!     instead; both are read. flow key | `0x02` | u32 part | `0xFF` → the inline
+//!     events of a sealed part.
 //! - `deadlines`: u64 (deadline ms, sign bit flipped) | flow key → ()
 //! - `archived`:  flow key → u32 next part (tombstone of an archived flow)
 //! - `intents`:   intent id → postcard [`ArchiveIntent`] (written once, at seal)
@@ -28,6 +33,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use super::inline::{digest, Digests, MetaRecord, Run};
 use super::journal::{EventPointer, FileRow, Journal, JournalReader, COMPACTION_BUDGET};
 use super::keys::*;
 use super::*;
@@ -225,16 +231,60 @@ impl EmbeddedStore {
 /// Per journal file: events and bytes no longer pointed at.
 type Released = HashMap<u32, (u64, u64)>;
 
+/// The journal pointers of one entry under a part prefix of `prefix_len` bytes: one
+/// for an individual event, all of them for a sealed part's inline run, none for an
+/// event stored inline by an older store.
+fn part_entry_pointers(
+    prefix_len: usize,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Vec<EventPointer>, StateError> {
+    if is_run_key(prefix_len, key) {
+        return Ok(Run::decode(value)?.pointers());
+    }
+    Ok(EventPointer::decode(value).into_iter().collect())
+}
+
+/// An index value that points into the journal (what compaction repoints).
+enum PointerHolder {
+    Event(EventPointer),
+    Run(Run),
+    Meta(Box<MetaRecord>),
+}
+
+impl PointerHolder {
+    fn pointers(&self) -> Box<dyn Iterator<Item = &EventPointer> + '_> {
+        match self {
+            PointerHolder::Event(p) => Box::new(std::iter::once(p)),
+            PointerHolder::Run(r) => Box::new(r.events.iter().map(|(_, p)| p)),
+            PointerHolder::Meta(m) => Box::new(m.run.events.iter().map(|(_, p)| p)),
+        }
+    }
+
+    fn pointers_mut(&mut self) -> Box<dyn Iterator<Item = &mut EventPointer> + '_> {
+        match self {
+            PointerHolder::Event(p) => Box::new(std::iter::once(p)),
+            PointerHolder::Run(r) => Box::new(r.events.iter_mut().map(|(_, p)| p)),
+            PointerHolder::Meta(m) => Box::new(m.run.events.iter_mut().map(|(_, p)| p)),
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, StateError> {
+        Ok(match self {
+            PointerHolder::Event(p) => p.encode().to_vec(),
+            PointerHolder::Run(r) => r.encode(),
+            PointerHolder::Meta(m) => m.encode()?,
+        })
+    }
+}
+
+fn is_run_key(prefix_len: usize, key: &[u8]) -> bool {
+    key.len() == prefix_len + 1 && key[prefix_len] == 0xFF
+}
+
 fn release(released: &mut Released, pointer: &EventPointer) {
     let r = released.entry(pointer.file).or_default();
     (r.0, r.1) = (r.0 + 1, r.1 + u64::from(pointer.len));
-}
-
-/// A flow touched by the current ingest batch.
-struct Touched {
-    meta: FlowMeta,
-    /// Deadline entry present in the index when the batch started.
-    indexed_deadline: Option<i64>,
 }
 
 impl StateStore for EmbeddedStore {
@@ -254,114 +304,99 @@ impl StateStore for EmbeddedStore {
             let mut new_flows = 0i64;
             // Every B-tree access below goes in key order, not arrival order: a batch
             // touches many flows, and sorted access finds the previous leaf still hot.
+            // Within a flow, events go in arrival order (the first of two duplicates
+            // is the one kept).
             let fkeys: Vec<Vec<u8>> = events
                 .iter()
                 .map(|e| flow_key(&e.tenant, &e.flow_id))
                 .collect();
-
-            // Dedupe. Equal keys sort by arrival, so the first of them is kept.
-            let mut dkeys: Vec<(Vec<u8>, usize)> = events
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| {
-                    let (a, b) = e.dedupe_key.as_ref()?;
-                    Some((dedupe_key(&fkeys[i], a, b), i))
-                })
-                .collect();
-            dkeys.sort_unstable();
-            let mut duplicate = vec![false; events.len()];
-            for (dkey, i) in &dkeys {
-                if flows
-                    .insert(dkey.as_slice(), [].as_slice())
-                    .map_err(storage)?
-                    .is_some()
-                {
-                    duplicate[*i] = true;
-                    outcome.duplicates += 1;
-                }
-            }
-            drop(dkeys);
-
-            // Metas are read once and written once per flow per batch: a batch usually
-            // carries several events of the same flow.
-            let mut touched: BTreeMap<&[u8], Touched> = BTreeMap::new();
-            let mut first_event: BTreeMap<&[u8], usize> = BTreeMap::new();
+            let mut by_flow: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
             for (i, fkey) in fkeys.iter().enumerate() {
-                if !duplicate[i] {
-                    first_event.entry(fkey.as_slice()).or_insert(i);
-                }
-            }
-            for (fkey, i) in first_event {
-                let entry = match flows.get(meta_key(fkey).as_slice()).map_err(storage)? {
-                    Some(v) => {
-                        let meta = decode_meta(v.value())?;
-                        Touched {
-                            indexed_deadline: meta.deadline_ms,
-                            meta,
-                        }
-                    }
-                    None => {
-                        new_flows += 1;
-                        let part = match archived.get(fkey).map_err(storage)? {
-                            Some(next) => {
-                                outcome.reopened += 1;
-                                next.value()
-                            }
-                            None => 1,
-                        };
-                        Touched {
-                            indexed_deadline: None,
-                            meta: new_meta(&events[i], part, now_ms),
-                        }
-                    }
-                };
-                touched.insert(fkey, entry);
+                by_flow.entry(fkey.as_slice()).or_default().push(i);
             }
 
-            // Events, folded into their metas in arrival order; their bytes go to the
-            // journal in one write.
             let mut active = self.journal.active()?;
             let mut bytes: Vec<u8> = Vec::new();
-            let mut entries: Vec<(Vec<u8>, [u8; super::journal::POINTER_LEN])> =
-                Vec::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                if duplicate[i] {
-                    continue;
+            // Events and dedupe keys that did not fit inline (see `inline`).
+            let mut individual: Vec<(Vec<u8>, [u8; super::journal::POINTER_LEN])> = Vec::new();
+            for (fkey, indices) in by_flow {
+                let mkey = meta_key(fkey);
+                let (mut record, indexed_deadline) =
+                    match flows.get(mkey.as_slice()).map_err(storage)? {
+                        Some(v) => {
+                            let record = MetaRecord::decode(v.value())?;
+                            let deadline = record.meta.deadline_ms;
+                            (Some(record), deadline)
+                        }
+                        None => (None, None),
+                    };
+                // A flow without an open part opens one with its first new event: the
+                // next part number, and the dedupe digests of its archived parts.
+                let (mut next_part, mut digests_before) = (1, Digests::default());
+                if record.is_none() {
+                    if let Some(next) = archived.get(fkey).map_err(storage)? {
+                        next_part = next.value();
+                        digests_before =
+                            match flows.get(digests_key(fkey).as_slice()).map_err(storage)? {
+                                Some(v) => Digests::decode(v.value())?,
+                                // Archived before inline digests: individual keys.
+                                None => Digests::spilled(),
+                            };
+                    }
                 }
-                // Present: every stored event's flow was loaded above.
-                let Some(t) = touched.get_mut(fkeys[i].as_slice()) else {
+                for i in indices {
+                    let event = &events[i];
+                    if let Some((a, b)) = &event.dedupe_key {
+                        let digests = match &mut record {
+                            Some(r) => &mut r.digests,
+                            None => &mut digests_before,
+                        };
+                        let d = digest(a, b);
+                        let mut duplicate = digests.list.contains(&d);
+                        if !duplicate && (digests.is_spilled() || !digests.push(d)) {
+                            duplicate = flows
+                                .insert(dedupe_key(fkey, a, b).as_slice(), [].as_slice())
+                                .map_err(storage)?
+                                .is_some();
+                        }
+                        if duplicate {
+                            outcome.duplicates += 1;
+                            continue;
+                        }
+                    }
+                    let r = record.get_or_insert_with(|| {
+                        new_flows += 1;
+                        if next_part > 1 {
+                            outcome.reopened += 1;
+                        }
+                        let meta = new_meta(event, next_part, now_ms);
+                        MetaRecord::new(meta, std::mem::take(&mut digests_before))
+                    });
+                    let order = apply_event(&mut r.meta, event, now_ms);
+                    let pointer = EventPointer {
+                        file: active.id,
+                        offset: active.len + bytes.len() as u64,
+                        len: event.raw.len() as u32,
+                        crc: crc32fast::hash(&event.raw),
+                    };
+                    bytes.extend_from_slice(&event.raw);
+                    outcome.stored += 1;
+                    if let Some((order, pointer)) = r.run.insert(order, pointer) {
+                        let mut key = part_prefix(fkey, r.meta.part);
+                        key.extend_from_slice(&order);
+                        individual.push((key, pointer.encode()));
+                    }
+                }
+                let Some(mut record) = record else {
+                    // Every event was a duplicate of an archived one.
                     continue;
                 };
-                let ekey = apply_event(&mut t.meta, &fkeys[i], event, now_ms);
-                let pointer = EventPointer {
-                    file: active.id,
-                    offset: active.len + bytes.len() as u64,
-                    len: event.raw.len() as u32,
-                    crc: crc32fast::hash(&event.raw),
-                };
-                bytes.extend_from_slice(&event.raw);
-                entries.push((ekey, pointer.encode()));
-                outcome.stored += 1;
-            }
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (ekey, pointer) in &entries {
-                flows
-                    .insert(ekey.as_slice(), pointer.as_slice())
-                    .map_err(storage)?;
-            }
-            if outcome.stored > 0 {
-                // Durable before the transaction that points at the bytes commits.
-                active.append(&bytes)?;
-                Self::add_to_active(&txn, &active, outcome.stored, bytes.len() as u64)?;
-            }
-
-            for (fkey, t) in touched {
-                let mut meta = t.meta;
+                let meta = &mut record.meta;
                 meta.deadline_ms = policy
                     .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
                     .deadline_ms;
-                if t.indexed_deadline != meta.deadline_ms {
-                    if let Some(old) = t.indexed_deadline {
+                if indexed_deadline != meta.deadline_ms {
+                    if let Some(old) = indexed_deadline {
                         deadlines
                             .remove(deadline_key(old, fkey).as_slice())
                             .map_err(storage)?;
@@ -373,11 +408,19 @@ impl StateStore for EmbeddedStore {
                     }
                 }
                 flows
-                    .insert(
-                        meta_key(fkey).as_slice(),
-                        encode("flow meta", &meta)?.as_slice(),
-                    )
+                    .insert(mkey.as_slice(), record.encode()?.as_slice())
                     .map_err(storage)?;
+            }
+            individual.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (ekey, pointer) in &individual {
+                flows
+                    .insert(ekey.as_slice(), pointer.as_slice())
+                    .map_err(storage)?;
+            }
+            if outcome.stored > 0 {
+                // Durable before the transaction that points at the bytes commits.
+                active.append(&bytes)?;
+                Self::add_to_active(&txn, &active, outcome.stored, bytes.len() as u64)?;
             }
             let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
             add_counter(&mut settings, LIVE_FLOWS, new_flows)?;
@@ -465,13 +508,31 @@ impl StateStore for EmbeddedStore {
                 let m = &part.meta;
                 let fkey = flow_key(&m.tenant, &m.flow_id);
                 let current = match flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
-                    Some(v) => decode_meta(v.value())?,
+                    Some(v) => MetaRecord::decode(v.value())?,
                     None => continue,
                 };
-                if current != *m {
+                if current.meta != *m {
                     continue;
                 }
                 flows.remove(meta_key(&fkey).as_slice()).map_err(storage)?;
+                // The inline index outlives the meta: events until the part is
+                // deleted, digests for good (see `inline`).
+                if !current.run.events.is_empty() {
+                    flows
+                        .insert(
+                            run_key(&fkey, m.part).as_slice(),
+                            current.run.encode().as_slice(),
+                        )
+                        .map_err(storage)?;
+                }
+                if !current.digests.list.is_empty() {
+                    flows
+                        .insert(
+                            digests_key(&fkey).as_slice(),
+                            current.digests.encode().as_slice(),
+                        )
+                        .map_err(storage)?;
+                }
                 if let Some(d) = m.deadline_ms {
                     deadlines
                         .remove(deadline_key(d, &fkey).as_slice())
@@ -557,14 +618,19 @@ impl StateStore for EmbeddedStore {
                     part.meta.part,
                 );
                 let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
+                let mut damaged = None;
                 events
-                    .retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |_, v| {
-                        if let Some(p) = EventPointer::decode(v) {
-                            release(&mut released, &p);
+                    .retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |k, v| {
+                        match part_entry_pointers(start.len(), k, v) {
+                            Ok(pointers) => pointers.iter().for_each(|p| release(&mut released, p)),
+                            Err(e) => damaged = Some(e),
                         }
                         false
                     })
                     .map_err(storage)?;
+                if let Some(e) = damaged {
+                    return Err(e);
+                }
             }
             drop((events, settings));
             freed = self.release_events(&txn, released)?;
@@ -610,13 +676,14 @@ impl StateStore for EmbeddedStore {
                     last = Some(key.to_vec());
                     if let Some(len) = flow_key_len(key) {
                         if key[len] == META && key.len() == len + 1 {
-                            chunk.push((key[..len].to_vec(), decode_meta(v.value())?));
+                            chunk.push((key[..len].to_vec(), MetaRecord::decode(v.value())?));
                         }
                     }
                 }
                 let Some(last) = last else { break };
                 cursor = Some(last);
-                for (fkey, mut meta) in chunk {
+                for (fkey, mut record) in chunk {
+                    let meta = &mut record.meta;
                     let new = policy
                         .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
                         .deadline_ms;
@@ -635,10 +702,7 @@ impl StateStore for EmbeddedStore {
                     }
                     meta.deadline_ms = new;
                     flows
-                        .insert(
-                            meta_key(&fkey).as_slice(),
-                            encode("flow meta", &meta)?.as_slice(),
-                        )
+                        .insert(meta_key(&fkey).as_slice(), record.encode()?.as_slice())
                         .map_err(storage)?;
                     updated += 1;
                 }
@@ -738,39 +802,53 @@ impl StateStore for EmbeddedStore {
                 let mut flows = txn.open_table(FLOWS).map_err(storage)?;
                 // One pass over the index finds every pointer into the picked files:
                 // O(stored events), which is why this runs only for mostly-dead files.
-                let mut moved: Vec<(Vec<u8>, EventPointer)> = Vec::new();
+                let mut holders: Vec<(Vec<u8>, PointerHolder)> = Vec::new();
                 for entry in flows.iter().map_err(storage)? {
                     let (k, v) = entry.map_err(storage)?;
-                    if let Some(p) = EventPointer::decode(v.value()) {
-                        if ids.contains(&p.file) {
-                            moved.push((k.value().to_vec(), p));
+                    let (key, value) = (k.value(), v.value());
+                    let Some(len) = flow_key_len(key) else {
+                        continue;
+                    };
+                    let holder = match key[len] {
+                        META if key.len() == len + 1 => {
+                            PointerHolder::Meta(Box::new(MetaRecord::decode(value)?))
                         }
+                        EVENT if is_run_key(len + 5, key) => {
+                            PointerHolder::Run(Run::decode(value)?)
+                        }
+                        EVENT => match EventPointer::decode(value) {
+                            Some(p) => PointerHolder::Event(p),
+                            None => continue,
+                        },
+                        _ => continue,
+                    };
+                    if holder.pointers().any(|p| ids.contains(&p.file)) {
+                        holders.push((key.to_vec(), holder));
                     }
                 }
                 let mut active = self.journal.active()?;
                 let mut bytes = Vec::new();
-                let mut repointed = Vec::with_capacity(moved.len());
+                let mut moved = 0u64;
                 {
                     let mut reader = self.journal.reader();
-                    for (key, p) in &moved {
-                        let at = active.len + bytes.len() as u64;
-                        bytes.extend_from_slice(reader.read(p)?);
-                        repointed.push((
-                            key,
-                            EventPointer {
-                                file: active.id,
-                                offset: at,
-                                ..*p
-                            },
-                        ));
+                    for (_, holder) in &mut holders {
+                        for p in holder.pointers_mut() {
+                            if !ids.contains(&p.file) {
+                                continue;
+                            }
+                            let at = active.len + bytes.len() as u64;
+                            bytes.extend_from_slice(reader.read(p)?);
+                            (p.file, p.offset) = (active.id, at);
+                            moved += 1;
+                        }
                     }
                 }
                 if !bytes.is_empty() {
                     active.append(&bytes)?;
                 }
-                for (key, p) in &repointed {
+                for (key, holder) in &holders {
                     flows
-                        .insert(key.as_slice(), p.encode().as_slice())
+                        .insert(key.as_slice(), holder.encode()?.as_slice())
                         .map_err(storage)?;
                 }
                 drop(flows);
@@ -781,8 +859,8 @@ impl StateStore for EmbeddedStore {
                     done.freed_bytes += row.end;
                 }
                 drop(journal);
-                Self::add_to_active(&txn, &active, moved.len() as u64, bytes.len() as u64)?;
-                done.moved_events += moved.len() as u64;
+                Self::add_to_active(&txn, &active, moved, bytes.len() as u64)?;
+                done.moved_events += moved;
                 done.freed_bytes = done.freed_bytes.saturating_sub(bytes.len() as u64);
             }
             txn.commit().map_err(storage)?;
@@ -809,18 +887,39 @@ impl StateStore for EmbeddedStore {
                 }
             }
             let end = prefix_end(&fkey).unwrap_or_else(|| vec![0xff; fkey.len() + 1]);
-            // Meta (0x00), dedupe keys (0x01) and events of every part (0x02).
+            // Meta record (0x00, with the open part's inline events), dedupe keys and
+            // digests (0x01), and events of every part (0x02, individual and runs).
             let mut events = 0u64;
             let mut pointers = Vec::new();
+            let mut damaged = None;
+            let part_prefix_len = fkey.len() + 5;
             flows
                 .retain_in::<&[u8], _>(fkey.as_slice()..end.as_slice(), |k, v| {
-                    if k.get(fkey.len()) == Some(&EVENT) {
-                        events += 1;
-                        pointers.extend(EventPointer::decode(v));
+                    let counted = |ps: Vec<EventPointer>| (ps.len() as u64, ps);
+                    let found = match k.get(fkey.len()) {
+                        Some(&META) if k.len() == fkey.len() + 1 => {
+                            MetaRecord::decode(v).map(|r| counted(r.run.pointers()))
+                        }
+                        Some(&EVENT) if is_run_key(part_prefix_len, k) => {
+                            Run::decode(v).map(|r| counted(r.pointers()))
+                        }
+                        // One event: a pointer, or its bytes in an older store.
+                        Some(&EVENT) => Ok((1, EventPointer::decode(v).into_iter().collect())),
+                        _ => Ok((0, Vec::new())),
+                    };
+                    match found {
+                        Ok((n, found)) => {
+                            events += n;
+                            pointers.extend(found);
+                        }
+                        Err(e) => damaged = Some(e),
                     }
                     false
                 })
                 .map_err(storage)?;
+            if let Some(e) = damaged {
+                return Err(e);
+            }
             erased.events = events;
             let mut settings = txn.open_table(SETTINGS).map_err(storage)?;
             add_counter(&mut settings, STORED_EVENTS, -(events as i64))?;
@@ -913,25 +1012,60 @@ impl EventReader for EmbeddedEventReader {
         part: u32,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), StateError> {
-        let start = part_prefix(&flow_key(tenant, flow_id), part);
+        let fkey = flow_key(tenant, flow_id);
+        let start = part_prefix(&fkey, part);
         let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
-        for entry in self
-            .events
-            .range::<&[u8]>(start.as_slice()..end.as_slice())
-            .map_err(storage)?
-        {
-            let (_, value) = entry.map_err(storage)?;
+        let mut emit = |value: &[u8]| -> Result<(), StateError> {
             let mut journal = self.journal.borrow_mut();
-            let bytes = match EventPointer::decode(value.value()) {
+            let bytes = match EventPointer::decode(value) {
                 Some(pointer) => journal.read(&pointer)?,
-                None => value.value(),
+                None => value,
             };
             sink(bytes).map_err(|source| StateError::Stream {
                 tenant: tenant.to_string(),
                 flow_id: flow_id.to_string(),
                 part,
                 source,
-            })?;
+            })
+        };
+        // The part's inline events: in its meta record while it is open, under its
+        // run key once sealed. They merge by order with the individual entries.
+        let open = self
+            .events
+            .get(meta_key(&fkey).as_slice())
+            .map_err(storage)?
+            .map(|v| MetaRecord::decode(v.value()))
+            .transpose()?
+            .filter(|r| r.meta.part == part);
+        let run = match open {
+            Some(record) => record.run,
+            None => match self
+                .events
+                .get(run_key(&fkey, part).as_slice())
+                .map_err(storage)?
+            {
+                Some(v) => Run::decode(v.value())?,
+                None => Run::default(),
+            },
+        };
+        let mut inline = run.events.into_iter().peekable();
+        for entry in self
+            .events
+            .range::<&[u8]>(start.as_slice()..end.as_slice())
+            .map_err(storage)?
+        {
+            let (key, value) = entry.map_err(storage)?;
+            let order = &key.value()[start.len()..];
+            if order == [0xFF] {
+                continue; // the run itself
+            }
+            while let Some((_, p)) = inline.next_if(|(o, _)| o.as_slice() < order) {
+                emit(&p.encode())?;
+            }
+            emit(value.value())?;
+        }
+        for (_, p) in inline {
+            emit(&p.encode())?;
         }
         Ok(())
     }
@@ -944,6 +1078,88 @@ mod tests {
 
     /// A store written before the journal holds event bytes inline in `flows`; they
     /// are read, archived and deleted like journal events.
+    /// A meta record written before inline indexes is postcard alone, and its flow's
+    /// events and dedupe keys are individual entries: it keeps deduplicating against
+    /// them, and new events join in order.
+    #[test]
+    fn meta_records_of_an_older_layout_keep_their_dedupe_keys_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default().state;
+        config.path = dir.path().to_path_buf();
+        let store = EmbeddedStore::open(&config).unwrap();
+        let policy = RetentionPolicy::new(Config::default().retention);
+        let event = |id: &str, seq: &str| FlowEvent {
+            tenant: "t".into(),
+            flow_id: "f".into(),
+            dedupe_key: Some(("s".into(), id.into())),
+            sequence: Some(crate::event::Sequence::Number(seq.into())),
+            status: FlowStatus::Running,
+            event_type: "flow.step".into(),
+            time_ms: 0,
+            labels: BTreeMap::new(),
+            traceparent: None,
+            tracestate: None,
+            raw: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+        };
+        store
+            .ingest(&[event("old", "5")], &policy, 0, None)
+            .unwrap();
+        // Rewrite it in the older layout: meta alone, an individual event entry and an
+        // individual dedupe key.
+        let fkey = flow_key("t", "f");
+        let txn = store.write().unwrap();
+        {
+            let mut flows = txn.open_table(FLOWS).unwrap();
+            let record = MetaRecord::decode(
+                flows
+                    .get(meta_key(&fkey).as_slice())
+                    .unwrap()
+                    .unwrap()
+                    .value(),
+            )
+            .unwrap();
+            let (order, pointer) = record.run.events[0].clone();
+            let mut ekey = part_prefix(&fkey, 1);
+            ekey.extend_from_slice(&order);
+            flows
+                .insert(ekey.as_slice(), pointer.encode().as_slice())
+                .unwrap();
+            flows
+                .insert(dedupe_key(&fkey, "s", "old").as_slice(), [].as_slice())
+                .unwrap();
+            flows
+                .insert(
+                    meta_key(&fkey).as_slice(),
+                    encode("flow meta", &record.meta).unwrap().as_slice(),
+                )
+                .unwrap();
+        }
+        txn.commit().unwrap();
+
+        let out = store
+            .ingest(
+                &[event("old", "5"), event("first", "1"), event("last", "9")],
+                &policy,
+                0,
+                None,
+            )
+            .unwrap();
+        assert_eq!((out.stored, out.duplicates), (2, 1));
+        let mut seen = Vec::new();
+        store
+            .for_each_event("t", "f", 1, &mut |b| {
+                seen.push(String::from_utf8_lossy(b).into_owned());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            [r#"{"id":"first"}"#, r#"{"id":"old"}"#, r#"{"id":"last"}"#]
+        );
+        let erased = store.erase_live("t", "f").unwrap();
+        assert_eq!(erased.events, 3);
+    }
+
     #[test]
     fn inline_events_of_an_older_store_are_read_and_deleted() {
         let dir = tempfile::tempdir().unwrap();

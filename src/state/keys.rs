@@ -87,8 +87,11 @@ pub(super) fn order_key(sequence: Option<&Sequence>, arrival: u64) -> Vec<u8> {
     k
 }
 
+/// The meta at the start of a meta record, ignoring its inline index (see `inline`).
 pub(super) fn decode_meta(bytes: &[u8]) -> Result<FlowMeta, StateError> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt("flow meta", e))
+    postcard::take_from_bytes(bytes)
+        .map(|(meta, _)| meta)
+        .map_err(|e| corrupt("flow meta", e))
 }
 
 pub(super) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StateError> {
@@ -127,25 +130,43 @@ pub(super) fn new_meta(event: &FlowEvent, part: u32, now_ms: i64) -> FlowMeta {
     }
 }
 
-/// Folds `event` into its flow's meta and returns the event's key. The status is that
+/// Key of a sealed part's inline events (see `inline`).
+pub(super) fn run_key(flow_key: &[u8], part: u32) -> Vec<u8> {
+    let mut k = part_prefix(flow_key, part);
+    k.push(0xFF);
+    k
+}
+
+/// Key of an archived flow's inline dedupe digests (see `inline`).
+pub(super) fn digests_key(flow_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(flow_key.len() + 2);
+    k.extend_from_slice(flow_key);
+    k.extend_from_slice(&[DEDUPE, 0xFF]);
+    k
+}
+
+/// Folds `event` into its flow's meta and returns the event's order within its part
+/// (the key of an individual event entry is the part prefix followed by it). The status is that
 /// of the latest event in flow order; labels merge; the first trace context is kept.
-pub(super) fn apply_event(
-    meta: &mut FlowMeta,
-    flow_key: &[u8],
-    event: &FlowEvent,
-    now_ms: i64,
-) -> Vec<u8> {
+pub(super) fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -> Vec<u8> {
     let order = order_key(event.sequence.as_ref(), meta.next_arrival);
     meta.next_arrival += 1;
-    let mut key = part_prefix(flow_key, meta.part);
-    key.extend_from_slice(&order);
+    // `clone_from` and the label check below reuse what the meta already holds: most
+    // events repeat their flow's labels, and this runs once per stored event.
     if order >= meta.status_order {
         meta.status = event.status;
-        meta.event_type = event.event_type.clone();
-        meta.status_order = order;
+        meta.event_type.clone_from(&event.event_type);
+        meta.status_order.clone_from(&order);
     }
-    meta.labels
-        .extend(event.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (k, v) in &event.labels {
+        match meta.labels.get_mut(k) {
+            Some(old) if old == v => {}
+            Some(old) => old.clone_from(v),
+            None => {
+                meta.labels.insert(k.clone(), v.clone());
+            }
+        }
+    }
     meta.first_event_ms = meta.first_event_ms.min(event.time_ms);
     meta.last_event_ms = meta.last_event_ms.max(event.time_ms);
     meta.last_ingest_ms = now_ms;
@@ -155,5 +176,5 @@ pub(super) fn apply_event(
         meta.traceparent = event.traceparent.clone();
         meta.tracestate = event.tracestate.clone();
     }
-    key
+    order
 }

@@ -18,6 +18,7 @@
 //!   are streamed out through [`StateStore::for_each_event`].
 
 mod embedded;
+mod inline;
 mod journal;
 mod keys;
 
