@@ -531,22 +531,22 @@ impl Decoder {
         let sequence = match value.lookup(&p.sequence) {
             None => None,
             Some(raw) if raw.get() == "null" => None,
-            Some(raw) => Some(parse_sequence(&parse_value(raw)?)?),
+            Some(raw) => Some(parse_sequence(raw)?),
         };
 
         let event_type = optional_string(&value, &p.event_type, "type")?.unwrap_or_default();
         let status_text = match &p.status {
-            Some(ptr) => optional_string(&value, ptr, "status")?,
+            Some(ptr) => optional_str(&value, ptr, "status")?,
             None => None,
         };
         let status = FlowStatus::from_type(status_text.as_deref().unwrap_or(&event_type));
 
-        let mut time = optional_string(&value, &p.time, "time")?;
+        let mut time = optional_str(&value, &p.time, "time")?;
         for fallback in &p.time_fallbacks {
             if time.is_some() {
                 break;
             }
-            time = optional_string(&value, fallback, "time")?;
+            time = optional_str(&value, fallback, "time")?;
         }
         let time_ms = match time {
             None => now_ms,
@@ -568,32 +568,7 @@ impl Decoder {
         let labels = match value.lookup(&p.labels) {
             None => BTreeMap::new(),
             Some(raw) if raw.get() == "null" => BTreeMap::new(),
-            Some(raw) => match parse_value(raw)? {
-                Value::Object(map) => {
-                    let mut labels = BTreeMap::new();
-                    for (k, v) in map {
-                        let v = match v {
-                            Value::String(s) => s,
-                            Value::Number(n) => n.to_string(),
-                            Value::Bool(b) => b.to_string(),
-                            _ => {
-                                return Err(Rejection::new(
-                                    RejectReason::InvalidLabels,
-                                    format!("label {k:?} is not a string, number or boolean"),
-                                ))
-                            }
-                        };
-                        labels.insert(k, v);
-                    }
-                    labels
-                }
-                _ => {
-                    return Err(Rejection::new(
-                        RejectReason::InvalidLabels,
-                        format!("{} is not an object", m.labels),
-                    ))
-                }
-            },
+            Some(raw) => parse_labels(raw, &m.labels)?,
         };
 
         // A malformed trace context is dropped, not refused: it is optional metadata,
@@ -672,10 +647,18 @@ fn optional_string(
     pointer: &Pointer,
     what: &str,
 ) -> Result<Option<String>, Rejection> {
+    optional_str(value, pointer, what).map(|s| s.map(Cow::into_owned))
+}
+
+fn optional_str<'a>(
+    value: &Lazy<'a>,
+    pointer: &Pointer,
+    what: &str,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
     match value.lookup(pointer) {
         None => Ok(None),
         // The name is formatted only on error: this runs several times per event.
-        Some(raw) => as_string(raw, what).map_err(|mut r| {
+        Some(raw) => as_str(raw, what).map_err(|mut r| {
             if r.reason == RejectReason::WrongType {
                 r.detail = format!("{what} ({}) is not a string", pointer.text);
             }
@@ -704,10 +687,48 @@ fn optional_scalar(
     }
 }
 
-fn parse_sequence(value: &Value) -> Result<Sequence, Rejection> {
+/// The labels object: string values as they are, numbers and booleans as their JSON
+/// text; anything else is refused.
+fn parse_labels(raw: &RawValue, pointer_text: &str) -> Result<BTreeMap<String, String>, Rejection> {
+    if !raw.get().starts_with('{') {
+        return Err(Rejection::new(
+            RejectReason::InvalidLabels,
+            format!("{pointer_text} is not an object"),
+        ));
+    }
+    let object: Lazy = serde_json::from_str(raw.get())
+        .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))?;
+    let mut labels = BTreeMap::new();
+    for (k, v) in object.0 {
+        let text = v.get();
+        let value = if text.starts_with('"') {
+            as_str(v, "label")?.unwrap_or_default().into_owned()
+        } else {
+            match parse_value(v)? {
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => {
+                    return Err(Rejection::new(
+                        RejectReason::InvalidLabels,
+                        format!("label {:?} is not a string, number or boolean", k.0),
+                    ))
+                }
+            }
+        };
+        // Later duplicate keys win, as everywhere in the decoder.
+        labels.insert(k.0.into_owned(), value);
+    }
+    Ok(labels)
+}
+
+fn parse_sequence(raw: &RawValue) -> Result<Sequence, Rejection> {
     let invalid = |detail: String| Rejection::new(RejectReason::InvalidSequence, detail);
+    if raw.get().starts_with('"') {
+        let text = as_str(raw, "sequence")?.unwrap_or_default();
+        return sequence_from_text(text);
+    }
+    let value = parse_value(raw)?;
     let text = match value {
-        Value::String(s) => s.clone(),
         Value::Number(n) if n.is_u64() => n.to_string(),
         Value::Number(n) => {
             return Err(invalid(format!(
@@ -721,6 +742,11 @@ fn parse_sequence(value: &Value) -> Result<Sequence, Rejection> {
             ))
         }
     };
+    sequence_from_text(Cow::Owned(text))
+}
+
+fn sequence_from_text(text: Cow<str>) -> Result<Sequence, Rejection> {
+    let invalid = |detail: String| Rejection::new(RejectReason::InvalidSequence, detail);
     if text.is_empty() {
         return Err(invalid("sequence is empty".into()));
     }
@@ -735,7 +761,7 @@ fn parse_sequence(value: &Value) -> Result<Sequence, Rejection> {
     if text.contains('\0') {
         return Err(invalid("sequence contains NUL".into()));
     }
-    Ok(Sequence::Text(text))
+    Ok(Sequence::Text(text.into_owned()))
 }
 
 #[cfg(test)]
@@ -801,11 +827,25 @@ mod tests {
         assert!(n("10") < n("100"));
         assert!(n("100") < enc(Sequence::Text("a".into())));
         assert!(enc(Sequence::Text("ab".into())) < enc(Sequence::Text("abc".into())));
-        let s = parse_sequence(&serde_json::json!(42)).unwrap();
+        let raw = |text: &str| RawValue::from_string(text.to_string()).unwrap();
+        let s = parse_sequence(&raw("42")).unwrap();
         assert_eq!(s, Sequence::Number("42".into()));
         assert_eq!(
-            parse_sequence(&serde_json::json!("000")).unwrap(),
+            parse_sequence(&raw(r#""000""#)).unwrap(),
             Sequence::Number("0".into())
+        );
+        assert_eq!(
+            parse_sequence(&raw(r#""step\u00e9""#)).unwrap(),
+            Sequence::Text("step\u{e9}".into()),
+            "escapes are decoded"
+        );
+        assert_eq!(
+            parse_sequence(&raw("-1")).unwrap_err().reason,
+            RejectReason::InvalidSequence
+        );
+        assert_eq!(
+            parse_sequence(&raw("true")).unwrap_err().reason,
+            RejectReason::WrongType
         );
     }
 
