@@ -35,8 +35,8 @@ pub struct IngestTotals {
     pub dead_letter_reasons: BTreeMap<String, u64>,
 }
 
-/// A batch's durable write in flight.
-type PendingWrite = tokio::task::JoinHandle<Result<IngestOutcome, StateError>>;
+/// A batch's durable write in flight; it hands the batch's events back.
+type PendingWrite = tokio::task::JoinHandle<(Result<IngestOutcome, StateError>, Vec<FlowEvent>)>;
 
 pub struct Ingest {
     pub(crate) decoder: Decoder,
@@ -99,19 +99,25 @@ impl Ingest {
                     crate::traces::link(&span, e.traceparent.as_deref(), e.tracestate.as_deref());
                 }
             }
+            let mut written = Vec::new();
             if let Some((previous, previous_seq, previous_span)) = writing.take() {
-                self.finish_write(
-                    previous,
-                    previous_seq,
-                    previous_span,
-                    source,
-                    &mut totals,
-                    on_batch,
-                )
-                .await?;
+                written = self
+                    .finish_write(
+                        previous,
+                        previous_seq,
+                        previous_span,
+                        source,
+                        &mut totals,
+                        on_batch,
+                    )
+                    .await?;
             }
             let write = self.start_write(good, source.name(), checkpoint.filter(|_| in_state));
             writing = Some((write, seq, span));
+            // The previous batch's events are freed here, while the next write runs:
+            // freeing them on the writer's thread made both threads contend for the
+            // allocator's lock.
+            drop(written);
         }
         if let Some((previous, seq, span)) = writing.take() {
             self.finish_write(previous, seq, span, source, &mut totals, on_batch)
@@ -191,7 +197,8 @@ impl Ingest {
         let now = self.clock.now_ms();
         tokio::task::spawn_blocking(move || {
             let cp = checkpoint.as_deref().map(|c| (name.as_str(), c));
-            store.ingest(&good, &policy, now, cp)
+            let outcome = store.ingest(&good, &policy, now, cp);
+            (outcome, good)
         })
     }
 
@@ -203,8 +210,9 @@ impl Ingest {
         source: &mut dyn Source,
         totals: &mut IngestTotals,
         on_batch: &mut (dyn FnMut(&IngestTotals) + Send),
-    ) -> Result<(), PipelineError> {
-        let outcome = match write.instrument(span.clone()).await? {
+    ) -> Result<Vec<FlowEvent>, PipelineError> {
+        let (outcome, events) = write.instrument(span.clone()).await?;
+        let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
                 crate::telemetry::metrics().failed("state");
@@ -226,7 +234,7 @@ impl Ingest {
         source.commit(seq).instrument(span).await?;
         failpoint::hit("after-ingest");
         on_batch(totals);
-        Ok(())
+        Ok(events)
     }
 }
 
