@@ -272,7 +272,7 @@ fn dead_letter(
         reason: rejection.reason,
         detail: rejection.detail,
         source: source.to_string(),
-        position: record.position.clone(),
+        position: record.position.to_string(),
         received_at: rfc3339_ms(now_ms),
         payload_base64: base64::engine::general_purpose::STANDARD.encode(&record.payload),
         payload_text: String::from_utf8(record.payload.clone()).ok(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncSeekExt, BufReader};
 
-use super::{Batch, RawRecord, Source, SourceError};
+use super::{Batch, Position, RawRecord, Source, SourceError};
 
 enum Input {
     Path(PathBuf),
@@ -146,7 +146,7 @@ impl FileSource {
             key: None,
             payload,
             headers: Vec::new(),
-            position: format!("offset {start}"),
+            position: Position::Offset(start),
             truncated,
             original_len: len,
             given_up: None,
@@ -236,7 +236,7 @@ mod tests {
         let r = &batch.records;
         assert_eq!(r.len(), 3);
         assert_eq!(r[0].payload, b"a");
-        assert_eq!(r[1].position, "offset 4");
+        assert_eq!(r[1].position.to_string(), "offset 4");
         assert!(r[1].truncated && r[1].payload.len() == 11 && r[1].original_len == 100);
         assert_eq!(r[2].payload, b"last");
         assert_eq!(
@@ -248,6 +248,6 @@ mod tests {
         let mut again = FileSource::path(path.to_str().unwrap(), false, 10);
         again.resume(&4u64.to_be_bytes()).await.unwrap();
         let batch = again.next_batch(1).await.unwrap().unwrap();
-        assert_eq!(batch.records[0].position, "offset 4");
+        assert_eq!(batch.records[0].position.to_string(), "offset 4");
     }
 }

@@ -27,7 +27,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{Batch, RawRecord, Source, SourceError};
+use super::{Batch, Position, RawRecord, Source, SourceError};
 use crate::config::KafkaConfig;
 
 /// How long `next_batch` waits before returning an empty batch, so that writes in
@@ -292,7 +292,12 @@ fn poll_loop(
                         original_len: payload.len() as u64,
                         payload,
                         headers,
-                        position: format!("{}/{}@{}", m.topic(), m.partition(), m.offset()),
+                        position: Position::Named(format!(
+                            "{}/{}@{}",
+                            m.topic(),
+                            m.partition(),
+                            m.offset()
+                        )),
                         truncated: false,
                         given_up: None,
                     });

@@ -40,14 +40,45 @@ pub struct RawRecord {
     pub payload: Vec<u8>,
     /// Broker headers (empty for files).
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Human-readable position (`offset 1234`, `partition 3 offset 99`).
-    pub position: String,
+    /// Where the record is in its source; formatted only when a dead letter names it.
+    pub position: Position,
     /// The payload was cut at the size limit; `original_len` is the full length.
     pub truncated: bool,
     pub original_len: u64,
     /// Set when the source gives up on the record (delivered too many times): it is
     /// dead-lettered with this detail instead of decoded.
     pub given_up: Option<String>,
+}
+
+/// Where a record came from. Formatting every record's position cost a measurable
+/// share of ingest, and only dead letters print it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// A byte offset in a file: `offset 1234`.
+    Offset(u64),
+    /// A message of a stream: `{stream} seq {n}`.
+    Sequence {
+        stream: std::sync::Arc<str>,
+        seq: u64,
+    },
+    /// Anything else, already in words (`topic/partition@offset`).
+    Named(String),
+}
+
+impl Default for Position {
+    fn default() -> Position {
+        Position::Named(String::new())
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Offset(n) => write!(f, "offset {n}"),
+            Position::Sequence { stream, seq } => write!(f, "{stream} seq {seq}"),
+            Position::Named(text) => f.write_str(text),
+        }
+    }
 }
 
 /// A batch plus the checkpoint that marks it consumed. A batch may be empty: a

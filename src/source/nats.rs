@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer, AckKin
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::{Batch, RawRecord, Source, SourceError};
+use super::{Batch, Position, RawRecord, Source, SourceError};
 use crate::config::NatsConfig;
 
 /// How long `next_batch` waits before returning an empty batch, so that writes in
@@ -43,6 +43,8 @@ pub struct NatsSource {
     undelivered: u64,
     batch_wait: Duration,
     last_warning: Option<Instant>,
+    /// Shared by the positions of its messages.
+    stream_name: std::sync::Arc<str>,
 }
 
 fn nats_err(e: impl std::fmt::Display) -> SourceError {
@@ -118,6 +120,7 @@ impl NatsSource {
             undelivered: 0,
             batch_wait: n.batch_wait,
             last_warning: None,
+            stream_name: n.stream.as_str().into(),
         })
     }
 
@@ -216,12 +219,18 @@ impl Source for NatsSource {
             let (delivered, position) = match message.info() {
                 Ok(info) => {
                     self.undelivered = info.pending;
+                    if *self.stream_name != *info.stream {
+                        self.stream_name = info.stream.into();
+                    }
                     (
                         info.delivered,
-                        format!("{} seq {}", info.stream, info.stream_sequence),
+                        Position::Sequence {
+                            stream: self.stream_name.clone(),
+                            seq: info.stream_sequence,
+                        },
                     )
                 }
-                Err(_) => (1, "unknown".to_string()),
+                Err(_) => (1, Position::Named("unknown".to_string())),
             };
             let (message, acker) = message.split();
             let headers = message
