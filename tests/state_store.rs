@@ -536,8 +536,22 @@ fn erasing_a_live_flow_overwrites_its_bytes_in_the_journal() {
         None,
     )
     .unwrap();
+    // More than a meta record keeps inline: the rest are individual entries.
+    let more: Vec<FlowEvent> = (3..43)
+        .map(|i| {
+            event(
+                "secret-flow",
+                &format!("s-private-{i}"),
+                i,
+                FlowStatus::Running,
+                0,
+            )
+        })
+        .collect();
+    s.ingest(&more, &p, 0, None).unwrap();
     let erased = s.erase_live("t", "secret-flow").unwrap();
-    assert_eq!(erased.events, 2);
+    assert_eq!(erased.events, 42);
+    assert_eq!(s.stats().unwrap().stored_events, 2);
     let on_disk: Vec<u8> = journal_files(dir.path())
         .into_iter()
         .flat_map(|f| f.1)
@@ -628,4 +642,59 @@ fn compaction_moves_the_few_live_events_of_mostly_archived_files_and_frees_them(
     .unwrap();
     archive_now(&s, "i2", &["running"]);
     assert!(events_of(&s, "running", 1).is_empty());
+}
+
+#[test]
+fn compaction_repoints_the_inline_events_of_a_sealed_part() {
+    // As above, but the flow pinning the files is sealed (its inline events have moved
+    // to their own entry) and not yet deleted when compaction runs.
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    let p = policy();
+    for batch in 0..4u64 {
+        let mut events: Vec<FlowEvent> = (0..199)
+            .map(|i| {
+                event(
+                    &format!("done-{batch}-{}", i % 10),
+                    &format!("{batch}-{i}"),
+                    i,
+                    FlowStatus::Completed,
+                    0,
+                )
+            })
+            .collect();
+        events.push(event(
+            "sealed",
+            &format!("s{batch}"),
+            10 - batch,
+            FlowStatus::Completed,
+            0,
+        ));
+        s.ingest(&events, &p, 0, None).unwrap();
+    }
+    let done: Vec<String> = (0..4)
+        .flat_map(|b| (0..10).map(move |i| format!("done-{b}-{i}")))
+        .collect();
+    let done: Vec<&str> = done.iter().map(String::as_str).collect();
+    archive_now(&s, "i1", &done);
+    s.seal(&intent_for(&s, "i2", &["sealed"]))
+        .unwrap()
+        .expect("sealed");
+
+    let c = s.compact().unwrap();
+    assert_eq!((c.files, c.moved_events), (4, 4), "{c:?}");
+    assert_eq!(journal_files(dir.path()).len(), 1);
+    let expected = vec![
+        r#"{"id":"s3","seq":7}"#,
+        r#"{"id":"s2","seq":8}"#,
+        r#"{"id":"s1","seq":9}"#,
+        r#"{"id":"s0","seq":10}"#,
+    ];
+    assert_eq!(events_of(&s, "sealed", 1), expected, "read back in order");
+    drop(s);
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    assert_eq!(events_of(&s, "sealed", 1), expected, "after reopening");
+    s.complete("i2").unwrap();
+    assert!(events_of(&s, "sealed", 1).is_empty());
+    assert_eq!(s.stats().unwrap().stored_events, 0);
 }
