@@ -132,6 +132,7 @@ async fn compact_journal(store: Arc<dyn StateStore>) {
         ),
         Ok(_) => {}
         Err(error) => {
+            crate::telemetry::metrics().failed("storage");
             tracing::warn!(%error, "Compacting the event journal failed; retrying at the next pass.")
         }
     }
@@ -707,3 +708,102 @@ impl RunReport {
 
 /// How long `run` waits for in-flight work after a shutdown signal.
 pub const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::event::{FlowEvent, FlowStatus};
+
+    fn storage_failures() -> u64 {
+        crate::telemetry::metrics()
+            .failures
+            .get_or_create(&crate::telemetry::Stage {
+                stage: "storage".into(),
+            })
+            .get()
+    }
+
+    /// A compaction that cannot read what it must move (here: a damaged journal byte)
+    /// fails, counts a storage failure and leaves every event where it was.
+    #[tokio::test]
+    async fn a_failed_compaction_is_counted_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default().state;
+        config.path = dir.path().to_path_buf();
+        config.journal_file_bytes = 4096;
+        let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(&config).unwrap());
+        let policy = RetentionPolicy::new(Config::default().retention);
+        let event = |flow: &str, id: String, status| FlowEvent {
+            tenant: "t".into(),
+            flow_id: flow.into(),
+            dedupe_key: Some(("s".into(), id.clone())),
+            sequence: None,
+            status,
+            event_type: format!("flow.{status}"),
+            time_ms: 0,
+            labels: Default::default(),
+            traceparent: None,
+            tracestate: None,
+            raw: format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(40)).into_bytes(),
+        };
+        // One file of finished flows and the first event of a running one, then a
+        // second file: the first becomes mostly dead once the finished flows go.
+        let mut first: Vec<FlowEvent> = (0..80)
+            .map(|i| {
+                event(
+                    &format!("done-{}", i % 8),
+                    format!("d{i}"),
+                    FlowStatus::Completed,
+                )
+            })
+            .collect();
+        first.push(event("running", "r0".into(), FlowStatus::Running));
+        store.ingest(&first, &policy, 0, None).unwrap();
+        store
+            .ingest(
+                &[event("running", "r1".into(), FlowStatus::Running)],
+                &policy,
+                0,
+                None,
+            )
+            .unwrap();
+        let done: Vec<String> = (0..8).map(|i| format!("done-{i}")).collect();
+        let parts = done
+            .iter()
+            .map(|f| crate::state::SealedPart {
+                meta: store.live_flow("t", f).unwrap().unwrap(),
+                archive_status: FlowStatus::Completed,
+                purge_at_ms: 0,
+            })
+            .collect();
+        let intent = crate::state::ArchiveIntent {
+            id: "i".into(),
+            tenant: "t".into(),
+            object_key: "k".into(),
+            archived_at_ms: 0,
+            compression: crate::config::Compression::Zstd,
+            zstd_level: 3,
+            parts,
+            stage: crate::state::IntentStage::Pending,
+        };
+        store.seal(&intent).unwrap().unwrap();
+        store.complete("i").unwrap();
+
+        // Damage the running flow's first event, the one compaction must move.
+        let path = dir.path().join("journal/00000001.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"\"r0\"").unwrap();
+        bytes[at + 1] = b'R';
+        std::fs::write(&path, &bytes).unwrap();
+
+        let before = storage_failures();
+        compact_journal(store.clone()).await;
+        assert!(storage_failures() > before, "the failure is counted");
+        assert!(path.exists(), "nothing was moved or deleted");
+        let err = store
+            .for_each_event("t", "running", 1, &mut |_| Ok(()))
+            .expect_err("the damaged event is still an error, not different history");
+        assert!(err.to_string().contains("CRC"), "{err}");
+    }
+}
