@@ -564,12 +564,9 @@ fn erasing_a_live_flow_overwrites_its_bytes_in_the_journal() {
     );
 }
 
-#[test]
-fn compaction_moves_the_few_live_events_of_mostly_archived_files_and_frees_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
-    let p = policy();
-    // Four files, each with 199 events of finished flows and one of a running flow.
+/// Ingests four batches into 4 KiB journal files: each batch 199 events of ten
+/// finished flows, plus `pin(batch)`. Returns the finished flows.
+fn fill_four_files(s: &EmbeddedStore, pin: impl Fn(u64) -> FlowEvent) -> Vec<String> {
     for batch in 0..4u64 {
         let mut events: Vec<FlowEvent> = (0..199)
             .map(|i| {
@@ -582,15 +579,29 @@ fn compaction_moves_the_few_live_events_of_mostly_archived_files_and_frees_them(
                 )
             })
             .collect();
-        events.push(event(
+        events.push(pin(batch));
+        s.ingest(&events, &policy(), 0, None).unwrap();
+    }
+    (0..4)
+        .flat_map(|b| (0..10).map(move |i| format!("done-{b}-{i}")))
+        .collect()
+}
+
+#[test]
+fn compaction_moves_the_few_live_events_of_mostly_archived_files_and_frees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    let p = policy();
+    // Four files, each with 199 events of finished flows and one of a running flow.
+    let done = fill_four_files(&s, |batch| {
+        event(
             "running",
             &format!("r{batch}"),
             batch,
             FlowStatus::Running,
             0,
-        ));
-        s.ingest(&events, &p, 0, None).unwrap();
-    }
+        )
+    });
     let before = journal_files(dir.path());
     assert_eq!(before.len(), 4);
     assert_eq!(
@@ -599,9 +610,6 @@ fn compaction_moves_the_few_live_events_of_mostly_archived_files_and_frees_them(
         "nothing to do while the files are full of live events"
     );
 
-    let done: Vec<String> = (0..4)
-        .flat_map(|b| (0..10).map(move |i| format!("done-{b}-{i}")))
-        .collect();
     let done: Vec<&str> = done.iter().map(String::as_str).collect();
     archive_now(&s, "i1", &done);
     assert_eq!(
@@ -650,31 +658,15 @@ fn compaction_repoints_the_inline_events_of_a_sealed_part() {
     // to their own entry) and not yet deleted when compaction runs.
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
-    let p = policy();
-    for batch in 0..4u64 {
-        let mut events: Vec<FlowEvent> = (0..199)
-            .map(|i| {
-                event(
-                    &format!("done-{batch}-{}", i % 10),
-                    &format!("{batch}-{i}"),
-                    i,
-                    FlowStatus::Completed,
-                    0,
-                )
-            })
-            .collect();
-        events.push(event(
+    let done = fill_four_files(&s, |batch| {
+        event(
             "sealed",
             &format!("s{batch}"),
             10 - batch,
             FlowStatus::Completed,
             0,
-        ));
-        s.ingest(&events, &p, 0, None).unwrap();
-    }
-    let done: Vec<String> = (0..4)
-        .flat_map(|b| (0..10).map(move |i| format!("done-{b}-{i}")))
-        .collect();
+        )
+    });
     let done: Vec<&str> = done.iter().map(String::as_str).collect();
     archive_now(&s, "i1", &done);
     s.seal(&intent_for(&s, "i2", &["sealed"]))

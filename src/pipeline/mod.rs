@@ -712,8 +712,10 @@ pub const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::event::{FlowEvent, FlowStatus};
+    use crate::state::test_support::{
+        archive_now, default_policy, event as test_event, open_store,
+    };
 
     fn storage_failures() -> u64 {
         crate::telemetry::metrics()
@@ -729,23 +731,16 @@ mod tests {
     #[tokio::test]
     async fn a_failed_compaction_is_counted_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default().state;
-        config.path = dir.path().to_path_buf();
-        config.journal_file_bytes = 4096;
-        let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(&config).unwrap());
-        let policy = RetentionPolicy::new(Config::default().retention);
+        let store: Arc<dyn StateStore> = Arc::new(open_store(dir.path(), 4096));
+        let policy = default_policy();
         let event = |flow: &str, id: String, status| FlowEvent {
-            tenant: "t".into(),
-            flow_id: flow.into(),
-            dedupe_key: Some(("s".into(), id.clone())),
-            sequence: None,
             status,
             event_type: format!("flow.{status}"),
-            time_ms: 0,
-            labels: Default::default(),
-            traceparent: None,
-            tracestate: None,
-            raw: format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(40)).into_bytes(),
+            ..test_event(
+                flow,
+                &id,
+                format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(40)),
+            )
         };
         // One file of finished flows and the first event of a running one, then a
         // second file: the first becomes mostly dead once the finished flows go.
@@ -769,26 +764,8 @@ mod tests {
             )
             .unwrap();
         let done: Vec<String> = (0..8).map(|i| format!("done-{i}")).collect();
-        let parts = done
-            .iter()
-            .map(|f| crate::state::SealedPart {
-                meta: store.live_flow("t", f).unwrap().unwrap(),
-                archive_status: FlowStatus::Completed,
-                purge_at_ms: 0,
-            })
-            .collect();
-        let intent = crate::state::ArchiveIntent {
-            id: "i".into(),
-            tenant: "t".into(),
-            object_key: "k".into(),
-            archived_at_ms: 0,
-            compression: crate::config::Compression::Zstd,
-            zstd_level: 3,
-            parts,
-            stage: crate::state::IntentStage::Pending,
-        };
-        store.seal(&intent).unwrap().unwrap();
-        store.complete("i").unwrap();
+        let done: Vec<&str> = done.iter().map(String::as_str).collect();
+        archive_now(&*store, "i", &done);
 
         // Damage the running flow's first event, the one compaction must move.
         let path = dir.path().join("journal/00000001.log");

@@ -1015,12 +1015,8 @@ impl EventReader for EmbeddedEventReader {
         let fkey = flow_key(tenant, flow_id);
         let start = part_prefix(&fkey, part);
         let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
-        let mut emit = |value: &[u8]| -> Result<(), StateError> {
-            let mut journal = self.journal.borrow_mut();
-            let bytes = match EventPointer::decode(value) {
-                Some(pointer) => journal.read(&pointer)?,
-                None => value,
-            };
+        let mut journal = self.journal.borrow_mut();
+        let mut emit = |bytes: &[u8]| -> Result<(), StateError> {
             sink(bytes).map_err(|source| StateError::Stream {
                 tenant: tenant.to_string(),
                 flow_id: flow_id.to_string(),
@@ -1060,12 +1056,16 @@ impl EventReader for EmbeddedEventReader {
                 continue; // the run itself
             }
             while let Some((_, p)) = inline.next_if(|(o, _)| o.as_slice() < order) {
-                emit(&p.encode())?;
+                emit(journal.read(&p)?)?;
             }
-            emit(value.value())?;
+            match EventPointer::decode(value.value()) {
+                Some(p) => emit(journal.read(&p)?)?,
+                // An event stored inline by an older store.
+                None => emit(value.value())?,
+            }
         }
         for (_, p) in inline {
-            emit(&p.encode())?;
+            emit(journal.read(&p)?)?;
         }
         Ok(())
     }
@@ -1075,31 +1075,21 @@ impl EventReader for EmbeddedEventReader {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::state::test_support::{
+        archive_now, default_policy, event as test_event, open_store,
+    };
 
-    /// A store written before the journal holds event bytes inline in `flows`; they
-    /// are read, archived and deleted like journal events.
     /// A meta record written before inline indexes is postcard alone, and its flow's
     /// events and dedupe keys are individual entries: it keeps deduplicating against
     /// them, and new events join in order.
     #[test]
     fn meta_records_of_an_older_layout_keep_their_dedupe_keys_and_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default().state;
-        config.path = dir.path().to_path_buf();
-        let store = EmbeddedStore::open(&config).unwrap();
-        let policy = RetentionPolicy::new(Config::default().retention);
+        let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+        let policy = default_policy();
         let event = |id: &str, seq: &str| FlowEvent {
-            tenant: "t".into(),
-            flow_id: "f".into(),
-            dedupe_key: Some(("s".into(), id.into())),
             sequence: Some(crate::event::Sequence::Number(seq.into())),
-            status: FlowStatus::Running,
-            event_type: "flow.step".into(),
-            time_ms: 0,
-            labels: BTreeMap::new(),
-            traceparent: None,
-            tracestate: None,
-            raw: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+            ..test_event("f", id, format!(r#"{{"id":"{id}"}}"#))
         };
         store
             .ingest(&[event("old", "5")], &policy, 0, None)
@@ -1160,25 +1150,17 @@ mod tests {
         assert_eq!(erased.events, 3);
     }
 
+    /// A store written before the journal holds event bytes inline in `flows`; they
+    /// are read, archived and deleted like journal events.
     #[test]
     fn inline_events_of_an_older_store_are_read_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default().state;
-        config.path = dir.path().to_path_buf();
-        let store = EmbeddedStore::open(&config).unwrap();
-        let policy = RetentionPolicy::new(Config::default().retention);
+        let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+        let policy = default_policy();
         let event = FlowEvent {
-            tenant: "t".into(),
-            flow_id: "f".into(),
-            dedupe_key: Some(("s".into(), "1".into())),
-            sequence: None,
             status: FlowStatus::Completed,
             event_type: "flow.completed".into(),
-            time_ms: 0,
-            labels: BTreeMap::new(),
-            traceparent: None,
-            tracestate: None,
-            raw: br#"{"new":1}"#.to_vec(),
+            ..test_event("f", "1", r#"{"new":1}"#.to_string())
         };
         store.ingest(&[event], &policy, 0, None).unwrap();
         // The layout of an older store: an event before the new one, bytes inline.
@@ -1204,23 +1186,7 @@ mod tests {
             .unwrap();
         assert_eq!(seen, [r#"{"old":0}"#, r#"{"new":1}"#]);
 
-        let meta = store.live_flow("t", "f").unwrap().unwrap();
-        let intent = ArchiveIntent {
-            id: "i".into(),
-            tenant: "t".into(),
-            object_key: "k".into(),
-            archived_at_ms: 0,
-            compression: crate::config::Compression::Zstd,
-            zstd_level: 3,
-            parts: vec![SealedPart {
-                meta,
-                archive_status: FlowStatus::Completed,
-                purge_at_ms: 0,
-            }],
-            stage: IntentStage::Pending,
-        };
-        store.seal(&intent).unwrap().unwrap();
-        store.complete("i").unwrap();
+        archive_now(&store, "i", &["f"]);
         let mut left = 0;
         store
             .for_each_event("t", "f", 1, &mut |_| {

@@ -355,3 +355,63 @@ pub trait StateStore: Send + Sync + 'static {
     /// intent holding the flow first: sealed events are deleted too.
     fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError>;
 }
+
+/// Helpers for the unit tests of the crate that need a real store on disk.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::config::Config;
+
+    /// A store in `dir` with the default settings but `journal_file_bytes`.
+    pub fn open_store(dir: &std::path::Path, journal_file_bytes: u64) -> EmbeddedStore {
+        let mut config = Config::default().state;
+        config.path = dir.to_path_buf();
+        config.journal_file_bytes = journal_file_bytes;
+        EmbeddedStore::open(&config).expect("open the store")
+    }
+
+    pub fn default_policy() -> RetentionPolicy {
+        RetentionPolicy::new(Config::default().retention)
+    }
+
+    /// A running event of flow `t/{flow}` with dedupe key `("s", id)` and `raw` as bytes.
+    pub fn event(flow: &str, id: &str, raw: String) -> FlowEvent {
+        FlowEvent {
+            tenant: "t".into(),
+            flow_id: flow.into(),
+            dedupe_key: Some(("s".into(), id.into())),
+            sequence: None,
+            status: FlowStatus::Running,
+            event_type: "flow.step".into(),
+            time_ms: 0,
+            labels: BTreeMap::new(),
+            traceparent: None,
+            tracestate: None,
+            raw: raw.into_bytes(),
+        }
+    }
+
+    /// Seals the open parts of `t/{flows}` under intent `id` and completes it.
+    pub fn archive_now(store: &dyn StateStore, id: &str, flows: &[&str]) {
+        let parts = flows
+            .iter()
+            .map(|f| SealedPart {
+                meta: store.live_flow("t", f).unwrap().expect("a live flow"),
+                archive_status: FlowStatus::Completed,
+                purge_at_ms: 0,
+            })
+            .collect();
+        let intent = ArchiveIntent {
+            id: id.into(),
+            tenant: "t".into(),
+            object_key: "k".into(),
+            archived_at_ms: 0,
+            compression: Compression::Zstd,
+            zstd_level: 3,
+            parts,
+            stage: IntentStage::Pending,
+        };
+        store.seal(&intent).unwrap().expect("sealed");
+        store.complete(id).unwrap();
+    }
+}
