@@ -469,8 +469,10 @@ pub fn build_segment(
         })?;
     }
     let (buffered, uploaded) = writer.finish()?;
-    let file = buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.sync_all().map_err(io_err)?;
+    // No fsync: the spool file is only read back by this process for the upload, and
+    // an intent interrupted before its object is verified rebuilds the file from the
+    // state store. The durable copy is the uploaded one.
+    buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
     Ok(uploaded)
 }
 

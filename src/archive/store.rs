@@ -66,8 +66,12 @@ impl ArchiveStore {
                     path: cfg.dir.display().to_string(),
                     source,
                 })?;
+                // A put must be as durable as an S3 200 before the live state goes:
+                // without fsync the file and its directory entry sit in the page cache,
+                // and a power loss after the state deletion would lose the history.
                 let local = LocalFileSystem::new_with_prefix(&cfg.dir)
-                    .map_err(|e| ArchiveError::Config(e.to_string()))?;
+                    .map_err(|e| ArchiveError::Config(e.to_string()))?
+                    .with_fsync(true);
                 let abs = std::fs::canonicalize(&cfg.dir).map_err(|source| ArchiveError::Io {
                     path: cfg.dir.display().to_string(),
                     source,
