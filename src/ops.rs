@@ -267,14 +267,22 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Peak resident set size of this process, in bytes.
-pub fn peak_rss_bytes() -> u64 {
+fn own_usage() -> Option<libc::rusage> {
     // SAFETY: getrusage only writes into the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0;
-    }
-    usage.ru_maxrss as u64 * 1024
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0).then_some(usage)
+}
+
+/// Peak resident set size of this process, in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    own_usage().map_or(0, |u| u.ru_maxrss as u64 * 1024)
+}
+
+/// CPU time (user + system) this process has used so far, over all its threads, in
+/// seconds: steadier than wall-clock rates on a shared machine.
+pub fn cpu_seconds() -> f64 {
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    own_usage().map_or(0.0, |u| secs(u.ru_utime) + secs(u.ru_stime))
 }
 
 /// The p-th percentile (0–100) of `values` (sorted in place).
