@@ -108,6 +108,8 @@ pub struct SegmentWriter<W: Write> {
     /// compressing a typical flow.
     compressor: Option<zstd::bulk::Compressor<'static>>,
     plain: Vec<u8>,
+    /// The compressed frame, reused like `plain`.
+    frame: Vec<u8>,
 }
 
 /// Parts up to this much raw history are framed in memory with a reused compressor
@@ -132,6 +134,7 @@ impl<W: Write> SegmentWriter<W> {
             locations: Vec::new(),
             compressor: None,
             plain: Vec::new(),
+            frame: Vec::new(),
         }
     }
 
@@ -145,8 +148,11 @@ impl<W: Write> SegmentWriter<W> {
                 self.compressor.insert(c)
             }
         };
-        let frame = compressor.compress(&self.plain)?;
-        self.out.write_all(&frame)
+        self.frame.clear();
+        self.frame
+            .reserve(zstd::zstd_safe::compress_bound(self.plain.len()));
+        compressor.compress_to_buffer(&self.plain, &mut self.frame)?;
+        self.out.write_all(&self.frame)
     }
 
     /// Writes one part's frame. `events` streams the part's events (without newlines)

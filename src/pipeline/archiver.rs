@@ -93,7 +93,7 @@ impl Archiver {
     /// part's `flow.archived` carries its `archive flow` span as `traceparent`.
     pub async fn process(
         &self,
-        intent: ArchiveIntent,
+        intent: Arc<ArchiveIntent>,
         resumed: bool,
     ) -> Result<ArchivedSegment, PipelineError> {
         let segment_span = tracing::info_span!(
@@ -164,7 +164,7 @@ impl Archiver {
 
     async fn process_steps(
         &self,
-        intent: ArchiveIntent,
+        intent: Arc<ArchiveIntent>,
         resumed: bool,
         part_spans: &[tracing::Span],
     ) -> Result<ArchivedSegment, PipelineError> {
@@ -181,6 +181,7 @@ impl Archiver {
             IntentStage::Pending => {
                 let spool = self.spool_dir.join(format!("{}.segment", intent.id));
                 let store = self.store.clone();
+                // Shared, not copied: an intent holds every part's metadata.
                 let for_build = intent.clone();
                 let path = spool.clone();
                 let upload =
@@ -345,7 +346,7 @@ impl Archiver {
     ) -> Result<ArchivedSegment, PipelineError> {
         let mut delay = Duration::from_secs(1);
         let mut tries = 0;
-        let mut current = intent;
+        let mut current = Arc::new(intent);
         loop {
             tries += 1;
             match self.process(current.clone(), resumed).await {
@@ -385,7 +386,7 @@ impl Archiver {
                     let id = current.id.clone();
                     let reloaded = tokio::task::spawn_blocking(move || store.intents()).await??;
                     match reloaded.into_iter().find(|i| i.id == id) {
-                        Some(i) => current = i,
+                        Some(i) => current = Arc::new(i),
                         // Completed by the failed attempt after all (e.g. an error
                         // reported after the state deletion): nothing left to do.
                         None => return Err(error),

@@ -498,8 +498,14 @@ impl StateStore for EmbeddedStore {
 
     fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
         let txn = self.write()?;
-        let mut sealed = intent.clone();
-        sealed.parts.clear();
+        let mut sealed = ArchiveIntent {
+            parts: Vec::with_capacity(intent.parts.len()),
+            id: intent.id.clone(),
+            tenant: intent.tenant.clone(),
+            object_key: intent.object_key.clone(),
+            stage: intent.stage.clone(),
+            ..*intent
+        };
         {
             let mut flows = txn.open_table(FLOWS).map_err(storage)?;
             let mut deadlines = txn.open_table(DEADLINES).map_err(storage)?;
