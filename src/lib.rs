@@ -11,6 +11,7 @@ pub mod archive;
 pub mod audit;
 pub mod bench;
 pub mod config;
+mod durable;
 pub mod event;
 pub mod index;
 pub mod kafka;

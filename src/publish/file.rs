@@ -37,6 +37,7 @@ impl JsonLinesFile {
             .append(true)
             .open(path)
             .map_err(io_err)?;
+        crate::durable::sync_dir_of(path).map_err(io_err)?;
         cut_partial_line(&mut file).map_err(io_err)?;
         Ok(JsonLinesFile {
             path: path.to_path_buf(),

@@ -9,7 +9,9 @@
 //! Guarantees:
 //! - A batch's bytes are written and `fdatasync`ed before the transaction that points
 //!   at them commits; the committed end of the active file is stored in that same
-//!   transaction, so a crash leaves at most an unreferenced tail, cut off at open.
+//!   transaction, so a crash leaves at most an unreferenced tail, cut off at open. A
+//!   new file's directory entry is fsynced when it is created, before any pointer
+//!   into it can commit.
 //! - Every pointer carries the CRC-32 of its bytes; a read that does not match is an
 //!   error naming the file, never silently wrong history.
 //! - A file is deleted once no live event points into it (its live count, kept in the
@@ -208,6 +210,7 @@ impl Journal {
             .map_err(|e| io(&path, e))?;
         // Bytes past the committed end belong to a batch that never committed.
         file.set_len(len).map_err(|e| io(&path, e))?;
+        crate::durable::sync_dir_of(&path).map_err(|e| io(&path, e))?;
         Ok(Journal {
             dir: dir.to_path_buf(),
             file_bytes,
@@ -236,6 +239,8 @@ impl Journal {
                 .truncate(true)
                 .open(&path)
                 .map_err(|e| io(&path, e))?;
+            // Before any pointer into the file can commit.
+            crate::durable::sync_dir_of(&path).map_err(|e| io(&path, e))?;
             *active = Active {
                 id,
                 file,
