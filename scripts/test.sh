@@ -9,12 +9,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # Command-line tools the tests use as independent readers of the archive.
 missing=()
-for tool in zstd gzip sha256sum; do
+for tool in zstd gzip sha256sum strace; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
-  apt-get update -qq && apt-get install -y -qq zstd gzip coreutils >/dev/null
+  apt-get update -qq && apt-get install -y -qq zstd gzip coreutils strace >/dev/null
 fi
 
 # docker-compose.yml is validated by Debian's docker-compose (no daemon needed).
