@@ -162,9 +162,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
         reference_mb_per_sec(&input)
     };
     let part_frames = match &sweep {
-        Some(s) if s.flow_parts > 0 => Some(
-            part_frames_mb_per_sec(&pipeline.objects, pipeline.config.archive.zstd_level).await?,
-        ),
+        Some(s) if s.flow_parts > 0 => {
+            part_frames_mb_per_sec(&pipeline.objects, pipeline.config.archive.zstd_level).await?
+        }
         _ => None,
     };
     let (raw, stored, secs, parts) = sweep
@@ -272,11 +272,12 @@ fn reference_mb_per_sec(input: &std::path::Path) -> Option<f64> {
 /// the segment writer must (the frame and the object over the compressed bytes, the
 /// events over the plaintext), timing only that, on this thread. This is what the
 /// archive format costs before any reading, writing or state change: the ceiling of
-/// one core's archive rate, to set beside the single-stream reference.
+/// one core's archive rate, to set beside the single-stream reference. None when no
+/// zstd object was written.
 async fn part_frames_mb_per_sec(
     objects: &crate::archive::ArchiveStore,
     level: i32,
-) -> Result<f64, PipelineError> {
+) -> Result<Option<f64>, PipelineError> {
     use sha2::{Digest, Sha256};
     let mut compressor = zstd::bulk::Compressor::new(level).map_err(|e| io_err("zstd", e))?;
     compressor
@@ -306,7 +307,7 @@ async fn part_frames_mb_per_sec(
         }
         std::hint::black_box(object_hash.finalize());
     }
-    Ok(raw as f64 / MB / timed.as_secs_f64().max(f64::EPSILON))
+    Ok((raw > 0).then(|| raw as f64 / MB / timed.as_secs_f64().max(f64::EPSILON)))
 }
 
 pub(crate) fn machine() -> String {
