@@ -1,6 +1,6 @@
-//! The command line as operators use it: `config check`, `archive`, `demo`, and the
-//! long-running `run` (following a file, archiving on its timer, stopping cleanly on
-//! SIGTERM and resuming where it stopped).
+//! The command line as operators use it: `config check`, `archive`, `demo`, `bench`,
+//! and the long-running `run` (following a file, archiving on its timer, stopping
+//! cleanly on SIGTERM and resuming where it stopped).
 
 mod support;
 
@@ -104,6 +104,49 @@ fn demo_runs_the_real_pipeline_and_its_objects_verify() {
         text.contains("archived") && text.contains("verify"),
         "{text}"
     );
+}
+
+#[test]
+fn bench_measures_the_real_pipeline_and_reports_every_figure() {
+    let env = Env::new("");
+    let dir = env.path().join("bench");
+    let out: Value = serde_json::from_str(&env.ok(&[
+        "bench",
+        "--flows",
+        "300",
+        "--events",
+        "4",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(out["events"], 1200, "{out}");
+    assert_eq!(out["tracked_flows"], 300, "{out}");
+    let parts = out["archived_parts"].as_u64().unwrap();
+    assert!(
+        parts > 250 && parts < 300,
+        "terminal flows archived, running ones kept: {out}"
+    );
+    for figure in [
+        "ingest_events_per_sec",
+        "ingest_cpu_seconds_per_million",
+        "archive_mb_per_sec",
+        "archive_cpu_seconds_per_gb",
+        "part_frames_mb_per_sec",
+        "reference_mb_per_sec",
+        "peak_rss_bytes",
+    ] {
+        assert!(out[figure].as_f64().unwrap() > 0.0, "{figure}: {out}");
+    }
+    let ratio = out["stored_ratio"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio < 1.0, "{out}");
+    // The objects it measured are real: they verify like any archive.
+    let verify = Env::new(&format!(
+        "[archive]\ndir = {:?}\n",
+        dir.join("archive").to_str().unwrap()
+    ));
+    assert!(verify.ok(&["verify"]).contains("all checksums match"));
 }
 
 fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
