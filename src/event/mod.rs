@@ -415,21 +415,28 @@ impl Decoder {
     }
 
     /// Decodes one broker record, honouring the CloudEvents binding its headers
-    /// announce (see [`binding`]).
+    /// announce (see [`binding`]). The event's bytes take over the payload's buffer
+    /// (no copy per event); on a rejection `payload` is left as it came, for the dead
+    /// letter.
     pub fn decode_record(
         &self,
-        payload: &[u8],
+        payload: &mut Vec<u8>,
         headers: &[(String, Vec<u8>)],
         now_ms: i64,
     ) -> Result<FlowEvent, Rejection> {
-        match binding::mode(headers) {
+        let (mut event, raw) = match binding::mode(headers) {
             binding::Mode::Binary => {
                 self.check_size(payload.len())?;
                 let structured = binding::structured_from_binary(headers, payload)?;
-                self.decode(&structured, now_ms)
+                (self.decode_fields(&structured, now_ms)?, structured)
             }
-            binding::Mode::Structured | binding::Mode::Unmarked => self.decode(payload, now_ms),
-        }
+            binding::Mode::Structured | binding::Mode::Unmarked => (
+                self.decode_fields(payload, now_ms)?,
+                std::mem::take(payload),
+            ),
+        };
+        event.raw = one_line(raw);
+        Ok(event)
     }
 
     fn check_size(&self, len: usize) -> Result<(), Rejection> {
@@ -448,6 +455,13 @@ impl Decoder {
     /// Decodes one record. `now_ms` is the ingest time: the event time when the event
     /// has none, and the reference for the future-skew check.
     pub fn decode(&self, bytes: &[u8], now_ms: i64) -> Result<FlowEvent, Rejection> {
+        let mut event = self.decode_fields(bytes, now_ms)?;
+        event.raw = one_line(bytes.to_vec());
+        Ok(event)
+    }
+
+    /// Everything [`Decoder::decode`] checks and extracts, but `raw`, left empty.
+    fn decode_fields(&self, bytes: &[u8], now_ms: i64) -> Result<FlowEvent, Rejection> {
         self.check_size(bytes.len())?;
         let text = std::str::from_utf8(bytes).map_err(|e| {
             Rejection::new(RejectReason::InvalidUtf8, format!("invalid UTF-8: {e}"))
@@ -578,10 +592,6 @@ impl Decoder {
         let tracestate =
             optional_string(&value, &p.tracestate, "tracestate")?.filter(|_| traceparent.is_some());
 
-        let mut raw = bytes.to_vec();
-        if raw.iter().any(|&b| b == b'\n' || b == b'\r') {
-            raw.retain(|&b| b != b'\n' && b != b'\r');
-        }
         Ok(FlowEvent {
             tenant,
             flow_id,
@@ -593,9 +603,18 @@ impl Decoder {
             labels,
             traceparent,
             tracestate,
-            raw,
+            raw: Vec::new(),
         })
     }
+}
+
+/// The event's bytes as one JSON Lines line: a pretty-printed event loses its line
+/// breaks (JSON allows them only as whitespace, so the JSON is unchanged).
+fn one_line(mut raw: Vec<u8>) -> Vec<u8> {
+    if raw.iter().any(|&b| b == b'\n' || b == b'\r') {
+        raw.retain(|&b| b != b'\n' && b != b'\r');
+    }
+    raw
 }
 
 fn parse_value(raw: &RawValue) -> Result<Value, Rejection> {
@@ -880,6 +899,23 @@ mod tests {
         assert!(!event.raw.contains(&b'\n'));
         let reparsed: Value = serde_json::from_slice(&event.raw).unwrap();
         assert_eq!(reparsed["subject"], "f");
+    }
+
+    #[test]
+    fn a_record_gives_its_buffer_to_the_event_or_keeps_it_when_rejected() {
+        let d = decoder();
+        let line = "{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"s\",\"type\":\"t\",\r\n\"subject\":\"f\"}";
+        let mut payload = line.as_bytes().to_vec();
+        let event = d.decode_record(&mut payload, &[], NOW).unwrap();
+        assert!(payload.is_empty(), "the buffer moved into the event");
+        assert_eq!(event.raw, line.replace("\r\n", "").as_bytes());
+        assert_eq!(event, d.decode(line.as_bytes(), NOW).unwrap());
+
+        let bad = b"{\"id\":\"1\",\"source\":\"s\",\"type\":\"t\"}".to_vec();
+        let mut payload = bad.clone();
+        let rejection = d.decode_record(&mut payload, &[], NOW).unwrap_err();
+        assert_eq!(rejection.reason, RejectReason::MissingField);
+        assert_eq!(payload, bad, "a dead letter carries the bytes as they came");
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl Ingest {
         let now = self.clock.now_ms();
         let mut good = Vec::with_capacity(batch.records.len());
         let mut bad = Vec::new();
-        for record in batch.records {
+        for mut record in batch.records {
             totals.records += 1;
             totals.bytes += record.original_len;
             let decoded = if let Some(detail) = &record.given_up {
@@ -157,7 +157,7 @@ impl Ingest {
                 })
             } else {
                 self.decoder
-                    .decode_record(&record.payload, &record.headers, now)
+                    .decode_record(&mut record.payload, &record.headers, now)
             };
             match decoded {
                 Ok(event) => good.push(event),
