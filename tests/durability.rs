@@ -2,8 +2,8 @@
 //! this machine (SIGKILL keeps the page cache, see `crash.rs`), so these tests read the
 //! real binary's durability system calls with `strace` and check their order: an
 //! archive object and its directory entry are on disk before its `flow.archived` is
-//! published (and so before the live state goes), and a new journal file's directory
-//! entry is on disk before any event is written into it.
+//! published (and so before the live state goes), and a new state file's and journal
+//! file's directory entries are on disk before any event is written into them.
 
 mod support;
 
@@ -91,7 +91,7 @@ fn env_with_terminal_flows() -> Env {
 }
 
 #[test]
-fn a_new_journal_file_is_named_durably_before_events_are_written_into_it() {
+fn new_state_and_journal_files_are_named_durably_before_events_are_written() {
     let env = env_with_terminal_flows();
     let calls = traced(&env, &["ingest", "events.jsonl"]);
     let journal_dir = std::fs::canonicalize(env.path().join("data/state/journal")).unwrap();
@@ -103,6 +103,14 @@ fn a_new_journal_file_is_named_durably_before_events_are_written_into_it() {
     assert!(
         dir_synced < first_batch,
         "journal directory fsync (call {dir_synced}) before the first batch (call {first_batch})"
+    );
+    // The directory naming the new state file and the journal directory.
+    let state_dir = std::fs::canonicalize(env.path().join("data/state")).unwrap();
+    let state_dir = state_dir.to_str().unwrap();
+    let state_named = find(&calls, 0, "fsync", |p| p == state_dir);
+    assert!(
+        state_named < first_batch,
+        "state directory fsync (call {state_named}) before the first batch (call {first_batch})"
     );
 }
 

@@ -29,7 +29,7 @@ impl JsonLinesFile {
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
+            crate::durable::create_dir_all_synced(dir).map_err(io_err)?;
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)

@@ -112,7 +112,7 @@ impl EmbeddedStore {
             path: path.display().to_string(),
             source: Box::new(e),
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(redb::Error::Io(e)))?;
+        crate::durable::create_dir_all_synced(dir).map_err(|e| open_err(redb::Error::Io(e)))?;
         let db = match Database::builder()
             .set_cache_size(cache_bytes as usize)
             .create(&path)
@@ -142,6 +142,8 @@ impl EmbeddedStore {
             txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
+        // A new state file must keep its name before anything it holds is acknowledged.
+        crate::durable::sync_dir_of(&path).map_err(|e| open_err(redb::Error::Io(e)))?;
         let rows = {
             let txn = db.begin_read().map_err(|e| open_err(e.into()))?;
             let table = txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;

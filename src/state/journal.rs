@@ -180,7 +180,7 @@ impl Journal {
         rows: &[(u32, FileRow)],
         file_bytes: u64,
     ) -> Result<Journal, StateError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        crate::durable::create_dir_all_synced(dir).map_err(|e| io(dir, e))?;
         let known: HashMap<u32, FileRow> = rows.iter().copied().collect();
         for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
             let entry = entry.map_err(|e| io(dir, e))?;
