@@ -1084,7 +1084,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::state::test_support::{
-        archive_now, default_policy, event as test_event, open_store,
+        archive_now, default_policy, event as test_event, events_of, open_store,
     };
 
     /// A meta record written before inline indexes is postcard alone, and its flow's
@@ -1143,15 +1143,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!((out.stored, out.duplicates), (2, 1));
-        let mut seen = Vec::new();
-        store
-            .for_each_event("t", "f", 1, &mut |b| {
-                seen.push(String::from_utf8_lossy(b).into_owned());
-                Ok(())
-            })
-            .unwrap();
         assert_eq!(
-            seen,
+            events_of(&store, "f", 1),
             [r#"{"id":"first"}"#, r#"{"id":"old"}"#, r#"{"id":"last"}"#]
         );
         let erased = store.erase_live("t", "f").unwrap();
@@ -1185,23 +1178,9 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
 
-        let mut seen = Vec::new();
-        store
-            .for_each_event("t", "f", 1, &mut |b| {
-                seen.push(String::from_utf8_lossy(b).into_owned());
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(seen, [r#"{"old":0}"#, r#"{"new":1}"#]);
+        assert_eq!(events_of(&store, "f", 1), [r#"{"old":0}"#, r#"{"new":1}"#]);
 
         archive_now(&store, "i", &["f"]);
-        let mut left = 0;
-        store
-            .for_each_event("t", "f", 1, &mut |_| {
-                left += 1;
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(left, 0);
+        assert_eq!(events_of(&store, "f", 1).len(), 0);
     }
 }

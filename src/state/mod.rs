@@ -391,6 +391,18 @@ pub(crate) mod test_support {
         }
     }
 
+    /// The events of part `part` of `t/{flow}`, in order, as text.
+    pub fn events_of(store: &dyn StateStore, flow: &str, part: u32) -> Vec<String> {
+        let mut seen = Vec::new();
+        store
+            .for_each_event("t", flow, part, &mut |b| {
+                seen.push(String::from_utf8_lossy(b).into_owned());
+                Ok(())
+            })
+            .expect("read the part's events");
+        seen
+    }
+
     /// Seals the open parts of `t/{flows}` under intent `id` and completes it.
     pub fn archive_now(store: &dyn StateStore, id: &str, flows: &[&str]) {
         let parts = flows
