@@ -8,7 +8,8 @@
 //! - SIGKILL mid-ingest and mid-archive, and a NATS server restart while running,
 //!   lose nothing and archive nothing twice;
 //! - a message that keeps coming back is dead-lettered and terminated;
-//! - two instances split the work by subject (static partitioning).
+//! - two instances split the work by subject (static partitioning);
+//! - a consumer that does not ack each message (ack policy `none` or `all`) is refused.
 
 mod support;
 
@@ -575,6 +576,35 @@ fn two_instances_split_the_stream_by_subject() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("already exists with filter"), "{stderr}");
+}
+
+#[test]
+fn a_consumer_that_does_not_ack_each_message_is_refused() {
+    let server = NatsServer::start();
+    let env = Env::new(&config(&server, ""));
+    prepare(&server, &env, "flow-archiver");
+    let policy = |consumer: &str| {
+        nats_client(&["ack-policy", &server.url(), "FLOW_EVENTS", consumer])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(policy("flow-archiver"), "explicit");
+    // `none` forgets a message once delivered; `all` takes one ack for every message
+    // before it, including ones a crashed instance received but never stored.
+    for ack in ["none", "all"] {
+        let name = format!("ack-{ack}");
+        nats_client(&["consumer", &server.url(), "FLOW_EVENTS", &name, ack]);
+        let other = Env::new(&config(&server, &format!("consumer = \"{name}\"")));
+        let out = other.run(&["run", "--source", "nats"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{name} has ack policy")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("delete the consumer"), "{stderr}");
+        assert_eq!(policy(&name), ack, "left as it was");
+    }
 }
 
 #[test]

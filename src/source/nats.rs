@@ -3,6 +3,11 @@
 //! Guarantees:
 //! - messages are acknowledged explicitly, and only for batches the ingest stage
 //!   reported durable ([`Source::commit`]); acks are sent in batches and flushed;
+//! - the consumer must ack each message (`AckPolicy::Explicit`). A consumer with
+//!   `AckPolicy::None` forgets a message once delivered, and one with `AckPolicy::All`
+//!   takes each ack for every message before it, including messages a crashed process
+//!   received but never stored (still pending until `ack_wait`): both would lose
+//!   events after a crash, so binding to either is refused;
 //! - a crash or a lost ack means redelivery after `nats.ack_wait`; redelivered events
 //!   are recognised by their (`source`, `id`) and skipped;
 //! - a message on its `nats.max_deliver`-th delivery is dead-lettered (reason
@@ -97,6 +102,12 @@ impl NatsSource {
             return Err(SourceError::Nats(format!(
                 "consumer {} already exists with filter {:?}, not {:?}: give this instance its own nats.consumer (README, \"Scaling out\")",
                 n.consumer, info.config.filter_subject, filter
+            )));
+        }
+        if info.config.ack_policy != jetstream::consumer::AckPolicy::Explicit {
+            return Err(SourceError::Nats(format!(
+                "consumer {} has ack policy {:?}; flow-archiver acks each message once it is durable, and any other policy can lose messages after a crash: delete the consumer (flow-archiver creates it with ack policy explicit) or name another nats.consumer",
+                n.consumer, info.config.ack_policy
             )));
         }
         Ok(NatsSource {

@@ -7,6 +7,8 @@ It shares no code with flow-archiver.
                                     each: at least N (or what came before the timeout),
                                     plus any that follow within 2 s
   pending URL STREAM CONSUMER       prints "num_pending num_ack_pending" of the consumer
+  ack-policy URL STREAM CONSUMER    prints the consumer's ack policy (none, all, explicit)
+  consumer URL STREAM CONSUMER ACK  creates a durable pull consumer with that ack policy
 """
 
 import asyncio
@@ -71,6 +73,25 @@ async def pending(url, stream, consumer):
     await nc.close()
 
 
+async def ack_policy(url, stream, consumer):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    info = await js.consumer_info(stream, consumer)
+    policy = info.config.ack_policy
+    print(getattr(policy, "value", policy))
+    await nc.close()
+
+
+async def consumer(url, stream, name, ack):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    config = nats.js.api.ConsumerConfig(
+        durable_name=name, ack_policy=nats.js.api.AckPolicy(ack)
+    )
+    await js.add_consumer(stream, config)
+    await nc.close()
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "produce":
@@ -80,5 +101,9 @@ if __name__ == "__main__":
         asyncio.run(read(args[0], args[1], int(args[2]), timeout))
     elif cmd == "pending":
         asyncio.run(pending(*args))
+    elif cmd == "ack-policy":
+        asyncio.run(ack_policy(*args))
+    elif cmd == "consumer":
+        asyncio.run(consumer(*args))
     else:
         sys.exit(__doc__)
