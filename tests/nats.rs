@@ -9,7 +9,8 @@
 //!   lose nothing and archive nothing twice;
 //! - a message that keeps coming back is dead-lettered and terminated;
 //! - two instances split the work by subject (static partitioning);
-//! - a consumer that does not ack each message (ack policy `none` or `all`) is refused.
+//! - a consumer that does not ack each message (ack policy `none` or `all`) is refused;
+//! - `bench --nats` measures and reports every figure against the real server.
 
 mod support;
 
@@ -634,4 +635,45 @@ fn consumer_lag_is_served_while_behind_and_zero_once_caught_up() {
         (lag_of(port) == Some(0)).then_some(())
     });
     run.stop();
+}
+
+#[test]
+fn nats_bench_reports_every_figure_against_a_real_server() {
+    let server = NatsServer::start();
+    let env = Env::new("");
+    let out: Value = serde_json::from_str(&env.ok(&[
+        "bench",
+        "--nats",
+        &server.url(),
+        "--flows",
+        "300",
+        "--events",
+        "4",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(out["events"], 1200, "{out}");
+    for figure in [
+        "plain_consumer_events_per_sec",
+        "acking_consumer_events_per_sec",
+        "ingest_events_per_sec",
+        "expiry_to_archived_p99_ms",
+        "peak_rss_bytes",
+    ] {
+        assert!(out[figure].as_f64().unwrap() > 0.0, "{figure}: {out}");
+    }
+    let rate = |k: &str| out[k].as_f64().unwrap();
+    let ratio = rate("ingest_events_per_sec") / rate("plain_consumer_events_per_sec");
+    assert!(
+        (out["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{out}"
+    );
+    // Every flow of the latency run was archived (the minimum is 200 flows).
+    assert_eq!(out["latency_flows"], 200, "{out}");
+    // CPU per million events: this process and the rest of the machine, per reader.
+    for reader in ["plain", "acking", "ingest"] {
+        let cpu = &out[format!("{reader}_cpu_per_million")];
+        assert!(cpu[0].as_f64().unwrap() > 0.0, "{reader}: {out}");
+        assert!(cpu[1].as_f64().unwrap() >= 0.0, "{reader}: {out}");
+    }
 }

@@ -3,9 +3,12 @@
 //!
 //! 1. Generates the workload and publishes it to a new stream (every publish acked).
 //! 2. A plain pull consumer (no acks: it only reads and counts) reads the whole
-//!    stream; then the archiver's ingest stage (NATS source → decode → durable state
-//!    → acks) reads it through its own durable consumer. Rates side by side give the
-//!    ratio, each timed from its first message.
+//!    stream, then one that acks each message as it reads it (what any consumer with
+//!    per-message acks pays); then the archiver's ingest stage (NATS source → decode →
+//!    durable state → acks) reads it through its own durable consumer. Rates side by
+//!    side give the ratio, each timed from its first message. For each reader the
+//!    CPU time it used and what the rest of the machine used meanwhile (the server,
+//!    when it runs here) are reported per million events.
 //! 3. Latency: flows that finish now, a 2 s retention, the whole `run` pipeline
 //!    publishing `flow.archived` to NATS; per record, arrival minus (last event time +
 //!    retention).
@@ -35,10 +38,19 @@ pub struct NatsBenchReport {
     pub bytes: u64,
     pub publish_events_per_sec: f64,
     pub plain_consumer_events_per_sec: f64,
+    /// A plain consumer that acks each message (`AckPolicy::Explicit`).
+    pub acking_consumer_events_per_sec: f64,
     pub ingest_events_per_sec: f64,
+    /// CPU seconds per million events: (this process, the rest of the machine) while
+    /// each reader ran; `None` without `/proc/stat`.
+    pub plain_cpu_per_million: Option<(f64, f64)>,
+    pub acking_cpu_per_million: Option<(f64, f64)>,
+    pub ingest_cpu_per_million: Option<(f64, f64)>,
     pub ingest_mb_per_sec: f64,
     /// Ingest rate / plain consumer rate (target ≥ 0.7).
     pub ratio: f64,
+    /// Ingest rate / acking consumer rate.
+    pub ratio_to_acking: f64,
     pub latency_flows: u64,
     pub expiry_to_archived_p50_ms: f64,
     pub expiry_to_archived_p99_ms: f64,
@@ -85,14 +97,47 @@ async fn publish(
     Ok((events, bytes))
 }
 
+/// CPU seconds per million events used by this process and by the rest of the
+/// machine between two [`CpuMark`]s.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    own: f64,
+    machine: Option<f64>,
+}
+
+impl CpuMark {
+    fn now() -> CpuMark {
+        CpuMark {
+            own: crate::ops::cpu_seconds(),
+            machine: crate::ops::machine_busy_seconds(),
+        }
+    }
+
+    fn per_million_since(self, start: CpuMark, events: u64) -> Option<(f64, f64)> {
+        let millions = events.max(1) as f64 / 1e6;
+        let own = self.own - start.own;
+        let machine = self.machine? - start.machine?;
+        Some((own / millions, (machine - own).max(0.0) / millions))
+    }
+}
+
+/// Reads the whole stream with a new durable pull consumer that does nothing with the
+/// messages, acking each one as it arrives when `ack` is set; its rate in events/s.
 async fn plain_consumer(
     stream: &jetstream::stream::Stream,
     events: u64,
+    ack: bool,
 ) -> Result<f64, PipelineError> {
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some("bench-plain".into()),
-            ack_policy: jetstream::consumer::AckPolicy::None,
+            durable_name: Some(if ack { "bench-acking" } else { "bench-plain" }.into()),
+            ack_policy: if ack {
+                jetstream::consumer::AckPolicy::Explicit
+            } else {
+                jetstream::consumer::AckPolicy::None
+            },
+            // As for the archiver's consumer below.
+            max_ack_pending: 50_000,
             ..Default::default()
         })
         .await
@@ -111,6 +156,9 @@ async fn plain_consumer(
             Ok(Some(Ok(m))) => {
                 started.get_or_insert_with(Instant::now);
                 std::hint::black_box(&m.payload);
+                if ack {
+                    m.ack().await.map_err(nats_err)?;
+                }
                 seen += 1;
             }
             Ok(Some(Err(e))) => return Err(nats_err(e)),
@@ -166,7 +214,12 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
     let publish_rate = events as f64 / started.elapsed().as_secs_f64();
     eprintln!("published {events} events to {stream_name}; reading them back");
 
-    let plain = plain_consumer(&stream, events).await?;
+    let mark = CpuMark::now();
+    let plain = plain_consumer(&stream, events, false).await?;
+    let plain_cpu = CpuMark::now().per_million_since(mark, events);
+    let mark = CpuMark::now();
+    let acking = plain_consumer(&stream, events, true).await?;
+    let acking_cpu = CpuMark::now().per_million_since(mark, events);
 
     let mut config = Config::rooted_at(&dir.join("ingest"));
     config.nats = NatsConfig {
@@ -181,7 +234,9 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
     let pipeline = Pipeline::open(config.clone(), Arc::new(SystemClock)).await?;
     let mut source = NatsSource::open(&config.nats, config.input.batch_size).await?;
+    let mark = CpuMark::now();
     let (records, ingest_rate) = super::ingest_until(&pipeline, &mut source, events).await?;
+    let ingest_cpu = CpuMark::now().per_million_since(mark, records);
     drop(source);
     drop(pipeline);
 
@@ -194,9 +249,14 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
         bytes,
         publish_events_per_sec: publish_rate,
         plain_consumer_events_per_sec: plain,
+        acking_consumer_events_per_sec: acking,
         ingest_events_per_sec: ingest_rate,
+        plain_cpu_per_million: plain_cpu,
+        acking_cpu_per_million: acking_cpu,
+        ingest_cpu_per_million: ingest_cpu,
         ingest_mb_per_sec: bytes as f64 / MB / (records as f64 / ingest_rate),
         ratio: ingest_rate / plain,
+        ratio_to_acking: ingest_rate / acking,
         latency_flows: ms.len() as u64,
         expiry_to_archived_p50_ms: percentile(&mut ms, 50.0),
         expiry_to_archived_p99_ms: percentile(&mut ms, 99.0),
@@ -307,20 +367,35 @@ impl std::fmt::Display for NatsBenchReport {
             self.bytes as f64 / (1024.0 * 1024.0),
             self.publish_events_per_sec
         )?;
+        let cpu = |c: Option<(f64, f64)>| match c {
+            Some((own, rest)) => {
+                format!("; CPU s per million events: {own:.1} here, {rest:.1} rest of machine")
+            }
+            None => String::new(),
+        };
         writeln!(
             f,
-            "  plain      pull consumer that only reads (no acks): {:.0} events/s",
-            self.plain_consumer_events_per_sec
+            "  plain      pull consumer that only reads (no acks): {:.0} events/s{}",
+            self.plain_consumer_events_per_sec,
+            cpu(self.plain_cpu_per_million)
         )?;
         writeln!(
             f,
-            "  ingest     NATS source → durable state → acks: {:.0} events/s, {:.1} MB/s",
-            self.ingest_events_per_sec, self.ingest_mb_per_sec
+            "  acking     pull consumer that acks each message: {:.0} events/s{}",
+            self.acking_consumer_events_per_sec,
+            cpu(self.acking_cpu_per_million)
         )?;
         writeln!(
             f,
-            "  ratio      {:.2} of the plain consumer (target ≥ 0.70)",
-            self.ratio
+            "  ingest     NATS source → durable state → acks: {:.0} events/s, {:.1} MB/s{}",
+            self.ingest_events_per_sec,
+            self.ingest_mb_per_sec,
+            cpu(self.ingest_cpu_per_million)
+        )?;
+        writeln!(
+            f,
+            "  ratio      {:.2} of the plain consumer (target ≥ 0.70); {:.2} of the acking one",
+            self.ratio, self.ratio_to_acking
         )?;
         writeln!(
             f,
