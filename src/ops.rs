@@ -40,8 +40,14 @@ pub async fn ingest(
         .await
 }
 
+/// How often [`get_flow`] reads again when an erasure of the flow overlapped its read,
+/// and how long it waits in between (an erasure commits right after zeroing).
+const ERASED_RETRIES: u32 = 5;
+const ERASED_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A live flow as JSON: metadata, a snapshot and every event in order; `None` when
-/// the store does not hold it (not seen, or already archived).
+/// the store does not hold it (not seen, already archived, or erased — also while the
+/// read was under way).
 pub async fn get_flow(
     store: &Arc<dyn crate::state::StateStore>,
     tenant: &str,
@@ -49,31 +55,17 @@ pub async fn get_flow(
 ) -> Result<Option<Value>, PipelineError> {
     let store = store.clone();
     let (t, f) = (tenant.to_string(), flow_id.to_string());
-    let found = tokio::task::spawn_blocking(move || -> Result<_, crate::state::StateError> {
-        // A flow sealed for archival is still readable until its intent completes.
-        let (meta, intent) = match store.live_flow(&t, &f)? {
-            Some(m) => (m, None),
-            None => {
-                let sealed = store.intents()?.into_iter().find_map(|i| {
-                    let id = i.id.clone();
-                    i.parts
-                        .into_iter()
-                        .find(|p| p.meta.tenant == t && p.meta.flow_id == f)
-                        .map(|p| (p.meta, Some(id)))
-                });
-                match sealed {
-                    Some(s) => s,
-                    None => return Ok(None),
+    let found = tokio::task::spawn_blocking(move || {
+        let mut attempt = 0;
+        loop {
+            match read_flow(store.as_ref(), &t, &f) {
+                Err(crate::state::StateError::Erased { .. }) if attempt < ERASED_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(ERASED_BACKOFF);
                 }
+                other => return other,
             }
-        };
-        let mut events = Vec::with_capacity(meta.event_count as usize);
-        store.for_each_event(&t, &f, meta.part, &mut |bytes| {
-            let v: Value = serde_json::from_slice(bytes).map_err(std::io::Error::other)?;
-            events.push(v);
-            Ok(())
-        })?;
-        Ok(Some((meta, intent, events)))
+        }
     })
     .await??;
     Ok(found.map(|(m, intent, events)| {
@@ -98,6 +90,41 @@ pub async fn get_flow(
             "events": events,
         })
     }))
+}
+
+type FlowRead = (crate::state::FlowMeta, Option<String>, Vec<Value>);
+
+/// A live or sealed flow part and its events, from one snapshot.
+fn read_flow(
+    store: &dyn crate::state::StateStore,
+    t: &str,
+    f: &str,
+) -> Result<Option<FlowRead>, crate::state::StateError> {
+    let reader = store.event_reader()?;
+    // A flow sealed for archival is still readable until its intent completes.
+    let (meta, intent) = match reader.live_flow(t, f)? {
+        Some(m) => (m, None),
+        None => {
+            let sealed = store.intents()?.into_iter().find_map(|i| {
+                let id = i.id.clone();
+                i.parts
+                    .into_iter()
+                    .find(|p| p.meta.tenant == t && p.meta.flow_id == f)
+                    .map(|p| (p.meta, Some(id)))
+            });
+            match sealed {
+                Some(s) => s,
+                None => return Ok(None),
+            }
+        }
+    };
+    let mut events = Vec::with_capacity(meta.event_count as usize);
+    reader.for_each_event(t, f, meta.part, &mut |bytes| {
+        let v: Value = serde_json::from_slice(bytes).map_err(std::io::Error::other)?;
+        events.push(v);
+        Ok(())
+    })?;
+    Ok(Some((meta, intent, events)))
 }
 
 /// The outcome of `verify`.
@@ -608,6 +635,46 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::test_support::{default_policy, event, open_store};
+    use crate::state::StateStore;
+
+    /// Overwrites every journal file under `state_dir` with zeros, as an erasure does
+    /// to a flow's bytes before its pointers go.
+    fn zero_journal(state_dir: &std::path::Path) {
+        for entry in std::fs::read_dir(state_dir.join("journal")).unwrap() {
+            let path = entry.unwrap().path();
+            let len = std::fs::metadata(&path).unwrap().len();
+            std::fs::write(&path, vec![0u8; len as usize]).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn get_flow_reads_again_when_an_erasure_overlaps_and_then_finds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StateStore> = Arc::new(open_store(
+            dir.path(),
+            crate::config::Config::default().state.journal_file_bytes,
+        ));
+        let raw = |id: &str| format!(r#"{{"id":"{id}"}}"#);
+        let events = [event("f", "1", raw("1")), event("f", "2", raw("2"))];
+        store.ingest(&events, &default_policy(), 0, None).unwrap();
+        let got = get_flow(&store, "t", "f").await.unwrap().unwrap();
+        assert_eq!(got["events"], json!([{"id": "1"}, {"id": "2"}]));
+
+        // Zeroed bytes whose pointers stay: after its retries, an error that says so.
+        zero_journal(dir.path());
+        let err = get_flow(&store, "t", "f").await.unwrap_err();
+        assert!(err.to_string().contains("reads as zeros"), "{err}");
+
+        // The erasure commits while get_flow waits between reads: it finds nothing.
+        let erasing = store.clone();
+        let erase = std::thread::spawn(move || {
+            std::thread::sleep(ERASED_BACKOFF / 2);
+            erasing.erase_live("t", "f").unwrap()
+        });
+        assert_eq!(get_flow(&store, "t", "f").await.unwrap(), None);
+        assert_eq!(erase.join().unwrap().events, 2);
+    }
 
     #[test]
     fn busy_ticks_leave_out_idle_iowait_and_guest_time() {

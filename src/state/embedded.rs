@@ -1013,6 +1013,14 @@ struct EmbeddedEventReader {
 }
 
 impl EventReader for EmbeddedEventReader {
+    fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError> {
+        let got = self
+            .events
+            .get(meta_key(&flow_key(tenant, flow_id)).as_slice())
+            .map_err(storage)?;
+        got.map(|v| decode_meta(v.value())).transpose()
+    }
+
     fn for_each_event(
         &self,
         tenant: &str,
@@ -1181,6 +1189,34 @@ mod tests {
         assert_eq!(events_of(&store, "f", 1), [r#"{"old":0}"#, r#"{"new":1}"#]);
 
         archive_now(&store, "i", &["f"]);
+        assert_eq!(events_of(&store, "f", 1).len(), 0);
+    }
+
+    /// A reader whose snapshot predates an erasure finds the bytes zeroed: that is
+    /// reported as an erasure, not corruption, and a fresh snapshot no longer has the
+    /// flow.
+    #[test]
+    fn a_snapshot_older_than_an_erasure_reads_erased_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+        let events = [
+            test_event("f", "1", r#"{"id":"1"}"#.to_string()),
+            test_event("f", "2", r#"{"id":"2"}"#.to_string()),
+        ];
+        store.ingest(&events, &default_policy(), 0, None).unwrap();
+        let before = store.event_reader().unwrap();
+        store.erase_live("t", "f").unwrap();
+
+        let meta = before.live_flow("t", "f").unwrap();
+        assert_eq!(meta.map(|m| m.event_count), Some(2), "the snapshot's meta");
+        let err = before
+            .for_each_event("t", "f", 1, &mut |_| Ok(()))
+            .unwrap_err();
+        assert!(matches!(err, StateError::Erased { .. }), "{err}");
+        assert!(err.to_string().contains("reads as zeros"), "{err}");
+
+        let fresh = store.event_reader().unwrap();
+        assert_eq!(fresh.live_flow("t", "f").unwrap(), None);
         assert_eq!(events_of(&store, "f", 1).len(), 0);
     }
 }

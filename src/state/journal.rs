@@ -13,7 +13,8 @@
 //!   new file's directory entry is fsynced when it is created, before any pointer
 //!   into it can commit.
 //! - Every pointer carries the CRC-32 of its bytes; a read that does not match is an
-//!   error naming the file, never silently wrong history.
+//!   error naming the file, never silently wrong history (`StateError::Erased` when
+//!   the bytes are zeros, which an erasure leaves for snapshots older than it).
 //! - A file is deleted once no live event points into it (its live count, kept in the
 //!   `journal` table, reaches zero) and no reader opened before that could still read
 //!   it. Files with no row in the table (created by a batch that never committed) are
@@ -336,6 +337,13 @@ impl JournalReader {
         file.read_exact_at(&mut self.buffer, pointer.offset)
             .map_err(|e| io(&path(), e))?;
         if crc32fast::hash(&self.buffer) != pointer.crc {
+            if self.buffer.iter().all(|&b| b == 0) {
+                // An erasure zeroes the bytes before its transaction removes the
+                // pointer, so a snapshot taken before that commit can land here.
+                return Err(StateError::Erased {
+                    what: format!("event at {}:{}", path().display(), pointer.offset),
+                });
+            }
             return Err(super::keys::corrupt(
                 format!("event at {}:{}", path().display(), pointer.offset),
                 "its bytes do not match the CRC-32 stored with its pointer",

@@ -59,6 +59,11 @@ pub enum StateError {
     },
     #[error("no archive intent {0}")]
     UnknownIntent(String),
+    /// Event bytes that read as zeros where a CRC expected history: an erasure zeroed
+    /// them after the reader's snapshot was taken (a fresh snapshot no longer points at
+    /// them), or, if a fresh snapshot still does, the file is damaged.
+    #[error("{what} reads as zeros: erased while it was being read, or damaged")]
+    Erased { what: String },
 }
 
 /// Everything the store knows about the open part of one live flow.
@@ -247,6 +252,10 @@ pub struct StoreStats {
 
 /// Streams stored events from one snapshot of the store.
 pub trait EventReader: Send {
+    /// As [`StateStore::live_flow`], within the reader's snapshot: the meta and the
+    /// events [`EventReader::for_each_event`] streams belong together.
+    fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError>;
+
     /// As [`StateStore::for_each_event`], within the reader's snapshot.
     fn for_each_event(
         &self,
