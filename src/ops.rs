@@ -94,7 +94,11 @@ pub async fn get_flow(
 
 type FlowRead = (crate::state::FlowMeta, Option<String>, Vec<Value>);
 
-/// A live or sealed flow part and its events, from one snapshot.
+/// A live or sealed flow part and its events. A live part's meta and its events come
+/// from one snapshot. A sealed part's intent is read after that snapshot; the flow was
+/// not live in it, so (short of being created and sealed in between) the part was
+/// sealed before it and its events are there; an intent completed in between is
+/// simply not found.
 fn read_flow(
     store: &dyn crate::state::StateStore,
     t: &str,
