@@ -123,11 +123,13 @@ pub struct Pipeline {
 /// Gives back journal files that archival has mostly emptied (see
 /// [`StateStore::compact`]); a failure is logged and retried at the next pass.
 async fn compact_journal(store: Arc<dyn StateStore>) {
+    let started = std::time::Instant::now();
     match blocking(move || store.compact()).await {
         Ok(c) if c.files > 0 => tracing::info!(
             files = c.files,
             moved_events = c.moved_events,
             freed_bytes = c.freed_bytes,
+            seconds = started.elapsed().as_secs_f64(),
             "Compacted the event journal."
         ),
         Ok(_) => {}

@@ -414,6 +414,12 @@ pub(crate) mod test_support {
 
     /// Seals the open parts of `t/{flows}` under intent `id` and completes it.
     pub fn archive_now(store: &dyn StateStore, id: &str, flows: &[&str]) {
+        seal_now(store, id, flows);
+        store.complete(id).unwrap();
+    }
+
+    /// Seals the open parts of `t/{flows}` under intent `id`.
+    pub fn seal_now(store: &dyn StateStore, id: &str, flows: &[&str]) {
         let parts = flows
             .iter()
             .map(|f| SealedPart {
@@ -433,6 +439,5 @@ pub(crate) mod test_support {
             stage: IntentStage::Pending,
         };
         store.seal(&intent).unwrap().expect("sealed");
-        store.complete(id).unwrap();
     }
 }
