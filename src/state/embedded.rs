@@ -314,15 +314,18 @@ impl EmbeddedStore {
                 holders.push((key.as_slice(), holder));
             }
         }
-        let (freed, left): (HashSet<u32>, Vec<u32>) = {
-            let (ok, short): (Vec<_>, Vec<_>) = rows
-                .iter()
-                .partition(|(id, row)| found.get(id).copied().unwrap_or(0) == row.live);
-            (
-                ok.into_iter().map(|(id, _)| *id).collect(),
-                short.into_iter().map(|(id, _)| *id).collect(),
-            )
-        };
+        let accounted =
+            |(id, row): (&u32, &FileRow)| found.get(id).copied().unwrap_or(0) == row.live;
+        let freed: HashSet<u32> = rows
+            .iter()
+            .filter(|r| accounted(*r))
+            .map(|(id, _)| *id)
+            .collect();
+        let left: Vec<u32> = rows
+            .keys()
+            .filter(|id| !freed.contains(id))
+            .copied()
+            .collect();
         if freed.is_empty() {
             return Ok((done, left));
         }
