@@ -580,7 +580,7 @@ fn two_instances_split_the_stream_by_subject() {
 }
 
 #[test]
-fn a_consumer_that_does_not_ack_each_message_is_refused() {
+fn consumers_ack_cumulatively_or_per_message_and_never_not_at_all() {
     let server = NatsServer::start();
     let env = Env::new(&config(&server, ""));
     prepare(&server, &env, "flow-archiver");
@@ -589,23 +589,46 @@ fn a_consumer_that_does_not_ack_each_message_is_refused() {
             .trim()
             .to_string()
     };
-    assert_eq!(policy("flow-archiver"), "explicit");
-    // `none` forgets a message once delivered; `all` takes one ack for every message
-    // before it, including ones a crashed instance received but never stored.
-    for ack in ["none", "all"] {
-        let name = format!("ack-{ack}");
-        nats_client(&["consumer", &server.url(), "FLOW_EVENTS", &name, ack]);
-        let other = Env::new(&config(&server, &format!("consumer = \"{name}\"")));
-        let out = other.run(&["run", "--source", "nats"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!("{name} has ack policy")),
-            "{stderr}"
-        );
-        assert!(stderr.contains("delete the consumer"), "{stderr}");
-        assert_eq!(policy(&name), ack, "left as it was");
-    }
+    assert_eq!(
+        policy("flow-archiver"),
+        "all",
+        "the consumer flow-archiver creates"
+    );
+    // `none` forgets a message once delivered: refused, and left as it was.
+    nats_client(&["consumer", &server.url(), "FLOW_EVENTS", "ack-none", "none"]);
+    let other = Env::new(&config(&server, "consumer = \"ack-none\""));
+    let out = other.run(&["run", "--source", "nats"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ack-none has ack policy"), "{stderr}");
+    assert!(stderr.contains("delete the consumer"), "{stderr}");
+    assert_eq!(policy("ack-none"), "none", "left as it was");
+    // An existing consumer that acks per message is used as it is, and drains.
+    nats_client(&[
+        "consumer",
+        &server.url(),
+        "FLOW_EVENTS",
+        "ack-explicit",
+        "explicit",
+    ]);
+    let explicit = Env::new(&config(&server, "consumer = \"ack-explicit\""));
+    produce(&server, &explicit, &workload(20, 1).records);
+    let run = explicit.spawn(&["run", "--source", "nats"]);
+    eventually(
+        Duration::from_secs(60),
+        "the explicit consumer to drain",
+        || drained(&server, "ack-explicit").then_some(()),
+    );
+    run.stop();
+    assert_eq!(policy("ack-explicit"), "explicit");
+    // The cumulative one drains the same messages too.
+    let run = env.spawn(&["run", "--source", "nats"]);
+    eventually(
+        Duration::from_secs(60),
+        "the cumulative consumer to drain",
+        || drained(&server, "flow-archiver").then_some(()),
+    );
+    run.stop();
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! the state store itself, in the same transaction as the events; the Kafka source
 //! stores consumer offsets only for committed batches.
 
+mod cumulative_acks;
 mod file;
 pub mod kafka;
 pub mod nats;
