@@ -632,6 +632,31 @@ fn consumers_ack_cumulatively_or_per_message_and_never_not_at_all() {
 }
 
 #[test]
+fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
+    // A misconfiguration (README, "Scaling out"): each process sees only some
+    // deliveries, so neither can tell its batch ack would not cover the other's
+    // unstored messages. Neither acks, and both say why once twice ack_wait (5 s)
+    // has passed.
+    let server = NatsServer::start();
+    let first = Env::new(&config(&server, ""));
+    prepare(&server, &first, "flow-archiver");
+    let second = Env::new(&config(&server, ""));
+    let a = first.spawn(&["run", "--source", "nats"]);
+    let b = second.spawn(&["run", "--source", "nats"]);
+    produce(&server, &first, &workload(200, 1).records);
+    let warned = |r: &Running| r.stderr().contains("holds its acks");
+    eventually(Duration::from_secs(60), "both to warn", || {
+        (warned(&a) && warned(&b)).then_some(())
+    });
+    let stderr = a.stop();
+    assert!(
+        stderr.contains("another process reading the same consumer"),
+        "{stderr}"
+    );
+    b.stop();
+}
+
+#[test]
 fn consumer_lag_is_served_while_behind_and_zero_once_caught_up() {
     let server = NatsServer::start();
     let port = free_port();
