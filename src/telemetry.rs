@@ -48,6 +48,9 @@ pub struct Metrics {
     /// Records in the source not yet ingested (Kafka: high watermark minus committed
     /// offset over assigned partitions; NATS: pending plus unacknowledged).
     pub consumer_lag: Gauge,
+    /// Seconds NATS batch acks have been held back, waiting for the server's pending
+    /// set to be this process's own; 0 while they flow.
+    pub acks_held: Gauge,
 }
 
 impl Metrics {
@@ -70,6 +73,7 @@ impl Metrics {
             failures: Family::default(),
             last_archive_success: Gauge::default(),
             consumer_lag: Gauge::default(),
+            acks_held: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +160,12 @@ impl Metrics {
             "consumer_lag_messages",
             "Source records not yet ingested (Kafka consumer lag, NATS pending + unacknowledged)",
             m.consumer_lag.clone(),
+        );
+        registry.register_with_unit(
+            "acks_held",
+            "How long NATS batch acks have been held back (after a restart up to ack_wait; longer means another process on the consumer)",
+            prometheus_client::registry::Unit::Seconds,
+            m.acks_held.clone(),
         );
         for stage in STAGES {
             let _ = m.failures.get_or_create(&Stage {

@@ -638,7 +638,11 @@ fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
     // unstored messages. Neither acks, and both say why once twice ack_wait (5 s)
     // has passed.
     let server = NatsServer::start();
-    let first = Env::new(&config(&server, ""));
+    let port = free_port();
+    let first = Env::new(&config(
+        &server,
+        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
     prepare(&server, &first, "flow-archiver");
     let second = Env::new(&config(&server, ""));
     let a = first.spawn(&["run", "--source", "nats"]);
@@ -647,6 +651,12 @@ fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
     let warned = |r: &Running| r.stderr().contains("holds its acks");
     eventually(Duration::from_secs(60), "both to warn", || {
         (warned(&a) && warned(&b)).then_some(())
+    });
+    // And its gauge says for how long, for the alert in deploy/.
+    eventually(Duration::from_secs(10), "the held-acks gauge", || {
+        metric_of(port, "flow_archiver_acks_held_seconds")
+            .filter(|&s| s >= 10)
+            .map(|_| ())
     });
     let stderr = a.stop();
     assert!(
@@ -682,6 +692,8 @@ fn consumer_lag_is_served_while_behind_and_zero_once_caught_up() {
     eventually(Duration::from_secs(20), "a lag of zero", || {
         (lag_of(port) == Some(0)).then_some(())
     });
+    // One process on its own consumer: its batch acks were never held for long.
+    assert_eq!(metric_of(port, "flow_archiver_acks_held_seconds"), Some(0));
     run.stop();
 }
 

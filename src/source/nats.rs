@@ -412,6 +412,9 @@ impl Source for NatsSource {
                 if acks.is_complete() {
                     *held_since = None;
                 }
+                crate::telemetry::metrics()
+                    .acks_held
+                    .set(held_since.map_or(0, |t| t.elapsed().as_secs() as i64));
             }
         }
         for (what, e) in failures {

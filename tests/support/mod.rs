@@ -720,6 +720,11 @@ pub fn serve_api(env: &Env) -> (Running, String) {
 /// The `flow_archiver_consumer_lag_messages` sample, read with a raw HTTP/1.0 GET (fast
 /// enough to poll while ingest runs).
 pub fn lag_of(port: u16) -> Option<i64> {
+    metric_of(port, "flow_archiver_consumer_lag_messages")
+}
+
+/// The value of an unlabelled metric served at `/metrics` on `port`.
+pub fn metric_of(port: u16, name: &str) -> Option<i64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
@@ -728,6 +733,6 @@ pub fn lag_of(port: u16) -> Option<i64> {
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
     body.lines()
-        .find_map(|l| l.strip_prefix("flow_archiver_consumer_lag_messages "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
