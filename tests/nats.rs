@@ -55,6 +55,11 @@ max_ack_pending = 1000
     )
 }
 
+/// The `[api]` section that serves `/metrics` on `port`, appended to [`config`].
+fn api_on(port: u16) -> String {
+    format!("[api]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
 fn record(subject: &str, value: &[u8], headers: &[(&str, &str)]) -> Value {
     json!({
         "subject": subject,
@@ -639,10 +644,7 @@ fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
     // has passed.
     let server = NatsServer::start();
     let port = free_port();
-    let first = Env::new(&config(
-        &server,
-        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
-    ));
+    let first = Env::new(&config(&server, &api_on(port)));
     prepare(&server, &first, "flow-archiver");
     let second = Env::new(&config(&server, ""));
     let a = first.spawn(&["run", "--source", "nats"]);
@@ -670,10 +672,7 @@ fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
 fn consumer_lag_is_served_while_behind_and_zero_once_caught_up() {
     let server = NatsServer::start();
     let port = free_port();
-    let env = Env::new(&config(
-        &server,
-        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
-    ));
+    let env = Env::new(&config(&server, &api_on(port)));
     prepare(&server, &env, "flow-archiver");
     let w = workload(400, 1);
     produce(&server, &env, &w.records);

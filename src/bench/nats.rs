@@ -130,21 +130,14 @@ async fn plain_consumer(
     events: u64,
     ack_every: Option<u64>,
 ) -> Result<f64, PipelineError> {
+    let (name, ack_policy) = match ack_every {
+        Some(_) => ("bench-acking", jetstream::consumer::AckPolicy::All),
+        None => ("bench-plain", jetstream::consumer::AckPolicy::None),
+    };
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some(
-                if ack_every.is_some() {
-                    "bench-acking"
-                } else {
-                    "bench-plain"
-                }
-                .into(),
-            ),
-            ack_policy: if ack_every.is_some() {
-                jetstream::consumer::AckPolicy::All
-            } else {
-                jetstream::consumer::AckPolicy::None
-            },
+            durable_name: Some(name.into()),
+            ack_policy,
             // As for the archiver's consumer below.
             max_ack_pending: 50_000,
             ..Default::default()
