@@ -327,6 +327,55 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn a_sealed_part_stays_out_of_the_live_set_and_keeps_its_number() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                s.ingest(
+                    &[
+                        event("f", "1", 1, FlowStatus::Completed, 0),
+                        event("g", "1", 1, FlowStatus::Completed, 0),
+                    ],
+                    &p,
+                    0,
+                    None,
+                )
+                .unwrap();
+                let intent = intent_for(&*s, "i1", &["f"]);
+                s.seal(&intent).unwrap().expect("sealed");
+                assert!(s.live_flow("t", "f").unwrap().is_none());
+                let reader = s.event_reader().unwrap();
+                assert!(reader.live_flow("t", "f").unwrap().is_none());
+                drop(reader);
+                assert_eq!(s.stats().unwrap().live_flows, 1);
+                assert!(
+                    s.seal(&intent).unwrap().is_none(),
+                    "a part is sealed into one intent only"
+                );
+
+                // A new policy gives deadlines to live flows only.
+                let mut r = Config::default().retention;
+                r.completed = Retention::After(Duration::from_secs(60));
+                assert_eq!(s.apply_policy(&RetentionPolicy::new(r)).unwrap(), 1);
+                let due = s.due_flows(MIN, 10).unwrap();
+                assert_eq!(due.len(), 1);
+                assert_eq!(due[0].flow_id, "g");
+
+                // Erasing it takes the sealed events, but it was not an open part, and
+                // its part number stays taken.
+                let erased = s.erase_live("t", "f").unwrap();
+                assert!(!erased.open_part);
+                assert_eq!(s.stats().unwrap().live_flows, 1);
+                s.ingest(&[event("f", "2", 2, FlowStatus::Running, 0)], &p, 0, None)
+                    .unwrap();
+                assert_eq!(s.live_flow("t", "f").unwrap().unwrap().part, 2);
+                s.complete("i1").unwrap();
+                assert_eq!(s.live_flow("t", "f").unwrap().unwrap().part, 2);
+                assert_eq!(events_of(&*s, "f", 2).len(), 1);
+                assert_eq!(s.stats().unwrap().live_flows, 2);
+            }
+
+            #[test]
             fn a_policy_change_recomputes_deadlines_once() {
                 let dir = tempfile::tempdir().unwrap();
                 let s = open(dir.path());
@@ -654,8 +703,8 @@ fn compaction_moves_the_few_live_events_of_mostly_archived_files_and_frees_them(
 
 #[test]
 fn compaction_repoints_the_inline_events_of_a_sealed_part() {
-    // As above, but the flow pinning the files is sealed (its inline events have moved
-    // to their own entry) and not yet deleted when compaction runs.
+    // As above, but the flow pinning the files is sealed (its inline events are still
+    // in its meta record) and not yet deleted when compaction runs.
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
     let done = fill_four_files(&s, |batch| {

@@ -15,8 +15,9 @@
 //!   further dedupe keys are individual entries (flag [`DEDUPE_SPILLED`]).
 //! - run: `u16 n | n × (u16 len | order | 21-byte pointer)`, sorted by order; an event
 //!   past [`MAX_RUN`] is an individual entry. Readers merge the two by order.
-//! - At seal the meta record goes; its run moves to `flow key | 0x02 | u32 part | 0xFF`
-//!   (`0xFE | 0x01 | run`) until the part is deleted, and its digests to
+//! - A sealed part's meta record stays until complete deletes it, unless an event opens
+//!   the next part first: then its run moves to `flow key | 0x02 | u32 part | 0xFF`
+//!   (`0xFE | 0x01 | run`) until the part is deleted. Either way its digests go to
 //!   `flow key | 0x01 | 0xFF` (`0xFE | 0x01 | flags | digests`), kept like dedupe keys
 //!   so that a redelivered event of an archived part is still a duplicate.
 //!
