@@ -915,7 +915,12 @@ impl StateStore for EmbeddedStore {
                     Some(v) => Some(MetaRecord::decode(v.value())?),
                     None => None,
                 };
-                if let Some(record) = record.filter(|r| r.meta.part == part.meta.part) {
+                let sealed_through = sealed_part(&markers, &fkey)?;
+                let sealed_here = |r: &MetaRecord| {
+                    r.meta.part == part.meta.part
+                        && sealed_through.is_some_and(|s| s >= part.meta.part)
+                };
+                if let Some(record) = record.filter(sealed_here) {
                     events.remove(mkey.as_slice()).map_err(storage)?;
                     record
                         .run
@@ -924,7 +929,7 @@ impl StateStore for EmbeddedStore {
                         .for_each(|p| release(&mut released, p));
                     keep_digests_and_tombstone(&mut events, &mut archived, &fkey, &record)?;
                 }
-                if sealed_part(&markers, &fkey)?.is_some_and(|s| s <= part.meta.part) {
+                if sealed_through.is_some_and(|s| s <= part.meta.part) {
                     markers.remove(fkey.as_slice()).map_err(storage)?;
                 }
                 let start = part_prefix(&fkey, part.meta.part);
