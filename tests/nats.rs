@@ -205,9 +205,16 @@ fn read_stream(server: &NatsServer, stream: &str, n: usize) -> Vec<Value> {
 /// Starts the archiver once so it creates its streams and consumer, then stops it.
 fn prepare(server: &NatsServer, env: &Env, consumer: &str) {
     let run = env.spawn(&["run", "--source", "nats"]);
-    eventually(Duration::from_secs(30), "the consumer to exist", || {
-        (pending(server, consumer).0 >= 0).then_some(())
-    });
+    // Generous: eight tests start servers, archivers and clients at once on two cores.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while pending(server, consumer).0 < 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the consumer to exist; the archiver said:\n{}",
+            run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     run.stop();
 }
 
