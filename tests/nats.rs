@@ -9,7 +9,10 @@
 //!   lose nothing and archive nothing twice;
 //! - a message that keeps coming back is dead-lettered and terminated;
 //! - two instances split the work by subject (static partitioning);
-//! - a consumer that does not ack each message (ack policy `none` or `all`) is refused;
+//! - the consumer acks cumulatively (`all`) or per message (`explicit`), and one that
+//!   never acks (`none`) is refused;
+//! - held acks: two processes on one consumer say why; messages the stream's limits
+//!   drop while held do not stop acks for good;
 //! - `bench --nats` measures and reports every figure against the real server.
 
 mod support;
@@ -673,6 +676,59 @@ fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
         "{stderr}"
     );
     b.stop();
+}
+
+#[test]
+fn held_messages_the_stream_drops_do_not_hold_acks_forever() {
+    // A predecessor crashed with 1..=5 pending, so this process holds its acks
+    // (cumulative acks would cover them) while it stores 6..=15. Then the stream's
+    // limits drop 1..=10 before 1..=5 are redelivered (ack_wait is 120 s): the
+    // server forgets them as pending, this process must forget its held 6..=10 too,
+    // or the counts never agree and it never acks again.
+    let server = NatsServer::start();
+    let port = free_port();
+    let slow_redelivery =
+        config(&server, &api_on(port)).replace("ack_wait = \"5s\"", "ack_wait = \"120s\"");
+    let env = Env::new(&slow_redelivery);
+    prepare(&server, &env, "flow-archiver");
+    let time = (chrono::Utc::now() - chrono::Duration::seconds(30))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let events = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Value> {
+        seqs.map(|seq| {
+            let event = ce(
+                "tenant-0",
+                "flow.dropped",
+                &format!("e{seq}"),
+                seq,
+                "step",
+                &time,
+            );
+            record("flows.events.tenant-0.dropped", event.as_bytes(), &[])
+        })
+        .collect()
+    };
+    produce(&server, &env, &events(1..=5));
+    let taken = nats_client(&["take", &server.url(), "FLOW_EVENTS", "flow-archiver", "5"]);
+    assert_eq!(taken.trim(), "5");
+    let run = env.spawn(&["run", "--source", "nats"]);
+    produce(&server, &env, &events(6..=15));
+    eventually(Duration::from_secs(60), "6..=15 delivered and held", || {
+        (pending(&server, "flow-archiver") == (0, 15)).then_some(())
+    });
+    let first = nats_client(&["limit", &server.url(), "FLOW_EVENTS", "5"]);
+    assert_eq!(first.trim(), "11", "the stream keeps 11..=15");
+    // Well within ack_wait: nothing was redelivered to make the counts agree.
+    eventually(Duration::from_secs(30), "the consumer to drain", || {
+        drained(&server, "flow-archiver").then_some(())
+    });
+    assert_eq!(metric_of(port, "flow_archiver_acks_held_seconds"), Some(0));
+    let stderr = run.stop();
+    assert!(stderr.contains("Held messages left the stream"), "{stderr}");
+    // Everything this process received is stored: 6..=15 (1..=5 went with the
+    // predecessor and the stream's limits).
+    let flow: Value = serde_json::from_str(&env.ok(&["get", "tenant-0/flow.dropped"])).unwrap();
+    assert_eq!(flow["event_count"].as_u64(), Some(10), "{flow}");
 }
 
 #[test]

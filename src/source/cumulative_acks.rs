@@ -22,6 +22,10 @@
 //! - While incomplete no ack is sent. While complete, an ack goes on the highest stream
 //!   sequence below which every held message is durable; a redelivered old message in
 //!   a batch not yet durable holds the ack back below it.
+//! - Messages the stream drops (its `max_msgs`, `max_bytes` or `max_age` limits) leave
+//!   the server's pending set at once and move its ack floor past them. Held copies at
+//!   or below the floor are forgotten with each probe, or the counts would never agree
+//!   again and acks would stay held until `max_ack_pending` stopped the consumer.
 
 use std::collections::BTreeMap;
 
@@ -106,6 +110,16 @@ impl<A> Cumulative<A> {
     /// Messages held unacknowledged.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// The server's ack floor (`ack_floor.stream_seq` of the consumer's info): every
+    /// message at or below it is acknowledged or gone from the stream, so none of them
+    /// is pending and none will be delivered again. Held copies are forgotten; an ack
+    /// for them is neither needed nor possible. Returns how many were held.
+    pub fn settled_through(&mut self, ack_floor: u64) -> usize {
+        let above = self.held.split_off(&(ack_floor.saturating_add(1)));
+        let settled = std::mem::replace(&mut self.held, above);
+        settled.len()
     }
 
     /// Takes the consumer's info, read while this process received nothing:
@@ -293,6 +307,28 @@ mod tests {
         assert_eq!(c.held(), 1);
         c.probe(1, 2);
         assert_eq!(c.take_ack(1), Some((1, 1)), "durable with its first batch");
+    }
+
+    #[test]
+    fn held_messages_the_stream_dropped_stop_counting_once_below_the_ack_floor() {
+        // A predecessor left 1..=3 pending; this process holds 4..=6 (deliveries 4..=6).
+        let mut c = Cumulative::default();
+        c.probe(3, 3);
+        for seq in 4..=6 {
+            c.received(seq, seq, 1, seq);
+        }
+        c.probe(6, 6);
+        assert_eq!(c.take_ack(1), None, "1..=3 are pending and not ours");
+        // The stream's limits drop 1..=5: the server forgets them as pending and its
+        // ack floor moves to 5; this process still holds 4 and 5.
+        assert_eq!(c.settled_through(5), 2);
+        c.probe(1, 6);
+        assert_eq!(c.take_ack(1), Some((6, 6)), "1 of 1 pending is held");
+        assert_eq!(c.held(), 0);
+        // Below the floor again later: nothing held there, nothing forgotten.
+        c.received(7, 7, 2, 7);
+        assert_eq!(c.settled_through(6), 0);
+        assert_eq!(c.take_ack(2), Some((7, 7)));
     }
 
     #[test]

@@ -382,6 +382,14 @@ impl Source for NatsSource {
                     // here are waited for by the probe, not counted as missing.
                     match self.consumer.get_info().await {
                         Ok(info) => {
+                            let dropped = acks.settled_through(info.ack_floor.stream_sequence);
+                            if dropped > 0 {
+                                tracing::warn!(
+                                    consumer = %info.name,
+                                    messages = dropped,
+                                    "Held messages left the stream (its limits dropped them) before their ack: they are stored with their batch and need no ack."
+                                );
+                            }
                             acks.probe(info.num_ack_pending, info.delivered.consumer_sequence);
                             // Missing messages come back within ack_wait; past twice
                             // that, something else keeps the counts apart.
@@ -389,7 +397,7 @@ impl Source for NatsSource {
                                 failures.push((
                                     "holds its acks",
                                     format!(
-                                        "for {}s the server has counted {} pending messages on consumer {} and this process holds {}: another process reading the same consumer (give each instance its own nats.consumer), or pending messages removed from the stream, keep them apart",
+                                        "for {}s the server has counted {} pending messages on consumer {} and this process holds {}: another process reading the same consumer (give each instance its own nats.consumer), or pending messages deleted from the middle of the stream, keep them apart",
                                         since.elapsed().as_secs(),
                                         info.num_ack_pending,
                                         info.name,

@@ -9,6 +9,9 @@ It shares no code with flow-archiver.
   pending URL STREAM CONSUMER       prints "num_pending num_ack_pending" of the consumer
   ack-policy URL STREAM CONSUMER    prints the consumer's ack policy (none, all, explicit)
   consumer URL STREAM CONSUMER ACK  creates a durable pull consumer with that ack policy
+  take URL STREAM CONSUMER N        pulls N messages from the consumer and acks none of them
+                                    (a process that crashed with them pending)
+  limit URL STREAM MAX_MSGS         keeps only the stream's last MAX_MSGS messages
 """
 
 import asyncio
@@ -92,6 +95,29 @@ async def consumer(url, stream, name, ack):
     await nc.close()
 
 
+async def take(url, stream, consumer, n):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe_bind(consumer, stream)
+    taken = 0
+    while taken < n:
+        msgs = await sub.fetch(n - taken, timeout=10)
+        taken += len(msgs)
+    await nc.close()
+    print(taken)
+
+
+async def limit(url, stream, max_msgs):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    config = info.config
+    config.max_msgs = max_msgs
+    await js.update_stream(config)
+    print((await js.stream_info(stream)).state.first_seq)
+    await nc.close()
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "produce":
@@ -105,5 +131,9 @@ if __name__ == "__main__":
         asyncio.run(ack_policy(*args))
     elif cmd == "consumer":
         asyncio.run(consumer(*args))
+    elif cmd == "take":
+        asyncio.run(take(args[0], args[1], args[2], int(args[3])))
+    elif cmd == "limit":
+        asyncio.run(limit(args[0], args[1], int(args[2])))
     else:
         sys.exit(__doc__)
