@@ -777,6 +777,7 @@ fn nats_bench_reports_every_figure_against_a_real_server() {
     assert_eq!(out["events"], 1200, "{out}");
     for figure in [
         "plain_consumer_events_per_sec",
+        "default_consumer_events_per_sec",
         "acking_consumer_events_per_sec",
         "ingest_events_per_sec",
         "expiry_to_archived_p99_ms",
@@ -790,10 +791,15 @@ fn nats_bench_reports_every_figure_against_a_real_server() {
         (out["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
         "{out}"
     );
+    let to_default = rate("ingest_events_per_sec") / rate("default_consumer_events_per_sec");
+    assert!(
+        (out["ratio_to_default"].as_f64().unwrap() - to_default).abs() < 1e-9,
+        "{out}"
+    );
     // Every flow of the latency run was archived (the minimum is 200 flows).
     assert_eq!(out["latency_flows"], 200, "{out}");
     // CPU per million events: this process and the rest of the machine, per reader.
-    for reader in ["plain", "acking", "ingest"] {
+    for reader in ["plain", "default", "acking", "ingest"] {
         let cpu = &out[format!("{reader}_cpu_per_million")];
         assert!(cpu[0].as_f64().unwrap() > 0.0, "{reader}: {out}");
         assert!(cpu[1].as_f64().unwrap() >= 0.0, "{reader}: {out}");

@@ -2,10 +2,12 @@
 //! JetStream consumer, and expiry→archived latency, on a real server.
 //!
 //! 1. Generates the workload and publishes it to a new stream (every publish acked).
-//! 2. A plain pull consumer (no acks: it only reads and counts) reads the whole
-//!    stream, then one that acks the way the ingest stage does, once per batch of
-//!    `input.batch_size` messages (`AckPolicy::All`), and does nothing else; then the
-//!    archiver's ingest stage (NATS source → decode → durable state → acks) reads it
+//! 2. Three plain pull consumers read the whole stream and do nothing else with it:
+//!    one that never acks (`AckPolicy::None`: the least work a reader can make the
+//!    server do), one made with JetStream's defaults, which acks every message
+//!    (`AckPolicy::Explicit`), and one that acks the way the ingest stage does, once
+//!    per batch of `input.batch_size` messages (`AckPolicy::All`); then the archiver's
+//!    ingest stage (NATS source → decode → durable state → acks) reads it
 //!    through its own durable consumer. Rates side by side give the ratio, each timed
 //!    from its first message. For each reader the CPU time it used and what the rest
 //!    of the machine used meanwhile (the server, when it runs here) are reported per
@@ -38,18 +40,24 @@ pub struct NatsBenchReport {
     pub events: u64,
     pub bytes: u64,
     pub publish_events_per_sec: f64,
+    /// A plain consumer that never acks (`AckPolicy::None`).
     pub plain_consumer_events_per_sec: f64,
+    /// A plain consumer with JetStream's default ack policy, acking every message.
+    pub default_consumer_events_per_sec: f64,
     /// A plain consumer that acks once per batch (`AckPolicy::All`), as ingest does.
     pub acking_consumer_events_per_sec: f64,
     pub ingest_events_per_sec: f64,
     /// CPU seconds per million events: (this process, the rest of the machine) while
     /// each reader ran; `None` without `/proc/stat`.
     pub plain_cpu_per_million: Option<(f64, f64)>,
+    pub default_cpu_per_million: Option<(f64, f64)>,
     pub acking_cpu_per_million: Option<(f64, f64)>,
     pub ingest_cpu_per_million: Option<(f64, f64)>,
     pub ingest_mb_per_sec: f64,
     /// Ingest rate / plain consumer rate (target ≥ 0.7).
     pub ratio: f64,
+    /// Ingest rate / default (per-message acking) consumer rate.
+    pub ratio_to_default: f64,
     /// Ingest rate / acking consumer rate.
     pub ratio_to_acking: f64,
     pub latency_flows: u64,
@@ -122,17 +130,29 @@ impl CpuMark {
     }
 }
 
+/// How a plain consumer acknowledges what it reads.
+#[derive(Debug, Clone, Copy)]
+enum Acks {
+    /// `AckPolicy::None`.
+    Never,
+    /// `AckPolicy::Explicit` (JetStream's default), one ack per message.
+    EachMessage,
+    /// `AckPolicy::All`, one ack every that many messages and on the last one.
+    Every(u64),
+}
+
 /// Reads the whole stream with a new durable pull consumer that does nothing with the
-/// messages; with `ack_every`, it acks cumulatively every that many messages and the
-/// last one. Its rate in events/s.
+/// messages but ack them as `acks` says. Its rate in events/s.
 async fn plain_consumer(
     stream: &jetstream::stream::Stream,
     events: u64,
-    ack_every: Option<u64>,
+    acks: Acks,
 ) -> Result<f64, PipelineError> {
-    let (name, ack_policy) = match ack_every {
-        Some(_) => ("bench-acking", jetstream::consumer::AckPolicy::All),
-        None => ("bench-plain", jetstream::consumer::AckPolicy::None),
+    use jetstream::consumer::AckPolicy;
+    let (name, ack_policy) = match acks {
+        Acks::Never => ("bench-plain", AckPolicy::None),
+        Acks::EachMessage => ("bench-default", AckPolicy::Explicit),
+        Acks::Every(_) => ("bench-acking", AckPolicy::All),
     };
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
@@ -159,7 +179,12 @@ async fn plain_consumer(
                 started.get_or_insert_with(Instant::now);
                 std::hint::black_box(&m.payload);
                 seen += 1;
-                if ack_every.is_some_and(|n| seen % n == 0 || seen == events) {
+                let ack = match acks {
+                    Acks::Never => false,
+                    Acks::EachMessage => true,
+                    Acks::Every(n) => seen % n == 0 || seen == events,
+                };
+                if ack {
                     m.ack().await.map_err(nats_err)?;
                 }
             }
@@ -217,12 +242,15 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
     eprintln!("published {events} events to {stream_name}; reading them back");
 
     let mark = CpuMark::now();
-    let plain = plain_consumer(&stream, events, None).await?;
+    let plain = plain_consumer(&stream, events, Acks::Never).await?;
     let plain_cpu = CpuMark::now().per_million_since(mark, events);
+    let mark = CpuMark::now();
+    let default = plain_consumer(&stream, events, Acks::EachMessage).await?;
+    let default_cpu = CpuMark::now().per_million_since(mark, events);
     let mark = CpuMark::now();
     // The ingest stage below acks once per input batch.
     let ack_every = Config::default().input.batch_size as u64;
-    let acking = plain_consumer(&stream, events, Some(ack_every)).await?;
+    let acking = plain_consumer(&stream, events, Acks::Every(ack_every)).await?;
     let acking_cpu = CpuMark::now().per_million_since(mark, events);
 
     let mut config = Config::rooted_at(&dir.join("ingest"));
@@ -253,13 +281,16 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
         bytes,
         publish_events_per_sec: publish_rate,
         plain_consumer_events_per_sec: plain,
+        default_consumer_events_per_sec: default,
         acking_consumer_events_per_sec: acking,
         ingest_events_per_sec: ingest_rate,
         plain_cpu_per_million: plain_cpu,
+        default_cpu_per_million: default_cpu,
         acking_cpu_per_million: acking_cpu,
         ingest_cpu_per_million: ingest_cpu,
         ingest_mb_per_sec: bytes as f64 / MB / (records as f64 / ingest_rate),
         ratio: ingest_rate / plain,
+        ratio_to_default: ingest_rate / default,
         ratio_to_acking: ingest_rate / acking,
         latency_flows: ms.len() as u64,
         expiry_to_archived_p50_ms: percentile(&mut ms, 50.0),
@@ -385,6 +416,12 @@ impl std::fmt::Display for NatsBenchReport {
         )?;
         writeln!(
             f,
+            "  default    pull consumer with the default policy, one ack per message: {:.0} events/s{}",
+            self.default_consumer_events_per_sec,
+            cpu(self.default_cpu_per_million)
+        )?;
+        writeln!(
+            f,
             "  acking     pull consumer that acks once per batch: {:.0} events/s{}",
             self.acking_consumer_events_per_sec,
             cpu(self.acking_cpu_per_million)
@@ -398,8 +435,8 @@ impl std::fmt::Display for NatsBenchReport {
         )?;
         writeln!(
             f,
-            "  ratio      {:.2} of the plain consumer (target ≥ 0.70); {:.2} of the acking one",
-            self.ratio, self.ratio_to_acking
+            "  ratio      {:.2} of the plain consumer (target ≥ 0.70); {:.2} of the default one; {:.2} of the acking one",
+            self.ratio, self.ratio_to_default, self.ratio_to_acking
         )?;
         writeln!(
             f,
