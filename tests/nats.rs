@@ -12,7 +12,7 @@
 //! - the consumer acks cumulatively (`all`) or per message (`explicit`), and one that
 //!   never acks (`none`) is refused;
 //! - held acks: two processes on one consumer say why; messages the stream's limits
-//!   drop while held do not stop acks for good;
+//!   or a deletion by hand drop while held do not stop acks for good;
 //! - `bench --nats` measures and reports every figure against the real server.
 
 mod support;
@@ -678,13 +678,12 @@ fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
     b.stop();
 }
 
-#[test]
-fn held_messages_the_stream_drops_do_not_hold_acks_forever() {
-    // A predecessor crashed with 1..=5 pending, so this process holds its acks
-    // (cumulative acks would cover them) while it stores 6..=15. Then the stream's
-    // limits drop 1..=10 before 1..=5 are redelivered (ack_wait is 120 s): the
-    // server forgets them as pending, this process must forget its held 6..=10 too,
-    // or the counts never agree and it never acks again.
+/// A predecessor crashed with 1..=5 pending, so this process holds its acks
+/// (cumulative acks would cover them) while it stores 6..=15. Then `drop` makes the
+/// stream lose 1..=10 before 1..=5 are redelivered (ack_wait is 120 s): the server
+/// forgets them as pending and moves its ack floor to 10; this process must forget
+/// its held 6..=10 too, or the counts never agree and it never acks again.
+fn held_messages_leave_the_stream(drop: impl FnOnce(&NatsServer)) {
     let server = NatsServer::start();
     let port = free_port();
     let slow_redelivery =
@@ -696,14 +695,8 @@ fn held_messages_the_stream_drops_do_not_hold_acks_forever() {
         .to_string();
     let events = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Value> {
         seqs.map(|seq| {
-            let event = ce(
-                "tenant-0",
-                "flow.dropped",
-                &format!("e{seq}"),
-                seq,
-                "step",
-                &time,
-            );
+            let id = format!("e{seq}");
+            let event = ce("tenant-0", "flow.dropped", &id, seq, "step", &time);
             record("flows.events.tenant-0.dropped", event.as_bytes(), &[])
         })
         .collect()
@@ -716,8 +709,7 @@ fn held_messages_the_stream_drops_do_not_hold_acks_forever() {
     eventually(Duration::from_secs(60), "6..=15 delivered and held", || {
         (pending(&server, "flow-archiver") == (0, 15)).then_some(())
     });
-    let first = nats_client(&["limit", &server.url(), "FLOW_EVENTS", "5"]);
-    assert_eq!(first.trim(), "11", "the stream keeps 11..=15");
+    drop(&server);
     // Well within ack_wait: nothing was redelivered to make the counts agree.
     eventually(Duration::from_secs(30), "the consumer to drain", || {
         drained(&server, "flow-archiver").then_some(())
@@ -730,9 +722,26 @@ fn held_messages_the_stream_drops_do_not_hold_acks_forever() {
     let stderr = run.stop();
     assert!(stderr.contains("Held messages left the stream"), "{stderr}");
     // Everything this process received is stored: 6..=15 (1..=5 went with the
-    // predecessor and the stream's limits).
+    // predecessor and the stream).
     let flow: Value = serde_json::from_str(&env.ok(&["get", "tenant-0/flow.dropped"])).unwrap();
     assert_eq!(flow["event_count"].as_u64(), Some(10), "{flow}");
+}
+
+#[test]
+fn held_messages_the_stream_limits_drop_do_not_hold_acks_forever() {
+    held_messages_leave_the_stream(|server| {
+        let first = nats_client(&["limit", &server.url(), "FLOW_EVENTS", "5"]);
+        assert_eq!(first.trim(), "11", "the stream keeps 11..=15");
+    });
+}
+
+#[test]
+fn a_pending_message_deleted_by_hand_does_not_hold_acks_forever() {
+    // nats-server takes the deletion of pending message 10 of an `AckPolicy::All`
+    // consumer as an ack of 1..=10.
+    held_messages_leave_the_stream(|server| {
+        nats_client(&["delete", &server.url(), "FLOW_EVENTS", "10"]);
+    });
 }
 
 #[test]

@@ -397,7 +397,7 @@ impl Source for NatsSource {
                                 failures.push((
                                     "holds its acks",
                                     format!(
-                                        "for {}s the server has counted {} pending messages on consumer {} and this process holds {}: another process reading the same consumer (give each instance its own nats.consumer), or pending messages deleted from the middle of the stream, keep them apart",
+                                        "for {}s the server has counted {} pending messages on consumer {} and this process holds {}: another process reading the same consumer keeps them apart (give each instance its own nats.consumer)",
                                         since.elapsed().as_secs(),
                                         info.num_ack_pending,
                                         info.name,

@@ -12,6 +12,7 @@ It shares no code with flow-archiver.
   take URL STREAM CONSUMER N        pulls N messages from the consumer and acks none of them
                                     (a process that crashed with them pending)
   limit URL STREAM MAX_MSGS         keeps only the stream's last MAX_MSGS messages
+  delete URL STREAM SEQ             deletes one message from the stream
 """
 
 import asyncio
@@ -118,6 +119,13 @@ async def limit(url, stream, max_msgs):
     await nc.close()
 
 
+async def delete(url, stream, seq):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.delete_msg(stream, seq)
+    await nc.close()
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "produce":
@@ -133,6 +141,8 @@ if __name__ == "__main__":
         asyncio.run(consumer(*args))
     elif cmd == "take":
         asyncio.run(take(args[0], args[1], args[2], int(args[3])))
+    elif cmd == "delete":
+        asyncio.run(delete(args[0], args[1], int(args[2])))
     elif cmd == "limit":
         asyncio.run(limit(args[0], args[1], int(args[2])))
     else:
