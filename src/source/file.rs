@@ -106,7 +106,7 @@ impl FileSource {
             if buf.is_empty() {
                 return Ok(false);
             }
-            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            let (chunk, done) = match memchr::memchr(b'\n', buf) {
                 Some(i) => (&buf[..=i], true),
                 None => (buf, false),
             };

@@ -600,7 +600,8 @@ impl StateStore for EmbeddedStore {
             }
 
             let mut active = self.journal.active()?;
-            let mut bytes: Vec<u8> = Vec::new();
+            // Sized once: grown by doubling, a 2 MB batch was copied about twice over.
+            let mut bytes: Vec<u8> = Vec::with_capacity(events.iter().map(|e| e.raw.len()).sum());
             // Events and dedupe keys that did not fit inline (see `inline`).
             let mut individual: Vec<(Vec<u8>, [u8; super::journal::POINTER_LEN])> = Vec::new();
             for (fkey, indices) in by_flow {
