@@ -207,6 +207,27 @@ pub fn validate_identifier(what: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{what} is empty"));
     }
+    // Nearly every id is printable ASCII: one pass over its bytes accepts it (twice per
+    // event). Anything else takes the full checks, which name the problem.
+    if is_plain_identifier(value) {
+        return Ok(());
+    }
+    identifier_problem(what, value)
+}
+
+/// Printable ASCII without `/`, `\`, `..` or a leading `.`, 1–256 bytes: an identifier
+/// [`identifier_problem`] accepts, decided in one pass over the bytes.
+fn is_plain_identifier(value: &str) -> bool {
+    let plain = |b: &u8| matches!(b, b' '..=b'~') && *b != b'/' && *b != b'\\';
+    !value.is_empty()
+        && value.len() <= MAX_IDENTIFIER_CHARS
+        && !value.starts_with('.')
+        && value.as_bytes().iter().all(plain)
+        && !value.contains("..")
+}
+
+/// Every check of [`validate_identifier`] but emptiness, character by character.
+fn identifier_problem(what: &str, value: &str) -> Result<(), String> {
     if value.chars().count() > MAX_IDENTIFIER_CHARS {
         return Err(format!(
             "{what} is longer than {MAX_IDENTIFIER_CHARS} characters"
@@ -1006,6 +1027,29 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// The one-pass check for plain ASCII ids decides as the full checks do.
+        #[test]
+        fn the_ascii_fast_path_accepts_only_what_the_full_checks_accept(
+            value in "[ -~./\\\\\u{0}\u{7f}\u{200B}\u{FEFF}é]{1,300}"
+        ) {
+            proptest::prop_assert_eq!(
+                validate_identifier("id", &value).is_ok(),
+                identifier_problem("id", &value).is_ok()
+            );
+            if is_plain_identifier(&value) {
+                proptest::prop_assert!(identifier_problem("id", &value).is_ok());
+            }
+        }
+
+        /// The same, on ids that mostly look like real ones.
+        #[test]
+        fn the_ascii_fast_path_agrees_on_likely_ids(value in "[a-zA-Z0-9 ._:-]{1,260}") {
+            proptest::prop_assert_eq!(
+                is_plain_identifier(&value),
+                identifier_problem("id", &value).is_ok()
+            );
+        }
+
         /// Hostile input never panics, and anything accepted has safe identifiers.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
