@@ -632,7 +632,7 @@ impl Decoder {
 /// The event's bytes as one JSON Lines line: a pretty-printed event loses its line
 /// breaks (JSON allows them only as whitespace, so the JSON is unchanged).
 fn one_line(mut raw: Vec<u8>) -> Vec<u8> {
-    // memchr2 looks at 32 bytes at a time; a per-byte scan cost ~2% of ingest.
+    // Runs on every event: memchr2 looks at 32 bytes at a time, a plain scan at one.
     if memchr::memchr2(b'\n', b'\r', &raw).is_some() {
         raw.retain(|&b| b != b'\n' && b != b'\r');
     }

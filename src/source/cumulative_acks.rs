@@ -23,10 +23,11 @@
 //!   sequence below which every held message is durable; a redelivered old message in
 //!   a batch not yet durable holds the ack back below it.
 //! - Messages the stream drops (its `max_msgs`, `max_bytes` or `max_age` limits, or a
-//!   deletion by hand, which the server takes as an ack of everything pending below it)
-//!   leave the server's pending set at once and move its ack floor past them. Held copies at
-//!   or below the floor are forgotten with each probe, or the counts would never agree
-//!   again and acks would stay held until `max_ack_pending` stopped the consumer.
+//!   deletion by hand, which the server takes as an ack of everything pending below
+//!   it) leave the server's pending set at once and move its ack floor past them. Held
+//!   copies at or below the floor are forgotten with each probe, or the counts would
+//!   never agree again and acks would stay held until `max_ack_pending` stopped the
+//!   consumer.
 
 use std::collections::BTreeMap;
 
