@@ -387,7 +387,7 @@ impl Source for NatsSource {
                                 tracing::warn!(
                                     consumer = %info.name,
                                     messages = dropped,
-                                    "Held messages left the stream (its limits dropped them) before their ack: they are stored with their batch and need no ack."
+                                    "Held messages left the stream (dropped by its limits or deleted) before their ack: they are stored with their batch and need no ack."
                                 );
                             }
                             acks.probe(info.num_ack_pending, info.delivered.consumer_sequence);
