@@ -17,6 +17,7 @@ pub mod binding;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -281,6 +282,7 @@ pub struct Decoder {
     max_future_skew_ms: i64,
     mapping: crate::config::FieldMapping,
     p: Pointers,
+    paths: Paths,
 }
 
 /// The mapping's JSON pointers, split into reference tokens once.
@@ -297,6 +299,27 @@ struct Pointers {
     traceparent: Pointer,
     tracestate: Pointer,
     dedupe: Option<(Pointer, Pointer)>,
+}
+
+impl Pointers {
+    /// Every pointer, for [`Paths`].
+    fn all(&self) -> impl Iterator<Item = &Pointer> {
+        let dedupe = self.dedupe.iter().flat_map(|(a, b)| [a, b]);
+        [
+            &self.flow_id,
+            &self.tenant,
+            &self.sequence,
+            &self.event_type,
+            &self.time,
+            &self.labels,
+            &self.traceparent,
+            &self.tracestate,
+        ]
+        .into_iter()
+        .chain(self.status.as_ref())
+        .chain(&self.time_fallbacks)
+        .chain(dedupe)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -379,26 +402,224 @@ impl<'a> Lazy<'a> {
             .find(|(k, _)| k.0 == key)
             .map(|(_, v)| *v)
     }
+}
 
-    /// Follows a pointer; `None` when any step is missing or not a container.
-    fn lookup(&self, pointer: &Pointer) -> Option<&'a RawValue> {
-        let (first, rest) = pointer.tokens.split_first()?;
-        let mut current = self.get(first)?;
-        for token in rest {
-            let text = current.get();
-            current = if text.starts_with('{') {
-                serde_json::from_str::<Lazy>(text).ok()?.get(token)?
-            } else if text.starts_with('[') {
-                let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
-                *items.get(token.parse::<usize>().ok()?)?
-            } else {
-                return None;
-            };
+/// Follows the rest of a pointer through a value left unparsed.
+fn follow_raw<'a>(mut current: &'a RawValue, tokens: &[String]) -> Option<&'a RawValue> {
+    for token in tokens {
+        let text = current.get();
+        current = if text.starts_with('{') {
+            serde_json::from_str::<Lazy>(text).ok()?.get(token)?
+        } else if text.starts_with('[') {
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            *items.get(token.parse::<usize>().ok()?)?
+        } else {
+            return None;
+        };
+    }
+    Some(current)
+}
+
+/// The object members the mapping's pointers go into, as a tree. Decoding an event
+/// parses exactly these as nested objects and leaves every other value unparsed, in
+/// one pass: `data` is most of a typical event, and looking up `/data/labels` in a
+/// `data` captured whole read it a second time.
+#[derive(Debug, Clone, Default)]
+struct Paths {
+    into: Vec<(String, Paths)>,
+}
+
+impl Paths {
+    /// A member is gone into when a pointer continues below it and none ends at it
+    /// (one that ends there needs the member's text, so it stays unparsed).
+    fn of<'p>(pointers: impl IntoIterator<Item = &'p [String]>) -> Paths {
+        #[derive(Default)]
+        struct Node {
+            ends: bool,
+            children: Vec<(String, Node)>,
         }
-        Some(current)
+        fn convert(node: Node) -> Paths {
+            Paths {
+                into: node
+                    .children
+                    .into_iter()
+                    .filter(|(_, n)| !n.ends && !n.children.is_empty())
+                    .map(|(k, n)| (k, convert(n)))
+                    .collect(),
+            }
+        }
+        let mut root = Node::default();
+        for tokens in pointers {
+            let mut node = &mut root;
+            for token in tokens {
+                let at = match node.children.iter().position(|(k, _)| k == token) {
+                    Some(i) => i,
+                    None => {
+                        node.children.push((token.clone(), Node::default()));
+                        node.children.len() - 1
+                    }
+                };
+                node = &mut node.children[at].1;
+            }
+            node.ends = true;
+        }
+        convert(root)
+    }
+
+    fn child(&self, key: &str) -> Option<&Paths> {
+        self.into.iter().find(|(k, _)| k == key).map(|(_, p)| p)
     }
 }
 
+/// A member of a [`Members`] object.
+enum Member<'a> {
+    /// Left unparsed: no pointer goes into it.
+    Raw(&'a RawValue),
+    /// An object a pointer goes into.
+    Object(Members<'a>),
+    /// An array where a pointer expected an object: its items, for index tokens.
+    Array(Vec<&'a RawValue>),
+    /// A scalar where a pointer expected an object: nothing below it.
+    Scalar,
+}
+
+/// One JSON object level, parsed as far as [`Paths`] says. Later duplicate keys win,
+/// as with `serde_json::Value`.
+struct Members<'a>(Vec<(Key<'a>, Member<'a>)>);
+
+impl<'a> Members<'a> {
+    /// Parses `text`, going into the members `paths` names. Going into a member
+    /// parses its scalars, which refuses numbers beyond `f64` that skipping accepts:
+    /// on any error the text is parsed again going into nothing, so what is accepted
+    /// and the error reported do not depend on the mapping.
+    fn parse(text: &'a str, paths: &Paths) -> Result<Members<'a>, serde_json::Error> {
+        Self::parse_into(text, paths).or_else(|_| Self::parse_into(text, &Paths::default()))
+    }
+
+    fn parse_into(text: &'a str, paths: &Paths) -> Result<Members<'a>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let members = ObjectSeed(paths).deserialize(&mut de)?;
+        de.end()?;
+        Ok(members)
+    }
+
+    fn member(&self, key: &str) -> Option<&Member<'a>> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.0 == key)
+            .map(|(_, v)| v)
+    }
+
+    /// A top-level member that a pointer ends at.
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        match self.member(key)? {
+            Member::Raw(raw) => Some(*raw),
+            _ => None,
+        }
+    }
+
+    /// Follows a pointer; `None` when any step is missing or not a container.
+    fn lookup(&self, pointer: &Pointer) -> Option<&'a RawValue> {
+        self.follow(&pointer.tokens)
+    }
+
+    fn follow(&self, tokens: &[String]) -> Option<&'a RawValue> {
+        let (first, rest) = tokens.split_first()?;
+        match self.member(first)? {
+            Member::Raw(raw) => follow_raw(raw, rest),
+            Member::Object(inner) => inner.follow(rest),
+            Member::Array(items) => {
+                let (index, rest) = rest.split_first()?;
+                follow_raw(items.get(index.parse::<usize>().ok()?)?, rest)
+            }
+            Member::Scalar => None,
+        }
+    }
+}
+
+/// Parses an object, going into the members `Paths` names.
+struct ObjectSeed<'p>(&'p Paths);
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = Members<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Members<'de>, D::Error> {
+        struct V<'p>(&'p Paths);
+        impl<'de> serde::de::Visitor<'de> for V<'_> {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Members<'de>, A::Error> {
+                members(self.0, map)
+            }
+        }
+        d.deserialize_map(V(self.0))
+    }
+}
+
+fn members<'de, A: serde::de::MapAccess<'de>>(
+    paths: &Paths,
+    mut map: A,
+) -> Result<Members<'de>, A::Error> {
+    let mut entries = Vec::with_capacity(16);
+    while let Some(key) = map.next_key::<Key<'de>>()? {
+        let member = match paths.child(&key.0) {
+            Some(paths) => map.next_value_seed(MemberSeed(paths))?,
+            None => Member::Raw(map.next_value::<&'de RawValue>()?),
+        };
+        entries.push((key, member));
+    }
+    Ok(Members(entries))
+}
+
+/// Parses a member a pointer goes into, whatever it turns out to be.
+struct MemberSeed<'p>(&'p Paths);
+
+impl<'de> DeserializeSeed<'de> for MemberSeed<'_> {
+    type Value = Member<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Member<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MemberSeed<'_> {
+    type Value = Member<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Member<'de>, A::Error> {
+        members(self.0, map).map(Member::Object)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Member<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            items.push(item);
+        }
+        Ok(Member::Array(items))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Member<'de>, E> {
+        Ok(Member::Scalar)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Member<'de>, E> {
+        Ok(Member::Scalar)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Member<'de>, E> {
+        Ok(Member::Scalar)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Member<'de>, E> {
+        Ok(Member::Scalar)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Member<'de>, E> {
+        Ok(Member::Scalar)
+    }
+    fn visit_unit<E>(self) -> Result<Member<'de>, E> {
+        Ok(Member::Scalar)
+    }
+}
 impl Decoder {
     pub fn new(input: &InputConfig) -> Self {
         let mapping = input.effective_mapping();
@@ -422,12 +643,22 @@ impl Decoder {
                 .as_ref()
                 .map(|(a, b)| (Pointer::new(a), Pointer::new(b))),
         };
+        let required: Vec<Vec<String>> = ["specversion", "id", "source", "type"]
+            .iter()
+            .map(|k| vec![k.to_string()])
+            .collect();
+        let paths = Paths::of(
+            p.all()
+                .map(|ptr| ptr.tokens.as_slice())
+                .chain(required.iter().map(Vec::as_slice)),
+        );
         Decoder {
             format: input.format,
             max_event_bytes: input.max_event_bytes,
             max_future_skew_ms: input.max_future_skew.as_millis() as i64,
             mapping,
             p,
+            paths,
         }
     }
 
@@ -490,7 +721,7 @@ impl Decoder {
         if text.trim().is_empty() {
             return Err(Rejection::new(RejectReason::Empty, "empty record"));
         }
-        let value: Lazy = match serde_json::from_str(text) {
+        let value = match Members::parse(text, &self.paths) {
             Ok(v) => v,
             Err(e) => {
                 // Tell "valid JSON, but not an object" from "not JSON".
@@ -674,7 +905,7 @@ fn as_str<'a>(raw: &'a RawValue, what: &str) -> Result<Option<Cow<'a, str>>, Rej
         .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))
 }
 
-fn required_string(value: &Lazy, pointer: &Pointer, what: &str) -> Result<String, Rejection> {
+fn required_string(value: &Members, pointer: &Pointer, what: &str) -> Result<String, Rejection> {
     optional_string(value, pointer, what)?.ok_or_else(|| {
         Rejection::new(
             RejectReason::MissingField,
@@ -684,7 +915,7 @@ fn required_string(value: &Lazy, pointer: &Pointer, what: &str) -> Result<String
 }
 
 fn optional_string(
-    value: &Lazy,
+    value: &Members,
     pointer: &Pointer,
     what: &str,
 ) -> Result<Option<String>, Rejection> {
@@ -692,7 +923,7 @@ fn optional_string(
 }
 
 fn optional_str<'a>(
-    value: &Lazy<'a>,
+    value: &Members<'a>,
     pointer: &Pointer,
     what: &str,
 ) -> Result<Option<Cow<'a, str>>, Rejection> {
@@ -709,7 +940,7 @@ fn optional_str<'a>(
 }
 
 fn optional_scalar(
-    value: &Lazy,
+    value: &Members,
     pointer: &Pointer,
     what: &str,
 ) -> Result<Option<String>, Rejection> {
@@ -1025,6 +1256,109 @@ mod tests {
         assert_eq!(e.labels.get("a").map(String::as_str), Some("b"));
     }
 
+    /// A pointer's value found the way the decoder did before [`Paths`]: the top level
+    /// parsed with every member left unparsed, each further step parsed again.
+    fn lookup_unparsed<'a>(text: &'a str, tokens: &[String]) -> Option<&'a RawValue> {
+        let top: Lazy = serde_json::from_str(text).ok()?;
+        let (first, rest) = tokens.split_first()?;
+        follow_raw(top.get(first)?, rest)
+    }
+
+    fn tokens(pointer: &str) -> Vec<String> {
+        Pointer::new(pointer).tokens
+    }
+
+    #[test]
+    fn only_members_that_pointers_pass_through_are_gone_into() {
+        let pointers: Vec<Vec<String>> = [
+            "/data/labels",
+            "/subject",
+            "/metadata/uid",
+            "/metadata/namespace",
+            "/status",
+            "/status/phase",
+            "",
+        ]
+        .iter()
+        .map(|p| tokens(p))
+        .collect();
+        let paths = Paths::of(pointers.iter().map(Vec::as_slice));
+        let names: Vec<&str> = paths.into.iter().map(|(k, _)| k.as_str()).collect();
+        // `status` is also read whole, so it stays unparsed; leaves are never gone into.
+        assert_eq!(names, ["data", "metadata"]);
+        assert!(paths.child("data").unwrap().into.is_empty());
+    }
+
+    #[test]
+    fn a_member_gone_into_that_is_not_an_object_reads_as_before() {
+        let d = decoder();
+        for data in [
+            r#""text""#,
+            "[1,2]",
+            "null",
+            "7",
+            "1e400",
+            "true",
+            r#"{"labels":null}"#,
+        ] {
+            let line = ce(&format!(r#","data":{data}"#));
+            let event = d
+                .decode(line.as_bytes(), NOW)
+                .unwrap_or_else(|r| panic!("{data}: {r:?}"));
+            assert!(event.labels.is_empty(), "{data}");
+        }
+        // The later of two `data` members wins, whichever of them is an object.
+        let line = ce(r#","data":{"labels":{"a":"1"}},"data":{"labels":{"a":"2"}}"#);
+        assert_eq!(d.decode(line.as_bytes(), NOW).unwrap().labels["a"], "2");
+        let line = ce(r#","data":{"labels":{"a":"1"}},"data":"gone""#);
+        assert!(d.decode(line.as_bytes(), NOW).unwrap().labels.is_empty());
+        // Still malformed, with the same message, wherever the damage is.
+        let line = ce(r#","data":{"labels":{"a":"1"},"x":[1,}"#);
+        assert_eq!(
+            d.decode(line.as_bytes(), NOW).unwrap_err().reason,
+            RejectReason::MalformedJson
+        );
+    }
+
+    /// JSON objects whose keys collide with the pointers' tokens and repeat.
+    fn json_object() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = proptest::sample::select(vec!["data", "labels", "a", "0", "b/c", "x", "b\\/c"]);
+        let scalar = proptest::sample::select(vec![
+            "1",
+            "\"s\"",
+            "null",
+            "true",
+            "1e400",
+            "-0.5",
+            "\"\\u00e9\"",
+            "18446744073709551616",
+        ])
+        .prop_map(str::to_string);
+        let inner_key = key.clone();
+        let value = scalar.prop_recursive(4, 40, 5, move |inner| {
+            let key = inner_key.clone();
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec((key, inner), 0..5).prop_map(|members| {
+                    let members: Vec<String> = members
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        });
+        proptest::collection::vec((key, value), 0..6).prop_map(|members| {
+            let members: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("\"{k}\": {v}"))
+                .collect();
+            format!("{{{}}}", members.join(", "))
+        })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
         /// The one-pass check for plain ASCII ids decides as the full checks do.
@@ -1048,6 +1382,31 @@ mod tests {
                 is_plain_identifier(&value),
                 identifier_problem("id", &value).is_ok()
             );
+        }
+
+        /// One pass that goes into the members pointers pass through finds what
+        /// parsing every step again found, on objects with duplicate keys, arrays,
+        /// escapes and numbers beyond `f64` where a pointer expects an object.
+        #[test]
+        fn going_into_members_finds_what_parsing_each_step_found(text in json_object()) {
+            let pointers: Vec<Vec<String>> = [
+                "/data/labels", "/data/labels/a", "/data/0", "/data/0/a", "/a", "/a/b~1c",
+                "/labels/0/a", "/data/a/labels", "/x", "/x/data",
+            ]
+            .iter()
+            .map(|p| tokens(p))
+            .collect();
+            let paths = Paths::of(pointers.iter().map(Vec::as_slice));
+            let top: Result<Lazy, _> = serde_json::from_str(&text);
+            let members = Members::parse(&text, &paths);
+            proptest::prop_assert_eq!(top.is_ok(), members.is_ok(), "{}", text);
+            if let Ok(members) = members {
+                for pointer in &pointers {
+                    let before = lookup_unparsed(&text, pointer).map(RawValue::get);
+                    let now = members.follow(pointer).map(RawValue::get);
+                    proptest::prop_assert_eq!(before, now, "{} at {:?}", text, pointer);
+                }
+            }
         }
 
         /// Hostile input never panics, and anything accepted has safe identifiers.
