@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::StateError;
@@ -167,6 +168,9 @@ pub(super) struct Journal {
     readers: Arc<()>,
     /// Files no live event points into any more, waiting for readers to close.
     doomed: Mutex<Vec<u32>>,
+    /// Bumped by every erasure: readers drop the stretches they hold, which may
+    /// predate the zeros.
+    erasures: Arc<AtomicU64>,
 }
 
 impl Journal {
@@ -223,6 +227,7 @@ impl Journal {
             }),
             readers: Arc::new(()),
             doomed: Mutex::new(Vec::new()),
+            erasures: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -262,6 +267,7 @@ impl Journal {
             dir: self.dir.clone(),
             files: HashMap::new(),
             buffer: Vec::new(),
+            stretches: Stretches::new(self.erasures.clone()),
             _open: self.readers.clone(),
         }
     }
@@ -307,6 +313,7 @@ impl Journal {
             file.write_all_at(&vec![0u8; p.len as usize], p.offset)
                 .map_err(|e| io(path, e))?;
         }
+        self.erasures.fetch_add(1, Ordering::AcqRel);
         for (file, path) in files.values() {
             file.sync_data().map_err(|e| io(path, e))?;
         }
@@ -319,6 +326,7 @@ pub(super) struct JournalReader {
     dir: PathBuf,
     files: HashMap<u32, File>,
     buffer: Vec<u8>,
+    stretches: Stretches,
     _open: Arc<()>,
 }
 
@@ -326,18 +334,30 @@ impl JournalReader {
     /// The bytes `pointer` names, checked against its CRC.
     pub fn read(&mut self, pointer: &EventPointer) -> Result<&[u8], StateError> {
         let path = || Journal::path_of(&self.dir, pointer.file);
-        let file = match self.files.entry(pointer.file) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let path = path();
-                e.insert(File::open(&path).map_err(|err| io(&path, err))?)
+        let at = match self.stretches.find(pointer) {
+            Some(at) => Some(at),
+            None if (pointer.len as usize) < self.stretches.read_size => {
+                let file = open(&mut self.files, &self.dir, pointer.file)?;
+                // `None` when the file ends before the event does: the direct read
+                // below reports it.
+                self.stretches
+                    .load(file, pointer)
+                    .map_err(|e| io(&path(), e))?
+            }
+            None => None,
+        };
+        let bytes = match at {
+            Some((i, from)) => &self.stretches.list[i].bytes[from..from + pointer.len as usize],
+            None => {
+                let file = open(&mut self.files, &self.dir, pointer.file)?;
+                self.buffer.resize(pointer.len as usize, 0);
+                file.read_exact_at(&mut self.buffer, pointer.offset)
+                    .map_err(|e| io(&path(), e))?;
+                &self.buffer[..]
             }
         };
-        self.buffer.resize(pointer.len as usize, 0);
-        file.read_exact_at(&mut self.buffer, pointer.offset)
-            .map_err(|e| io(&path(), e))?;
-        if crc32fast::hash(&self.buffer) != pointer.crc {
-            if self.buffer.iter().all(|&b| b == 0) {
+        if crc32fast::hash(bytes) != pointer.crc {
+            if bytes.iter().all(|&b| b == 0) {
                 // An erasure zeroes the bytes before its transaction removes the
                 // pointer, so a snapshot taken before that commit can land here.
                 return Err(StateError::Erased {
@@ -349,6 +369,253 @@ impl JournalReader {
                 "its bytes do not match the CRC-32 stored with its pointer",
             ));
         }
-        Ok(&self.buffer)
+        Ok(bytes)
+    }
+}
+
+fn open<'f>(
+    files: &'f mut HashMap<u32, File>,
+    dir: &Path,
+    id: u32,
+) -> Result<&'f File, StateError> {
+    Ok(match files.entry(id) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let path = Journal::path_of(dir, id);
+            e.insert(File::open(&path).map_err(|err| io(&path, err))?)
+        }
+    })
+}
+
+/// Stretches of journal files a reader read recently, around the events it asked for.
+///
+/// Why: flows archived together were active together, so one segment's events sit
+/// close to each other in the journal, and a pread per event was a tenth of the
+/// archive's CPU. One read of the stretch around a miss serves its neighbours from
+/// memory. The read size adapts: it doubles while stretches serve several events
+/// each and halves when they serve one or two, so scattered reads (one flow's `get`)
+/// cost about what a read per event did. Bytes in a file are never rewritten while a
+/// reader can see them, except by an erasure's zeros: every erasure bumps a counter
+/// and stretches read before it are dropped.
+struct Stretches {
+    list: Vec<Stretch>,
+    read_size: usize,
+    erasures: Arc<AtomicU64>,
+    seen_erasures: u64,
+    /// Reads issued.
+    #[cfg(test)]
+    loads: u64,
+}
+
+struct Stretch {
+    file: u32,
+    start: u64,
+    bytes: Vec<u8>,
+    /// Events served, to decide how much the next read takes.
+    served: u32,
+    /// Last use, for eviction.
+    used: u64,
+}
+
+const STRETCHES: usize = 8;
+const MIN_STRETCH: usize = 4 << 10;
+const MAX_STRETCH: usize = 256 << 10;
+
+impl Stretches {
+    fn new(erasures: Arc<AtomicU64>) -> Stretches {
+        let seen_erasures = erasures.load(Ordering::Acquire);
+        Stretches {
+            list: Vec::with_capacity(STRETCHES),
+            read_size: 64 << 10,
+            erasures,
+            seen_erasures,
+            #[cfg(test)]
+            loads: 0,
+        }
+    }
+
+    fn tick(&self) -> u64 {
+        self.list.iter().map(|s| s.used).max().unwrap_or(0) + 1
+    }
+
+    /// The stretch holding all of `pointer`'s bytes, and where they start in it.
+    fn find(&mut self, pointer: &EventPointer) -> Option<(usize, usize)> {
+        let erasures = self.erasures.load(Ordering::Acquire);
+        if erasures != self.seen_erasures {
+            self.list.clear();
+            self.seen_erasures = erasures;
+            return None;
+        }
+        let end = pointer.offset + u64::from(pointer.len);
+        let i = self.list.iter().position(|s| {
+            s.file == pointer.file
+                && s.start <= pointer.offset
+                && end <= s.start + s.bytes.len() as u64
+        })?;
+        let tick = self.tick();
+        let s = &mut self.list[i];
+        s.served += 1;
+        s.used = tick;
+        Some((i, (pointer.offset - s.start) as usize))
+    }
+
+    /// Reads the stretch around `pointer` in place of the least recently used one.
+    /// `None` when the file ends before the event does.
+    fn load(
+        &mut self,
+        file: &File,
+        pointer: &EventPointer,
+    ) -> std::io::Result<Option<(usize, usize)>> {
+        #[cfg(test)]
+        {
+            self.loads += 1;
+        }
+        let tick = self.tick();
+        let slot = if self.list.len() < STRETCHES {
+            self.list.push(Stretch {
+                file: 0,
+                start: 0,
+                bytes: Vec::new(),
+                served: 0,
+                used: 0,
+            });
+            self.list.len() - 1
+        } else {
+            let (i, old) = self
+                .list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.used)
+                .expect("the list is full");
+            self.read_size = match old.served {
+                0..=2 => (self.read_size / 2).max(MIN_STRETCH),
+                3..=7 => self.read_size,
+                _ => (self.read_size * 2).min(MAX_STRETCH),
+            };
+            i
+        };
+        // A little before the event too: the flows around it were written around it.
+        let start = pointer.offset.saturating_sub(self.read_size as u64 / 4) & !4095;
+        let s = &mut self.list[slot];
+        s.file = pointer.file;
+        s.start = start;
+        s.served = 1;
+        s.used = tick;
+        s.bytes.resize(
+            self.read_size
+                .max((pointer.offset - start) as usize + pointer.len as usize),
+            0,
+        );
+        let mut filled = 0;
+        while filled < s.bytes.len() {
+            match file.read_at(&mut s.bytes[filled..], start + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    s.bytes.clear();
+                    return Err(e);
+                }
+            }
+        }
+        s.bytes.truncate(filled);
+        let from = (pointer.offset - start) as usize;
+        Ok((from + pointer.len as usize <= filled).then_some((slot, from)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(journal: &Journal, bytes: &[u8]) -> EventPointer {
+        let mut active = journal.active().unwrap();
+        let offset = active.len;
+        active.append(bytes).unwrap();
+        EventPointer {
+            file: active.id,
+            offset,
+            len: bytes.len() as u32,
+            crc: crc32fast::hash(bytes),
+        }
+    }
+
+    fn event(i: usize, len: usize) -> Vec<u8> {
+        let mut bytes = format!("{{\"i\":{i},\"pad\":\"").into_bytes();
+        bytes.resize(len - 2, b'x');
+        bytes.extend_from_slice(b"\"}");
+        bytes
+    }
+
+    #[test]
+    fn neighbouring_events_come_from_a_few_reads_and_later_appends_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &[], 1 << 30).unwrap();
+        let events: Vec<Vec<u8>> = (0..1000).map(|i| event(i, 100 + i % 50)).collect();
+        let pointers: Vec<EventPointer> = events.iter().map(|e| append(&journal, e)).collect();
+        let mut reader = journal.reader();
+        // Two interleaved flows, as a segment reads them.
+        for i in (0..1000).step_by(2).chain((1..1000).step_by(2)) {
+            assert_eq!(
+                reader.read(&pointers[i]).unwrap(),
+                &events[i][..],
+                "event {i}"
+            );
+        }
+        assert!(
+            reader.stretches.loads <= 8,
+            "{} reads",
+            reader.stretches.loads
+        );
+
+        // The last stretch ends at the file's end as it was; an event appended
+        // after it is read from the file, not from the stretch.
+        let later = event(1000, 120);
+        let pointer = append(&journal, &later);
+        assert_eq!(reader.read(&pointer).unwrap(), &later[..]);
+    }
+
+    #[test]
+    fn scattered_reads_shrink_the_stretches_to_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &[], 1 << 30).unwrap();
+        let gap = vec![b' '; 300 << 10];
+        let mut pointers = Vec::new();
+        for i in 0..40 {
+            pointers.push((append(&journal, &event(i, 200)), event(i, 200)));
+            append(&journal, &gap);
+        }
+        let mut reader = journal.reader();
+        for (pointer, bytes) in &pointers {
+            assert_eq!(reader.read(pointer).unwrap(), &bytes[..]);
+        }
+        assert_eq!(reader.stretches.read_size, MIN_STRETCH);
+        assert_eq!(reader.stretches.loads, 40);
+    }
+
+    #[test]
+    fn an_erasure_drops_the_stretches_read_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &[], 1 << 30).unwrap();
+        let (a, b) = (event(1, 150), event(2, 150));
+        let (pa, pb) = (append(&journal, &a), append(&journal, &b));
+        let mut reader = journal.reader();
+        assert_eq!(reader.read(&pa).unwrap(), &a[..]);
+        journal.zero(&[pb]).unwrap();
+        // `b` was in the stretch read for `a`; after the erasure it reads as zeros.
+        let err = reader.read(&pb).unwrap_err();
+        assert!(matches!(err, StateError::Erased { .. }), "{err}");
+        assert_eq!(reader.read(&pa).unwrap(), &a[..]);
+    }
+
+    #[test]
+    fn an_event_larger_than_a_stretch_is_read_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &[], 1 << 30).unwrap();
+        let big = event(1, MAX_STRETCH + 10);
+        let pointer = append(&journal, &big);
+        let mut reader = journal.reader();
+        assert_eq!(reader.read(&pointer).unwrap(), &big[..]);
+        assert_eq!(reader.stretches.loads, 0);
     }
 }
