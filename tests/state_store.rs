@@ -26,7 +26,7 @@ fn event(flow: &str, id: &str, seq: u64, status: FlowStatus, time_ms: i64) -> Fl
         dedupe_key: Some(("src".into(), id.into())),
         sequence: Some(Sequence::Number(seq.to_string())),
         status,
-        event_type: format!("x.{status}"),
+        event_type: format!("x.{status}").into(),
         time_ms,
         labels: BTreeMap::from([("k".to_string(), id.to_string())]),
         traceparent: None,

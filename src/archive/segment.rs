@@ -307,7 +307,11 @@ fn write_frame_content(
 ) -> Result<FrameTally, ArchiveError> {
     let mut hash = Sha256::new();
     let (mut count, mut raw_bytes) = (0u64, 0u64);
-    write_line(&mut &mut *out, header).map_err(io_err)?;
+    // The records are built in a buffer and written once: serializing straight into
+    // `out` made a dynamic call per key and string piece.
+    let mut line = Vec::with_capacity(1024);
+    write_line(&mut line, header).map_err(io_err)?;
+    out.write_all(&line).map_err(io_err)?;
     events(&mut |event: &[u8]| {
         out.write_all(event)?;
         out.write_all(b"\n")?;
@@ -318,11 +322,13 @@ fn write_frame_content(
         Ok(())
     })?;
     let events_sha256 = hex_sha256(hash.finalize());
+    line.clear();
     write_line(
-        &mut &mut *out,
+        &mut line,
         &trailer_record(part, count, raw_bytes, &events_sha256),
     )
     .map_err(io_err)?;
+    out.write_all(&line).map_err(io_err)?;
     Ok(FrameTally {
         count,
         raw_bytes,

@@ -737,7 +737,7 @@ mod tests {
         let policy = default_policy();
         let event = |flow: &str, id: String, status| FlowEvent {
             status,
-            event_type: format!("flow.{status}"),
+            event_type: format!("flow.{status}").into(),
             ..test_event(
                 flow,
                 &id,

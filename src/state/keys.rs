@@ -110,11 +110,11 @@ pub(super) fn dedupe_key(flow_key: &[u8], a: &str, b: &str) -> Vec<u8> {
 /// The meta of a flow part opened by `event`.
 pub(super) fn new_meta(event: &FlowEvent, part: u32, now_ms: i64) -> FlowMeta {
     FlowMeta {
-        tenant: event.tenant.clone(),
-        flow_id: event.flow_id.clone(),
+        tenant: event.tenant.to_string(),
+        flow_id: event.flow_id.to_string(),
         part,
         status: event.status,
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.to_string(),
         status_order: Vec::new(),
         labels: BTreeMap::new(),
         first_event_ms: event.time_ms,
@@ -155,7 +155,10 @@ pub(super) fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -
     // events repeat their flow's labels, and this runs once per stored event.
     if order >= meta.status_order {
         meta.status = event.status;
-        meta.event_type.clone_from(&event.event_type);
+        if meta.event_type != event.event_type {
+            meta.event_type.clear();
+            meta.event_type.push_str(&event.event_type);
+        }
         meta.status_order.clone_from(&order);
     }
     for (k, v) in &event.labels {
