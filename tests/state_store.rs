@@ -1,7 +1,6 @@
 //! `StateStore` conformance: each scenario is written once and instantiated for every
 //! backend by `conformance!` (today the embedded redb store, on real disk).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flow_archiver::config::{Compression, Config, Retention, StateConfig};
@@ -24,11 +23,11 @@ fn event(flow: &str, id: &str, seq: u64, status: FlowStatus, time_ms: i64) -> Fl
         tenant: "t".into(),
         flow_id: flow.into(),
         dedupe_key: Some(("src".into(), id.into())),
-        sequence: Some(Sequence::Number(seq.to_string())),
+        sequence: Some(Sequence::Number(seq.to_string().into())),
         status,
         event_type: format!("x.{status}").into(),
         time_ms,
-        labels: BTreeMap::from([("k".to_string(), id.to_string())]),
+        labels: [("k", id)].into_iter().collect(),
         traceparent: None,
         tracestate: None,
         raw: format!("{{\"id\":\"{id}\",\"seq\":{seq}}}").into_bytes(),

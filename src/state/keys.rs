@@ -161,12 +161,15 @@ pub(super) fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -
         }
         meta.status_order.clone_from(&order);
     }
-    for (k, v) in &event.labels {
+    for (k, v) in event.labels.iter() {
         match meta.labels.get_mut(k) {
             Some(old) if old == v => {}
-            Some(old) => old.clone_from(v),
+            Some(old) => {
+                old.clear();
+                old.push_str(v);
+            }
             None => {
-                meta.labels.insert(k.clone(), v.clone());
+                meta.labels.insert(k.to_string(), v.to_string());
             }
         }
     }

@@ -393,7 +393,7 @@ pub(crate) mod test_support {
             status: FlowStatus::Running,
             event_type: "flow.step".into(),
             time_ms: 0,
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             traceparent: None,
             tracestate: None,
             raw: raw.into_bytes(),
