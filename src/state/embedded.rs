@@ -39,7 +39,7 @@
 //! a seal used to, then opens the next part.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 
 use redb::{
@@ -590,14 +590,21 @@ impl StateStore for EmbeddedStore {
             // touches many flows, and sorted access finds the previous leaf still hot.
             // Within a flow, events go in arrival order (the first of two duplicates
             // is the one kept).
-            let fkeys: Vec<Vec<u8>> = events
-                .iter()
-                .map(|e| flow_key(&e.tenant, &e.flow_id))
-                .collect();
-            let mut by_flow: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
-            for (i, fkey) in fkeys.iter().enumerate() {
-                by_flow.entry(fkey.as_slice()).or_default().push(i);
+            // The flow keys back to back in one buffer, and the events ordered by
+            // key with a stable sort: no allocation per event or per flow.
+            let mut key_bytes = Vec::with_capacity(events.len() * 40);
+            let mut key_ends = Vec::with_capacity(events.len());
+            for e in events {
+                push_flow_key(&mut key_bytes, &e.tenant, &e.flow_id);
+                key_ends.push(key_bytes.len());
             }
+            let fkey_of =
+                |i: usize| &key_bytes[i.checked_sub(1).map_or(0, |p| key_ends[p])..key_ends[i]];
+            let mut sorted: Vec<usize> = (0..events.len()).collect();
+            sorted.sort_by(|&a, &b| fkey_of(a).cmp(fkey_of(b)));
+            let by_flow = sorted
+                .chunk_by(|&a, &b| fkey_of(a) == fkey_of(b))
+                .map(|indices| (fkey_of(indices[0]), indices.iter().copied()));
 
             let mut active = self.journal.active()?;
             // Sized once: grown by doubling, a 2 MB batch was copied about twice over.

@@ -29,9 +29,14 @@ pub(super) fn put_component(out: &mut Vec<u8>, s: &[u8]) {
 
 pub(super) fn flow_key(tenant: &str, flow_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + tenant.len() + flow_id.len());
-    put_component(&mut k, tenant.as_bytes());
-    put_component(&mut k, flow_id.as_bytes());
+    push_flow_key(&mut k, tenant, flow_id);
     k
+}
+
+/// Appends the flow key to `out`.
+pub(super) fn push_flow_key(out: &mut Vec<u8>, tenant: &str, flow_id: &str) {
+    put_component(out, tenant.as_bytes());
+    put_component(out, flow_id.as_bytes());
 }
 
 pub(super) fn meta_key(flow_key: &[u8]) -> Vec<u8> {
