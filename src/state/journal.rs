@@ -19,7 +19,9 @@
 //!   `journal` table, reaches zero) and no reader opened before that could still read
 //!   it. Files with no row in the table (created by a batch that never committed) are
 //!   deleted at open.
-//! - Erasure overwrites an event's bytes with zeros in place before its pointer goes.
+//! - Erasure overwrites an event's bytes with zeros in place before its pointer goes;
+//!   readers then drop the stretches of file they hold (see `Stretches`), so none
+//!   serves the bytes from memory after the zeros are on file.
 //!
 //! Files: `{state dir}/journal/{id:08}.log`, a new one once the active file passes
 //! `state.journal_file_bytes`. Disk use is bounded by the oldest file a live flow still points
@@ -313,6 +315,9 @@ impl Journal {
             file.write_all_at(&vec![0u8; p.len as usize], p.offset)
                 .map_err(|e| io(path, e))?;
         }
+        // After the zeros are written, not before: a reader that drops its stretches
+        // on seeing the new count must read zeros, never re-read the old bytes and
+        // keep them.
         self.erasures.fetch_add(1, Ordering::AcqRel);
         for (file, path) in files.values() {
             file.sync_data().map_err(|e| io(path, e))?;
