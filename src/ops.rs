@@ -519,11 +519,11 @@ pub async fn archived_flow(
     let mut snapshot = Value::Null;
     for p in &parts {
         let manifest_part = crate::archive::ManifestPart {
-            tenant: p.tenant.clone(),
-            flow_id: p.flow_id.clone(),
+            tenant: p.tenant.as_str().into(),
+            flow_id: p.flow_id.as_str().into(),
             part: p.part,
             status: p.status.clone(),
-            labels: p.labels.clone(),
+            labels: p.labels.iter().collect(),
             offset: p.offset,
             length: p.length,
             frame_sha256: p.frame_sha256.clone(),

@@ -6,13 +6,12 @@
 //! flows use their status's retention, non-terminal ones the `abandoned` idle time.
 //! Overrides are tried in order and the first whose selector matches wins.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Retention, RetentionConfig, RetentionOverride};
-use crate::event::FlowStatus;
+use crate::event::{FlowStatus, Labels};
 
 /// Milliseconds since the Unix epoch; the only notion of "now" the pipeline uses.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -81,13 +80,15 @@ impl RetentionPolicy {
         &self,
         tenant: &str,
         status: FlowStatus,
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
     ) -> Option<&RetentionOverride> {
         self.config.overrides.iter().find(|o| {
             let s = &o.selector;
             s.tenant.as_deref().is_none_or(|t| t == tenant)
                 && s.status.is_none_or(|st| st == status)
-                && s.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+                && s.labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v.as_str()))
         })
     }
 
@@ -96,7 +97,7 @@ impl RetentionPolicy {
         &self,
         tenant: &str,
         status: FlowStatus,
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
         last_event_ms: i64,
     ) -> Decision {
         let chosen = self.matching_override(tenant, status, labels);
@@ -134,7 +135,7 @@ impl RetentionPolicy {
         &self,
         tenant: &str,
         status: FlowStatus,
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
         archived_at_ms: i64,
     ) -> i64 {
         let d = self.decide(tenant, status, labels, archived_at_ms);
@@ -147,7 +148,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, Selector};
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels<T: FromIterator<(String, String)>>(pairs: &[(&str, &str)]) -> T {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -14,16 +14,18 @@ use sha2::{Digest, Sha256};
 use super::segment::{GZIP_FOOTER_LEN, ZSTD_FOOTER_LEN, ZSTD_SKIPPABLE_MAGIC};
 use super::{hex_sha256, ArchiveError, ArchiveStore, FOOTER_MAGIC, FORMAT};
 use crate::config::Compression;
+use crate::event::Labels;
+use compact_str::CompactString;
 
 /// One entry of a segment's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestPart {
-    pub tenant: String,
-    pub flow_id: String,
+    pub tenant: CompactString,
+    pub flow_id: CompactString,
     pub part: u32,
     pub status: String,
     #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: Labels,
     pub offset: u64,
     pub length: u64,
     pub frame_sha256: String,

@@ -113,7 +113,7 @@ fn sealed_part(
             flow_id: part.flow_id.clone(),
             part: part.part,
             status: status("last_status")?,
-            event_type: text("last_event_type")?,
+            event_type: text("last_event_type")?.into(),
             status_order: Vec::new(),
             labels,
             first_event_ms: time("first_event_time")?,
@@ -137,7 +137,6 @@ mod tests {
     use super::*;
     use crate::archive::read_part;
     use crate::config::{ArchiveConfig, Compression};
-    use std::collections::BTreeMap;
 
     fn part(flow: &str, events: &[&str]) -> SealedPart {
         SealedPart {
@@ -148,7 +147,7 @@ mod tests {
                 status: FlowStatus::Failed,
                 event_type: "x.failed".into(),
                 status_order: Vec::new(),
-                labels: BTreeMap::from([("team".to_string(), "ü✓".to_string())]),
+                labels: [("team", "ü✓")].into_iter().collect(),
                 first_event_ms: 1_000,
                 last_event_ms: 2_000,
                 first_ingest_ms: 3_000,

@@ -9,15 +9,13 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::ManifestPart;
 use super::{hex_sha256, rfc3339_ms, ArchiveError, FORMAT};
 use crate::config::Compression;
-use crate::event::FlowStatus;
+use crate::event::{FlowStatus, Labels};
 use crate::state::{ArchiveIntent, PartLocation, SealedPart, StateStore, UploadedSegment};
 
 /// First 8 bytes of the footer payload.
@@ -208,8 +206,8 @@ impl<W: Write> SegmentWriter<W> {
         } = tally;
         if count != m.event_count {
             return Err(ArchiveError::Inconsistent {
-                tenant: m.tenant.clone(),
-                flow_id: m.flow_id.clone(),
+                tenant: m.tenant.to_string(),
+                flow_id: m.flow_id.to_string(),
                 part: m.part,
                 expected: m.event_count,
                 found: count,
@@ -376,7 +374,7 @@ struct HeaderRecord<'a> {
     flow_id: &'a str,
     part: u32,
     status: FlowStatus,
-    labels: &'a BTreeMap<String, String>,
+    labels: &'a Labels,
     event_count: u64,
     first_event_time: String,
     last_event_time: String,
@@ -401,7 +399,7 @@ struct SnapshotRecord<'a> {
     status: FlowStatus,
     last_status: FlowStatus,
     last_event_type: &'a str,
-    labels: &'a BTreeMap<String, String>,
+    labels: &'a Labels,
     first_event_time: String,
     last_event_time: String,
     first_ingest_time: String,
@@ -500,12 +498,14 @@ mod tests {
         SealedPart {
             meta: FlowMeta {
                 tenant: "t".into(),
-                flow_id: format!("flow-{flow}"),
+                flow_id: compact_str::format_compact!("flow-{flow}"),
                 part: 1 + flow as u32 % 3,
                 status: FlowStatus::Completed,
                 event_type: "x.completed".into(),
                 status_order: Vec::new(),
-                labels: BTreeMap::from([("k".to_string(), format!("v{flow}"))]),
+                labels: [("k".to_string(), format!("v{flow}"))]
+                    .into_iter()
+                    .collect(),
                 first_event_ms: 0,
                 last_event_ms: 1_000,
                 first_ingest_ms: 0,

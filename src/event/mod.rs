@@ -124,8 +124,52 @@ impl Labels {
         self.0.is_empty()
     }
 
+    /// As the map the published records carry.
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn position(&self, key: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+}
+
+/// Serialized as a map in key order: the same bytes a `BTreeMap<String, String>`
+/// gives, so stored records and archived headers read either way.
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Labels, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Labels;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of label names to string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Labels, A::Error> {
+                let mut labels = Labels(Vec::with_capacity(map.size_hint().unwrap_or(0).min(64)));
+                while let Some((k, v)) = map.next_entry::<CompactString, CompactString>()? {
+                    // Stored maps come sorted, so this appends; other input is sorted
+                    // here, later duplicates winning as they do in a map.
+                    match labels.0.last() {
+                        Some((last, _)) if *last < k => labels.0.push((k, v)),
+                        None => labels.0.push((k, v)),
+                        Some(_) => labels.insert(k, v),
+                    }
+                }
+                Ok(labels)
+            }
+        }
+        deserializer.deserialize_map(V)
     }
 }
 
@@ -1352,6 +1396,33 @@ mod tests {
         assert_eq!(pairs, [("a", "2"), ("b", "3"), ("ok", "true"), ("éé", "x")]);
         assert_eq!(labels.get("b"), Some("3"));
         assert_eq!(labels.get("c"), None);
+    }
+
+    #[test]
+    fn labels_store_as_the_map_they_replaced() {
+        use std::collections::BTreeMap;
+        let map: BTreeMap<String, String> = [("zeta", "1"), ("a", "ü✓"), ("m", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let labels: Labels = map.iter().collect();
+        // Stored flow records and intents were written from the map: same bytes.
+        assert_eq!(
+            postcard::to_stdvec(&labels).unwrap(),
+            postcard::to_stdvec(&map).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&labels).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        let back: Labels = postcard::from_bytes(&postcard::to_stdvec(&map).unwrap()).unwrap();
+        assert_eq!(back, labels);
+        assert_eq!(back.to_map(), map);
+        // Input not in key order is sorted, a later duplicate winning.
+        let json: Labels = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
+        assert_eq!(json.iter().collect::<Vec<_>>(), [("a", "2"), ("b", "3")]);
+        assert!(serde_json::from_str::<Labels>(r#"{"a":1}"#).is_err());
+        assert!(serde_json::from_str::<Labels>(r#"["a"]"#).is_err());
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Pipeline {
         if manifest
             .parts
             .iter()
-            .any(|p| held.contains(&(p.tenant.clone(), p.flow_id.clone())))
+            .any(|p| held.contains(&(p.tenant.to_string(), p.flow_id.to_string())))
         {
             report.held_objects += 1;
             return Ok(());
@@ -165,7 +165,7 @@ impl Pipeline {
                 parts: manifest
                     .parts
                     .iter()
-                    .map(|p| (p.tenant.clone(), p.flow_id.clone(), p.part))
+                    .map(|p| (p.tenant.to_string(), p.flow_id.to_string(), p.part))
                     .collect(),
             };
             let (store, recorded) = (self.store.clone(), intent.clone());

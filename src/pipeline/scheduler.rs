@@ -73,7 +73,7 @@ pub fn plan(
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_else(|| "9999-12-31".into());
         groups
-            .entry((meta.tenant.clone(), date))
+            .entry((meta.tenant.to_string(), date))
             .or_default()
             .push(SealedPart {
                 archive_status: decision.archive_status,

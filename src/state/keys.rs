@@ -3,10 +3,8 @@
 
 use serde::Serialize;
 
-use std::collections::BTreeMap;
-
 use super::{FlowMeta, StateError};
-use crate::event::{FlowEvent, Sequence};
+use crate::event::{FlowEvent, Labels, Sequence};
 
 pub(super) const META: u8 = 0;
 pub(super) const DEDUPE: u8 = 1;
@@ -115,13 +113,13 @@ pub(super) fn dedupe_key(flow_key: &[u8], a: &str, b: &str) -> Vec<u8> {
 /// The meta of a flow part opened by `event`.
 pub(super) fn new_meta(event: &FlowEvent, part: u32, now_ms: i64) -> FlowMeta {
     FlowMeta {
-        tenant: event.tenant.to_string(),
-        flow_id: event.flow_id.to_string(),
+        tenant: event.tenant.clone(),
+        flow_id: event.flow_id.clone(),
         part,
         status: event.status,
-        event_type: event.event_type.to_string(),
+        event_type: event.event_type.clone(),
         status_order: Vec::new(),
-        labels: BTreeMap::new(),
+        labels: Labels::default(),
         first_event_ms: event.time_ms,
         last_event_ms: event.time_ms,
         first_ingest_ms: now_ms,
@@ -161,21 +159,13 @@ pub(super) fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -
     if order >= meta.status_order {
         meta.status = event.status;
         if meta.event_type != event.event_type {
-            meta.event_type.clear();
-            meta.event_type.push_str(&event.event_type);
+            meta.event_type.clone_from(&event.event_type);
         }
         meta.status_order.clone_from(&order);
     }
     for (k, v) in event.labels.iter() {
-        match meta.labels.get_mut(k) {
-            Some(old) if old == v => {}
-            Some(old) => {
-                old.clear();
-                old.push_str(v);
-            }
-            None => {
-                meta.labels.insert(k.to_string(), v.to_string());
-            }
+        if meta.labels.get(k) != Some(v) {
+            meta.labels.insert(k.into(), v.into());
         }
     }
     meta.first_event_ms = meta.first_event_ms.min(event.time_ms);

@@ -22,14 +22,13 @@ mod inline;
 mod journal;
 mod keys;
 
-use std::collections::BTreeMap;
-
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedStore;
 
 use crate::config::Compression;
-use crate::event::{FlowEvent, FlowStatus};
+use crate::event::{FlowEvent, FlowStatus, Labels};
 use crate::policy::RetentionPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,18 +68,18 @@ pub enum StateError {
 /// Everything the store knows about the open part of one live flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowMeta {
-    pub tenant: String,
-    pub flow_id: String,
+    pub tenant: CompactString,
+    pub flow_id: CompactString,
     /// 1 for a flow's first part; an event after archival opens the next part.
     pub part: u32,
     /// Status of the latest event in flow order.
     pub status: FlowStatus,
     /// Type of the latest event in flow order.
-    pub event_type: String,
+    pub event_type: CompactString,
     /// Order key of the event that set `status` (see `embedded` key layout).
     pub status_order: Vec<u8>,
     /// Labels merged across the part's events (later events win per key).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub first_event_ms: i64,
     pub last_event_ms: i64,
     pub first_ingest_ms: i64,
