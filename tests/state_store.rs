@@ -181,7 +181,7 @@ macro_rules! conformance {
                 // g changes after it was read: it is left for the next pass.
                 s.ingest(&[event("g", "2", 2, FlowStatus::Completed, 0)], &p, 0, None)
                     .unwrap();
-                let sealed = s.seal(&intent).unwrap().expect("f qualifies");
+                let sealed = s.seal(intent).unwrap().expect("f qualifies");
                 assert_eq!(sealed.parts.len(), 1);
                 assert!(
                     s.live_flow("t", "f").unwrap().is_none(),
@@ -272,7 +272,7 @@ macro_rules! conformance {
                 );
 
                 // Sealed: still in order until complete, then gone.
-                s.seal(&intent_for(&*s, "i1", &["big"]))
+                s.seal(intent_for(&*s, "i1", &["big"]))
                     .unwrap()
                     .expect("sealed");
                 assert_eq!(events_of(&*s, "big", 1), expected, "sealed part, in order");
@@ -317,7 +317,7 @@ macro_rules! conformance {
                         Some(("src", b"9")),
                     )
                     .unwrap();
-                    s.seal(&intent_for(&*s, "i1", &["f"])).unwrap();
+                    s.seal(intent_for(&*s, "i1", &["f"])).unwrap();
                 }
                 let s = open(dir.path());
                 assert_eq!(s.checkpoint("src").unwrap().as_deref(), Some(&b"9"[..]));
@@ -341,14 +341,14 @@ macro_rules! conformance {
                 )
                 .unwrap();
                 let intent = intent_for(&*s, "i1", &["f"]);
-                s.seal(&intent).unwrap().expect("sealed");
+                s.seal(intent.clone()).unwrap().expect("sealed");
                 assert!(s.live_flow("t", "f").unwrap().is_none());
                 let reader = s.event_reader().unwrap();
                 assert!(reader.live_flow("t", "f").unwrap().is_none());
                 drop(reader);
                 assert_eq!(s.stats().unwrap().live_flows, 1);
                 assert!(
-                    s.seal(&intent).unwrap().is_none(),
+                    s.seal(intent).unwrap().is_none(),
                     "a part is sealed into one intent only"
                 );
 
@@ -426,7 +426,7 @@ fn journal_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn archive_now(s: &dyn StateStore, id: &str, flows: &[&str]) {
-    s.seal(&intent_for(s, id, flows)).unwrap().expect("sealed");
+    s.seal(intent_for(s, id, flows)).unwrap().expect("sealed");
     s.complete(id).unwrap();
 }
 
@@ -717,7 +717,7 @@ fn compaction_repoints_the_inline_events_of_a_sealed_part() {
     });
     let done: Vec<&str> = done.iter().map(String::as_str).collect();
     archive_now(&s, "i1", &done);
-    s.seal(&intent_for(&s, "i2", &["sealed"]))
+    s.seal(intent_for(&s, "i2", &["sealed"]))
         .unwrap()
         .expect("sealed");
 

@@ -401,7 +401,7 @@ impl Pipeline {
             let mut sealed_any = false;
             for intent in plan(due, &self.policy, &self.config.archive, now_ms, &self.ids) {
                 let store = self.store.clone();
-                let Some(sealed) = blocking(move || store.seal(&intent)).await? else {
+                let Some(sealed) = blocking(move || store.seal(intent)).await? else {
                     continue;
                 };
                 sealed_any = true;
@@ -456,7 +456,7 @@ impl Pipeline {
             &self.ids,
         ) {
             let store = self.store.clone();
-            let Some(sealed) = blocking(move || store.seal(&intent)).await? else {
+            let Some(sealed) = blocking(move || store.seal(intent)).await? else {
                 return Err(PipelineError::NotFound(format!(
                     "{tenant}/{flow_id} changed while being archived; try again"
                 )));
@@ -576,7 +576,7 @@ impl Pipeline {
                     }
                     for intent in plan(due, &this.policy, &this.config.archive, now_ms, &this.ids) {
                         let store = this.store.clone();
-                        let Some(sealed) = blocking(move || store.seal(&intent)).await? else {
+                        let Some(sealed) = blocking(move || store.seal(intent)).await? else {
                             continue;
                         };
                         failpoint::hit("after-intent");

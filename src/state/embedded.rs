@@ -807,15 +807,12 @@ impl StateStore for EmbeddedStore {
         }))
     }
 
-    fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
+    fn seal(&self, mut intent: ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
         let txn = self.write()?;
+        let given = std::mem::take(&mut intent.parts);
         let mut sealed = ArchiveIntent {
-            parts: Vec::with_capacity(intent.parts.len()),
-            id: intent.id.clone(),
-            tenant: intent.tenant.clone(),
-            object_key: intent.object_key.clone(),
-            stage: intent.stage.clone(),
-            ..*intent
+            parts: Vec::with_capacity(given.len()),
+            ..intent
         };
         {
             // Only the marker, the deadline and the intent: the meta record stays put
@@ -823,15 +820,20 @@ impl StateStore for EmbeddedStore {
             let flows = txn.open_table(FLOWS).map_err(storage)?;
             let mut deadlines = txn.open_table(DEADLINES).map_err(storage)?;
             let mut markers = txn.open_table(SEALED).map_err(storage)?;
-            for part in &intent.parts {
+            let mut expected = Vec::new();
+            for part in given {
                 let m = &part.meta;
                 let fkey = flow_key(&m.tenant, &m.flow_id);
-                let current = match flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
-                    Some(v) => decode_meta(v.value())?,
+                // A meta record starts with its meta's postcard bytes, which are
+                // canonical: equal bytes are an equal meta, without decoding it.
+                expected.clear();
+                postcard::to_io(m, &mut expected).map_err(|e| corrupt("flow meta", e))?;
+                let unchanged = match flows.get(meta_key(&fkey).as_slice()).map_err(storage)? {
+                    Some(v) => v.value().starts_with(&expected),
                     None => continue,
                 };
                 let already = sealed_part(&markers, &fkey)?.is_some_and(|s| s >= m.part);
-                if current != *m || already {
+                if !unchanged || already {
                     continue;
                 }
                 if let Some(d) = m.deadline_ms {
@@ -840,7 +842,7 @@ impl StateStore for EmbeddedStore {
                         .map_err(storage)?;
                 }
                 markers.insert(fkey.as_slice(), m.part).map_err(storage)?;
-                sealed.parts.push(part.clone());
+                sealed.parts.push(part);
             }
             if sealed.parts.is_empty() {
                 drop((flows, deadlines, markers));

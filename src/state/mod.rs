@@ -303,8 +303,8 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Seals the intent's parts whose live meta still equals the one given (a flow that
     /// changed since it was read is left for the next pass) and stores the intent.
-    /// Returns the stored intent, or `None` when no part qualified.
-    fn seal(&self, intent: &ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError>;
+    /// Returns the stored intent (the parts that qualified), or `None` when none did.
+    fn seal(&self, intent: ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError>;
 
     /// Intents not yet completed, oldest first.
     fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError>;
@@ -437,6 +437,6 @@ pub(crate) mod test_support {
             parts,
             stage: IntentStage::Pending,
         };
-        store.seal(&intent).unwrap().expect("sealed");
+        store.seal(intent).unwrap().expect("sealed");
     }
 }
