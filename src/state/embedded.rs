@@ -1439,6 +1439,51 @@ mod tests {
         assert_eq!(events_of(&store, "f", 1).len(), 0);
     }
 
+    /// Seal compares the stored meta's bytes with the given meta's: any field that
+    /// differs, however small, leaves the flow unsealed; the same meta seals it.
+    #[test]
+    fn seal_takes_a_flow_only_with_the_meta_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+        let event = FlowEvent {
+            labels: [("team", "a"), ("zone", "ü✓")].into_iter().collect(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..test_event("f", "1", "{}".to_string())
+        };
+        store.ingest(&[event], &default_policy(), 0, None).unwrap();
+        let meta = store.live_flow("t", "f").unwrap().expect("live");
+        let intent = |meta: FlowMeta| ArchiveIntent {
+            id: "i".into(),
+            tenant: "t".into(),
+            object_key: "k".into(),
+            archived_at_ms: 0,
+            compression: crate::config::Compression::Zstd,
+            zstd_level: 3,
+            parts: vec![SealedPart {
+                meta,
+                archive_status: FlowStatus::Abandoned,
+                purge_at_ms: 0,
+            }],
+            stage: IntentStage::Pending,
+        };
+        let changes: [fn(&mut FlowMeta); 5] = [
+            |m| m.labels.insert("team".into(), "b".into()),
+            |m| m.labels.insert("a".into(), "".into()),
+            |m| m.traceparent = None,
+            |m| m.event_count += 1,
+            |m| m.deadline_ms = Some(m.deadline_ms.unwrap_or(0) + 1),
+        ];
+        for change in changes {
+            let mut other = meta.clone();
+            change(&mut other);
+            assert!(store.seal(intent(other)).unwrap().is_none());
+        }
+        assert!(store.live_flow("t", "f").unwrap().is_some(), "still live");
+        let sealed = store.seal(intent(meta.clone())).unwrap().expect("sealed");
+        assert_eq!(sealed.parts[0].meta, meta);
+        assert!(store.live_flow("t", "f").unwrap().is_none());
+    }
+
     /// A reader whose snapshot predates an erasure finds the bytes zeroed: that is
     /// reported as an erasure, not corruption, and a fresh snapshot no longer has the
     /// flow.
