@@ -104,6 +104,38 @@ impl std::fmt::Display for FlowStatus {
 pub struct Labels(Vec<(CompactString, CompactString)>);
 
 impl Labels {
+    /// From pairs in any order, a later duplicate winning. Sorted once, not inserted one
+    /// by one: an object of many labels in descending order would otherwise shift the
+    /// vector once per label (quadratic in a hostile event's label count).
+    pub fn from_pairs(mut pairs: Vec<(CompactString, CompactString)>) -> Labels {
+        if !pairs.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Reversed, the stable sort puts the last of equal keys first; dedup keeps it.
+            pairs.reverse();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            pairs.dedup_by(|later, kept| later.0 == kept.0);
+        }
+        Labels(pairs)
+    }
+
+    /// Sets every label of `newer`, its values winning: one linear merge, and no work
+    /// at all when `newer` repeats what is here (most events repeat their flow's labels).
+    pub fn merge(&mut self, newer: &Labels) {
+        if newer.iter().all(|(k, v)| self.get(k) == Some(v)) {
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.0.len() + newer.0.len());
+        let mut older = std::mem::take(&mut self.0).into_iter().peekable();
+        for (k, v) in &newer.0 {
+            while let Some(kept) = older.next_if(|(o, _)| o < k) {
+                merged.push(kept);
+            }
+            older.next_if(|(o, _)| o == k);
+            merged.push((k.clone(), v.clone()));
+        }
+        merged.extend(older);
+        self.0 = merged;
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.position(key).ok().map(|i| self.0[i].1.as_str())
     }
@@ -156,17 +188,11 @@ impl<'de> Deserialize<'de> for Labels {
                 self,
                 mut map: A,
             ) -> Result<Labels, A::Error> {
-                let mut labels = Labels(Vec::with_capacity(map.size_hint().unwrap_or(0).min(64)));
-                while let Some((k, v)) = map.next_entry::<CompactString, CompactString>()? {
-                    // Stored maps come sorted, so this appends; other input is sorted
-                    // here, later duplicates winning as they do in a map.
-                    match labels.0.last() {
-                        Some((last, _)) if *last < k => labels.0.push((k, v)),
-                        None => labels.0.push((k, v)),
-                        Some(_) => labels.insert(k, v),
-                    }
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(pair) = map.next_entry::<CompactString, CompactString>()? {
+                    pairs.push(pair);
                 }
-                Ok(labels)
+                Ok(Labels::from_pairs(pairs))
             }
         }
         deserializer.deserialize_map(V)
@@ -175,11 +201,12 @@ impl<'de> Deserialize<'de> for Labels {
 
 impl<K: Into<CompactString>, V: Into<CompactString>> FromIterator<(K, V)> for Labels {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Labels {
-        let mut labels = Labels::default();
-        for (k, v) in pairs {
-            labels.insert(k.into(), v.into());
-        }
-        labels
+        Labels::from_pairs(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -1049,18 +1076,18 @@ fn parse_labels(raw: &RawValue, pointer_text: &str) -> Result<Labels, Rejection>
             self,
             mut map: A,
         ) -> Result<Self::Value, A::Error> {
-            let mut labels = Labels::default();
+            let mut pairs = Vec::new();
             let mut refused = None;
             while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                 if refused.is_none() {
                     match label_value(&k, v) {
-                        // Later duplicate keys win, as everywhere in the decoder.
-                        Ok(value) => labels.insert(k.0.into(), value),
+                        Ok(value) => pairs.push((k.0.into(), value)),
                         Err(r) => refused = Some(r),
                     }
                 }
             }
-            Ok(refused.map_or(Ok(labels), Err))
+            // Later duplicate keys win, as everywhere in the decoder.
+            Ok(refused.map_or_else(|| Ok(Labels::from_pairs(pairs)), Err))
         }
     }
     let malformed =
@@ -1495,6 +1522,46 @@ mod tests {
             .map(|(k, v)| format!("\"{k}\"{colon}{v}"))
             .collect();
         format!("{{{}}}", members.join(comma))
+    }
+
+    proptest::proptest! {
+        /// Labels built from pairs in any order, and merged, hold what a map would:
+        /// sorted keys, the later value of a repeated key.
+        #[test]
+        fn labels_hold_what_a_map_holds(
+            first in proptest::collection::vec(("[a-e]{0,2}", "[xy]{0,1}"), 0..40),
+            later in proptest::collection::vec(("[a-e]{0,2}", "[xy]{0,1}"), 0..40),
+        ) {
+            use std::collections::BTreeMap;
+            let mut model: BTreeMap<String, String> = first.iter().cloned().collect();
+            let mut labels: Labels = first.iter().cloned().collect();
+            proptest::prop_assert_eq!(labels.to_map(), model.clone());
+            let newer: Labels = later.iter().cloned().collect();
+            model.extend(later.iter().cloned());
+            labels.merge(&newer);
+            proptest::prop_assert_eq!(labels.to_map(), model.clone());
+            let keys: Vec<&str> = labels.iter().map(|(k, _)| k).collect();
+            proptest::prop_assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    /// An event of many labels in descending order is decoded in one sort, not one
+    /// shift of the whole list per label.
+    #[test]
+    fn many_labels_in_descending_order_decode_in_order() {
+        let members: Vec<String> = (0..50_000)
+            .rev()
+            .map(|i| format!(r#""k{i:05}":"v""#))
+            .collect();
+        let line = ce(&format!(
+            r#","data":{{"labels":{{{}}}}}"#,
+            members.join(",")
+        ));
+        let labels = decoder().decode(line.as_bytes(), NOW).unwrap().labels;
+        let keys: Vec<&str> = labels.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 50_000);
+        assert_eq!(keys[0], "k00000");
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
     }
 
     proptest::proptest! {

@@ -163,11 +163,7 @@ pub(super) fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -
         }
         meta.status_order.clone_from(&order);
     }
-    for (k, v) in event.labels.iter() {
-        if meta.labels.get(k) != Some(v) {
-            meta.labels.insert(k.into(), v.into());
-        }
-    }
+    meta.labels.merge(&event.labels);
     meta.first_event_ms = meta.first_event_ms.min(event.time_ms);
     meta.last_event_ms = meta.last_event_ms.max(event.time_ms);
     meta.last_ingest_ms = now_ms;
