@@ -1467,8 +1467,8 @@ mod tests {
             stage: IntentStage::Pending,
         };
         let changes: [fn(&mut FlowMeta); 5] = [
-            |m| m.labels.insert("team".into(), "b".into()),
-            |m| m.labels.insert("a".into(), "".into()),
+            |m| m.labels.merge(&[("team", "b")].into_iter().collect()),
+            |m| m.labels.merge(&[("a", "")].into_iter().collect()),
             |m| m.traceparent = None,
             |m| m.event_count += 1,
             |m| m.deadline_ms = Some(m.deadline_ms.unwrap_or(0) + 1),

@@ -154,8 +154,8 @@ pub(super) fn digests_key(flow_key: &[u8]) -> Vec<u8> {
 pub(super) fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -> Vec<u8> {
     let order = order_key(event.sequence.as_ref(), meta.next_arrival);
     meta.next_arrival += 1;
-    // `clone_from` and the label check below reuse what the meta already holds: most
-    // events repeat their flow's labels, and this runs once per stored event.
+    // The type and label checks below reuse what the meta already holds: most events
+    // repeat their flow's type and labels, and this runs once per stored event.
     if order >= meta.status_order {
         meta.status = event.status;
         if meta.event_type != event.event_type {
