@@ -287,12 +287,13 @@ impl EmbeddedStore {
     /// one transaction. The holders found by the scan are read again here, as they are
     /// now; a file is freed only if their pointers into it account for every live
     /// event the journal table counts in it. One that falls short (a holder created
-    /// after the scan, e.g. a part sealed meanwhile) is left as it is, and returned.
+    /// after the scan, e.g. a part sealed meanwhile) is left as it is. Returns what it
+    /// did, the freed files (for the caller to delete) and the files left.
     fn compact_group(
         &self,
         keys: &[HolderKey],
         group: &[(u32, FileRow)],
-    ) -> Result<(Compaction, Vec<u32>), StateError> {
+    ) -> Result<(Compaction, Vec<u32>, Vec<u32>), StateError> {
         let mut done = Compaction::default();
         let txn = self.write()?;
         let rows: HashMap<u32, FileRow> = {
@@ -342,7 +343,7 @@ impl EmbeddedStore {
             .copied()
             .collect();
         if freed.is_empty() {
-            return Ok((done, left));
+            return Ok((done, Vec::new(), left));
         }
         let mut active = self.journal.active()?;
         let mut bytes = Vec::new();
@@ -386,8 +387,40 @@ impl EmbeddedStore {
         done.moved_events = moved;
         done.freed_bytes = done.freed_bytes.saturating_sub(bytes.len() as u64);
         txn.commit().map_err(storage)?;
-        self.journal.delete_later(freed);
-        Ok((done, left))
+        Ok((done, freed.into_iter().collect(), left))
+    }
+
+    /// [`StateStore::compact`], handing the files each group frees to `freed` once
+    /// its transaction has committed.
+    fn compact_with(&self, freed: &mut dyn FnMut(Vec<u32>)) -> Result<Compaction, StateError> {
+        let mut done = Compaction::default();
+        // Files this call could not free (a holder appeared after the scan): left for
+        // the next pass rather than scanned for again.
+        let mut skipped = HashSet::new();
+        loop {
+            // The mostly-dead files, emptiest first.
+            let mut picked = self.mostly_dead_files()?;
+            picked.retain(|(id, _)| !skipped.contains(id));
+            if picked.is_empty() {
+                return Ok(done);
+            }
+            picked.sort_by_key(|(_, row)| row.live_bytes);
+            let all: HashSet<u32> = picked.iter().map(|(id, _)| *id).collect();
+            let keys = self.pointer_holders(&all)?;
+            let mut freed_any = false;
+            for group in budget_groups(&picked) {
+                let (compacted, files, left) = self.compact_group(&keys, &group)?;
+                freed_any |= compacted.files > 0;
+                done.files += compacted.files;
+                done.moved_events += compacted.moved_events;
+                done.freed_bytes += compacted.freed_bytes;
+                skipped.extend(left);
+                freed(files);
+            }
+            if !freed_any {
+                return Ok(done);
+            }
+        }
     }
 
     fn write(&self) -> Result<redb::WriteTransaction, StateError> {
@@ -1096,33 +1129,22 @@ impl StateStore for EmbeddedStore {
     }
 
     fn compact(&self) -> Result<Compaction, StateError> {
-        let mut done = Compaction::default();
-        // Files this call could not free (a holder appeared after the scan): left for
-        // the next pass rather than scanned for again.
-        let mut skipped = HashSet::new();
-        loop {
-            // The mostly-dead files, emptiest first.
-            let mut picked = self.mostly_dead_files()?;
-            picked.retain(|(id, _)| !skipped.contains(id));
-            if picked.is_empty() {
-                return Ok(done);
-            }
-            picked.sort_by_key(|(_, row)| row.live_bytes);
-            let all: HashSet<u32> = picked.iter().map(|(id, _)| *id).collect();
-            let keys = self.pointer_holders(&all)?;
-            let mut freed_any = false;
-            for group in budget_groups(&picked) {
-                let (freed, left) = self.compact_group(&keys, &group)?;
-                freed_any |= freed.files > 0;
-                done.files += freed.files;
-                done.moved_events += freed.moved_events;
-                done.freed_bytes += freed.freed_bytes;
-                skipped.extend(left);
-            }
-            if !freed_any {
-                return Ok(done);
-            }
-        }
+        // Deleting a freed file takes as long as compacting a group (the kernel drops
+        // its cached pages): a helper thread deletes while the next group is compacted.
+        std::thread::scope(|scope| {
+            let (freed_files, deletions) = std::sync::mpsc::channel::<Vec<u32>>();
+            scope.spawn(move || {
+                for ids in deletions {
+                    self.journal.delete(ids);
+                }
+            });
+            self.compact_with(&mut |freed| {
+                let ready = self.journal.deletable(freed);
+                if let Err(unsent) = freed_files.send(ready) {
+                    self.journal.delete(unsent.0);
+                }
+            })
+        })
     }
 
     fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError> {
@@ -1550,8 +1572,9 @@ mod tests {
         let late = test_event("pin", "late", r#"{"pin":"late"}"#.into());
         store.ingest(&[late], &policy, 0, None).unwrap();
 
-        let (freed, left) = store.compact_group(&keys, &picked).unwrap();
+        let (freed, files, left) = store.compact_group(&keys, &picked).unwrap();
         assert_eq!(freed.files, 0, "{freed:?}");
+        assert!(files.is_empty(), "{files:?}");
         let mut left = left;
         left.sort();
         let mut expected: Vec<u32> = ids.iter().copied().collect();

@@ -277,24 +277,41 @@ impl Journal {
     /// Schedules files for deletion (their rows are gone in a committed transaction)
     /// and deletes every scheduled file if no reader is open.
     pub fn delete_later(&self, ids: impl IntoIterator<Item = u32>) {
+        let ready = self.deletable(ids);
+        self.delete(ready);
+    }
+
+    /// Schedules files for deletion like [`Journal::delete_later`], but hands back the
+    /// scheduled files that may go now (all of them when no reader is open, else none)
+    /// for the caller to [`delete`](Journal::delete), on another thread if it likes.
+    pub fn deletable(&self, ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
         let mut doomed = self.doomed.lock().unwrap_or_else(|p| p.into_inner());
         doomed.extend(ids);
         // Readers opened after the commit cannot reach these files; counting them too
         // only delays the deletion.
         if doomed.is_empty() || Arc::strong_count(&self.readers) > 1 {
-            return;
+            return Vec::new();
         }
-        doomed.retain(|id| {
-            let path = Journal::path_of(&self.dir, *id);
+        std::mem::take(&mut *doomed)
+    }
+
+    /// Deletes files [`Journal::deletable`] handed out; one that cannot be deleted is
+    /// scheduled again.
+    pub fn delete(&self, ids: Vec<u32>) {
+        for id in ids {
+            let path = Journal::path_of(&self.dir, id);
             match std::fs::remove_file(&path) {
-                Ok(()) => false,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "Could not delete a journal file; retrying later.");
-                    true
+                    self.doomed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(id);
                 }
             }
-        });
+        }
     }
 
     /// Overwrites the bytes of `pointers` with zeros and makes that durable.
