@@ -421,10 +421,21 @@ impl Pipeline {
                 break;
             }
         }
+        // Every due flow is sealed: the journal files that the finished segments
+        // emptied are compacted while the last ones are in flight, rather than after
+        // them on an otherwise idle machine (compaction is safe beside archival).
+        let early = report
+            .failures
+            .is_empty()
+            .then(|| tokio::spawn(compact_journal(self.store.clone())));
         while let Some(done) = jobs.join_next().await {
             collect(&mut report, done);
         }
+        if let Some(early) = early {
+            let _ = early.await;
+        }
         if report.failures.is_empty() {
+            // The files the last segments emptied.
             compact_journal(self.store.clone()).await;
         }
         report.seconds = started.elapsed().as_secs_f64();
