@@ -1,6 +1,7 @@
 //! Retention and idle timers through the `Clock` seam, on the real embedded store:
 //! nothing is archived one second early, everything once due; a new event resets the
-//! idle timer; an event after archival opens part 2; overrides and `abandoned` apply.
+//! idle timer; an event after archival opens part 2; overrides and `abandoned` apply;
+//! a sweep gives back the journal files it emptied.
 
 mod support;
 
@@ -220,4 +221,65 @@ async fn a_changed_policy_recomputes_deadlines_at_start() {
     let p = Pipeline::open(cfg, Arc::new(clock)).await.unwrap();
     let report = p.sweep(T0_MS + MIN, &mut |_| {}).await.unwrap();
     assert_eq!(report.flow_parts, 1, "due under the new 60s retention");
+}
+
+/// A running flow with an event in every journal file pins them all; once a sweep has
+/// archived the finished flows around it, the sweep's compaction moves its few events
+/// and gives the files back, while segments are still being archived beside it.
+#[tokio::test]
+async fn a_sweep_gives_back_the_journal_files_it_emptied() {
+    let mut h = Harness::new(|c| {
+        c.state.journal_file_bytes = 4096;
+        // Many small segments, so that some are in flight when compaction starts.
+        c.archive.segment_max_flows = 3;
+    })
+    .await;
+    for batch in 0..12u64 {
+        // ~5 KB per batch: each one starts a new journal file.
+        let mut lines: Vec<String> = (0..8)
+            .flat_map(|f| {
+                let flow = format!("done-{batch}-{f}");
+                [
+                    ce("t", &flow, &format!("{flow}-1"), 1, "started", T0),
+                    ce("t", &flow, &format!("{flow}-2"), 2, "step", T0),
+                    ce("t", &flow, &format!("{flow}-3"), 3, "completed", T0),
+                ]
+            })
+            .collect();
+        lines.push(ce(
+            "t",
+            "pin",
+            &format!("pin-{batch}"),
+            batch + 1,
+            "step",
+            T0,
+        ));
+        h.ingest(&lines).await;
+    }
+    let journal = h.dir.path().join("state/journal");
+    let files = || std::fs::read_dir(&journal).unwrap().count();
+    assert!(files() >= 12, "one file per batch: {}", files());
+
+    let archived = h.sweep_at(10 * MIN).await;
+    assert_eq!(archived.len(), 96, "every finished flow once: {archived:?}");
+    assert!(
+        files() <= 2,
+        "only the active file (and the one the moved events started) is left: {}",
+        files()
+    );
+    let pin = ops::get_flow(&h.pipeline.store, "t", "pin")
+        .await
+        .unwrap()
+        .expect("the running flow is live");
+    let ids: Vec<&str> = pin["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..12).map(|b| format!("pin-{b}")).collect();
+    assert_eq!(
+        ids, expected,
+        "the moved events read back whole and in order"
+    );
 }
