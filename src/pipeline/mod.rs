@@ -432,7 +432,10 @@ impl Pipeline {
             collect(&mut report, done);
         }
         if let Some(early) = early {
-            let _ = early.await;
+            if let Err(error) = early.await {
+                // Its own failures are logged inside; this is a panic or a cancellation.
+                tracing::warn!(%error, "The journal compaction task did not finish.");
+            }
         }
         if report.failures.is_empty() {
             // The files the last segments emptied.

@@ -1129,8 +1129,9 @@ impl StateStore for EmbeddedStore {
     }
 
     fn compact(&self) -> Result<Compaction, StateError> {
-        // Deleting a freed file takes as long as compacting a group (the kernel drops
-        // its cached pages): a helper thread deletes while the next group is compacted.
+        // Deleting a freed 64 MiB file costs about a third of compacting a group (the
+        // kernel drops its cached pages): a helper thread deletes while the next group
+        // is compacted.
         std::thread::scope(|scope| {
             let (freed_files, deletions) = std::sync::mpsc::channel::<Vec<u32>>();
             scope.spawn(move || {
