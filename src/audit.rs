@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::rfc3339_ms;
 use crate::config::{Config, Destination};
 use crate::publish::{JsonLinesFile, KafkaEventWriter, NatsEventWriter, PublishError};
+use crate::time::rfc3339_ms;
 
 /// One audited operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -432,7 +432,7 @@ pub struct RetentionOverride {
 #[serde(deny_unknown_fields, default)]
 pub struct Selector {
     pub tenant: Option<String>,
-    pub status: Option<crate::event::FlowStatus>,
+    pub status: Option<crate::flow::FlowStatus>,
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
@@ -1050,7 +1050,7 @@ impl Config {
             check_listen(&self.api, listen)?;
         }
         for (tenant, token) in &self.api.tenant_tokens {
-            crate::event::validate_identifier("tenant", tenant)
+            crate::flow::validate_identifier("tenant", tenant)
                 .map_err(|e| invalid("api.tenant_tokens", e, "key the map by tenant id"))?;
             if token.len() < 16 {
                 return Err(invalid(
@@ -1115,7 +1115,7 @@ impl Config {
             }
         }
         if let Some(t) = &m.default_tenant {
-            crate::event::validate_identifier("tenant", t).map_err(|e| {
+            crate::flow::validate_identifier("tenant", t).map_err(|e| {
                 invalid(
                     "input.mapping.default_tenant",
                     e,

@@ -379,7 +379,9 @@ fn load(cli_config: &Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn flow_ref(text: &str) -> anyhow::Result<(String, String)> {
-    flow_archiver::event::parse_flow_ref(text).map_err(|e| UsageError(e).into())
+    flow_archiver::flow::FlowRef::parse(text)
+        .map(|r| (r.tenant, r.flow_id))
+        .map_err(|e| UsageError(e).into())
 }
 
 fn progress(len: Option<u64>, hidden: bool, what: &str) -> ProgressBar {
@@ -741,7 +743,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         "{}/{}  since {}  by {}: {}",
                         h.tenant,
                         h.flow_id,
-                        flow_archiver::archive::rfc3339_ms(h.at_ms),
+                        flow_archiver::time::rfc3339_ms(h.at_ms),
                         h.actor,
                         h.reason
                     );

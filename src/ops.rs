@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::archive::{rfc3339_ms, verify_object, VerifyProblem};
+use crate::archive::{verify_object, VerifyProblem};
 use crate::config::{Config, ConfigError, Retention};
 use crate::pipeline::{IngestTotals, Pipeline, PipelineError, SweepReport};
 use crate::policy::{Clock, SystemClock};
 use crate::source::open_spec;
+use crate::time::rfc3339_ms;
 use crate::workload::{generate, WorkloadSpec, WorkloadStats};
 
 /// Loads the configuration from `--config` (or `./flow-archiver.toml`) and the process

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Retention, RetentionConfig, RetentionOverride};
-use crate::event::{FlowStatus, Labels};
+use crate::flow::{FlowStatus, Labels};
 
 /// Milliseconds since the Unix epoch; the only notion of "now" the pipeline uses.
 pub trait Clock: Send + Sync + std::fmt::Debug {

@@ -88,7 +88,7 @@ impl Harness {
 }
 
 fn at(offset_ms: i64) -> String {
-    flow_archiver::archive::rfc3339_ms(T0_MS + offset_ms)
+    flow_archiver::time::rfc3339_ms(T0_MS + offset_ms)
 }
 
 #[tokio::test]

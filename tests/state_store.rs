@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flow_archiver::config::{Compression, Config, Retention, StateConfig};
-use flow_archiver::event::{FlowEvent, FlowStatus, Sequence};
+use flow_archiver::flow::{FlowEvent, FlowStatus, Sequence};
 use flow_archiver::policy::RetentionPolicy;
 use flow_archiver::state::{
     ArchiveIntent, EmbeddedStore, IntentStage, SealedPart, StateStore, VerifiedObject,

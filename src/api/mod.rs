@@ -110,7 +110,7 @@ async fn get_flow(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let scope = caller(&state, &headers)?;
     for (what, id) in [("tenant", &tenant), ("flow id", &flow_id)] {
-        crate::event::validate_identifier(what, id)
+        crate::flow::validate_identifier(what, id)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     }
     allow(&scope, &tenant)?;
@@ -163,7 +163,7 @@ fn hold_pipeline(state: &ApiState) -> Result<&Arc<crate::pipeline::Pipeline>, Ap
 
 fn flow_ids(tenant: &str, flow_id: &str) -> Result<(), ApiError> {
     for (what, id) in [("tenant", tenant), ("flow id", flow_id)] {
-        crate::event::validate_identifier(what, id)
+        crate::flow::validate_identifier(what, id)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     }
     Ok(())

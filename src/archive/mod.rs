@@ -78,10 +78,3 @@ pub enum ArchiveError {
 pub(crate) fn hex_sha256(digest: impl AsRef<[u8]>) -> String {
     hex::encode(digest.as_ref())
 }
-
-/// Milliseconds since the epoch as RFC 3339 with millisecond precision, UTC.
-pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
-}

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::segment::{GZIP_FOOTER_LEN, ZSTD_FOOTER_LEN, ZSTD_SKIPPABLE_MAGIC};
 use super::{hex_sha256, ArchiveError, ArchiveStore, FOOTER_MAGIC, FORMAT};
 use crate::config::Compression;
-use crate::event::Labels;
+use crate::flow::Labels;
 use compact_str::CompactString;
 
 /// One entry of a segment's manifest.

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::reader::{compression_of, decode_part};
 use super::{ArchiveError, ArchiveStore, Manifest, ManifestPart, PartContents, SegmentWriter};
-use crate::event::FlowStatus;
+use crate::flow::FlowStatus;
 use crate::state::{ArchiveIntent, FlowMeta, IntentStage, Rewrite, SealedPart, UploadedSegment};
 
 /// Writes into `path` the segment `to` holding the parts of `manifest` (the object at

@@ -13,10 +13,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::ManifestPart;
-use super::{hex_sha256, rfc3339_ms, ArchiveError, FORMAT};
+use super::{hex_sha256, ArchiveError, FORMAT};
 use crate::config::Compression;
-use crate::event::{FlowStatus, Labels};
+use crate::flow::{FlowStatus, Labels};
 use crate::state::{ArchiveIntent, PartLocation, SealedPart, StateStore, UploadedSegment};
+use crate::time::rfc3339_ms;
 
 /// First 8 bytes of the footer payload.
 pub const FOOTER_MAGIC: &[u8; 8] = b"FLOWARCH";

@@ -205,7 +205,7 @@ const COLUMNS: &str = "tenant, flow_id, part, status, labels, archived_at, purge
     object_sha256, held";
 
 fn micros_text(us: i64) -> String {
-    crate::archive::rfc3339_ms(us.div_euclid(1000))
+    crate::time::rfc3339_ms(us.div_euclid(1000))
 }
 
 fn row_to_part(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedPart> {

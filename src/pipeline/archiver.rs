@@ -19,8 +19,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{failpoint, PipelineError};
+use super::PipelineError;
 use crate::archive::{build_segment, read_manifest, ArchiveStore};
+use crate::failpoint;
 use crate::publish::{PublishedEvent, Publisher};
 use crate::state::{
     ArchiveIntent, IntentStage, PartLocation, StateStore, UploadedSegment, VerifiedObject,

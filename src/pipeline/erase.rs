@@ -24,11 +24,13 @@
 
 use serde::Serialize;
 
-use super::{blocking, failpoint, Pipeline, PipelineError};
-use crate::archive::{read_manifest, rewrite_segment, rfc3339_ms};
+use super::{blocking, Pipeline, PipelineError};
+use crate::archive::{read_manifest, rewrite_segment};
 use crate::audit::AuditRecord;
+use crate::failpoint;
 use crate::publish::{FlowPurged, PublishedEvent};
 use crate::state::{EraseIntent, Rewrite};
+use crate::time::rfc3339_ms;
 
 /// One object an erasure touched (or, in a dry run, would touch).
 #[derive(Debug, Clone, Serialize, PartialEq)]

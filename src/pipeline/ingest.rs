@@ -14,13 +14,15 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{failpoint, PipelineError};
-use crate::archive::rfc3339_ms;
-use crate::event::{Decoder, FlowEvent, RejectReason};
+use super::PipelineError;
+use crate::event::{Decoder, RejectReason};
+use crate::failpoint;
+use crate::flow::FlowEvent;
 use crate::policy::{Clock, RetentionPolicy};
 use crate::publish::{DeadLetter, DeadLetterSink};
 use crate::source::{Batch, Source};
 use crate::state::{IngestOutcome, StateError, StateStore};
+use crate::time::rfc3339_ms;
 
 /// Running totals of an ingest.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

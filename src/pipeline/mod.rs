@@ -8,7 +8,6 @@
 
 pub mod archiver;
 pub mod erase;
-pub mod failpoint;
 pub mod ingest;
 pub mod purge;
 pub mod scheduler;
@@ -27,6 +26,7 @@ pub use scheduler::{plan, IntentIds};
 use crate::archive::{ArchiveError, ArchiveStore};
 use crate::config::{Config, Destination};
 use crate::event::Decoder;
+use crate::failpoint;
 use crate::policy::{Clock, RetentionPolicy};
 use crate::publish::{
     DeadLetterSink, FileDeadLetters, FilePublisher, KafkaDeadLetters, KafkaPublisher,
@@ -307,7 +307,7 @@ impl Pipeline {
         let intents = plan(due, &self.policy, &self.config.archive, now_ms, &self.ids);
         let mut report = SweepReport {
             dry_run: true,
-            now: crate::archive::rfc3339_ms(now_ms),
+            now: crate::time::rfc3339_ms(now_ms),
             ..Default::default()
         };
         for intent in intents {
@@ -348,7 +348,7 @@ impl Pipeline {
         let started = std::time::Instant::now();
         self.objects.preflight().await?;
         let mut report = SweepReport {
-            now: crate::archive::rfc3339_ms(now_ms),
+            now: crate::time::rfc3339_ms(now_ms),
             ..Default::default()
         };
         let archiver = self.archiver();
@@ -459,7 +459,7 @@ impl Pipeline {
             .await?
             .ok_or_else(|| PipelineError::NotFound(format!("no live flow {tenant}/{flow_id}")))?;
         let mut report = SweepReport {
-            now: crate::archive::rfc3339_ms(now_ms),
+            now: crate::time::rfc3339_ms(now_ms),
             ..Default::default()
         };
         for intent in plan(
@@ -728,7 +728,7 @@ pub const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{FlowEvent, FlowStatus};
+    use crate::flow::{FlowEvent, FlowStatus};
     use crate::state::test_support::{
         archive_now, default_policy, event as test_event, open_store,
     };

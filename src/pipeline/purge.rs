@@ -15,11 +15,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
-use super::{blocking, failpoint, Pipeline, PipelineError};
-use crate::archive::{read_manifest, rfc3339_ms};
+use super::{blocking, Pipeline, PipelineError};
+use crate::archive::read_manifest;
 use crate::audit::AuditRecord;
+use crate::failpoint;
 use crate::publish::{FlowPurged, PublishedEvent};
 use crate::state::PurgeIntent;
+use crate::time::rfc3339_ms;
 
 /// Counts for one tenant.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

@@ -130,7 +130,7 @@ impl Publisher for FilePublisher {
         }
         let out = self.out.clone();
         blocking(move || {
-            if crate::pipeline::failpoint::armed("mid-publish") && buf.len() > 1 {
+            if crate::failpoint::armed("mid-publish") && buf.len() > 1 {
                 // Test hook: a crash after half of the lines reached the disk.
                 let half = buf
                     .iter()
@@ -139,7 +139,7 @@ impl Publisher for FilePublisher {
                     .nth(events_len / 2);
                 if let Some((i, _)) = half {
                     out.append_raw(&buf[..=i])?;
-                    crate::pipeline::failpoint::hit("mid-publish");
+                    crate::failpoint::hit("mid-publish");
                     return out.append_raw(&buf[i + 1..]);
                 }
             }

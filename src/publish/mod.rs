@@ -22,9 +22,9 @@ pub use file::{FileDeadLetters, FilePublisher, JsonLinesFile};
 pub use kafka::{KafkaDeadLetters, KafkaEventWriter, KafkaPublisher};
 pub use nats::{NatsDeadLetters, NatsEventWriter, NatsPublisher};
 
-use crate::archive::rfc3339_ms;
 use crate::event::RejectReason;
 use crate::state::{ArchiveIntent, UploadedSegment};
+use crate::time::rfc3339_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -1374,7 +1374,7 @@ mod tests {
         let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
         let policy = default_policy();
         let event = |id: &str, seq: &str| FlowEvent {
-            sequence: Some(crate::event::Sequence::Number(seq.into())),
+            sequence: Some(crate::flow::Sequence::Number(seq.into())),
             ..test_event("f", id, format!(r#"{{"id":"{id}"}}"#))
         };
         store
@@ -1446,7 +1446,7 @@ mod tests {
         let fkey = flow_key("t", "f");
         let mut key = part_prefix(&fkey, 1);
         key.extend_from_slice(&order_key(
-            Some(&crate::event::Sequence::Number("0".into())),
+            Some(&crate::flow::Sequence::Number("0".into())),
             0,
         ));
         let txn = store.write().unwrap();

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{FlowMeta, StateError};
-use crate::event::{FlowEvent, Labels, Sequence};
+use crate::flow::{FlowEvent, Labels, Sequence};
 
 pub(super) const META: u8 = 0;
 pub(super) const DEDUPE: u8 = 1;

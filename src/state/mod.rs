@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use embedded::EmbeddedStore;
 
 use crate::config::Compression;
-use crate::event::{FlowEvent, FlowStatus, Labels};
+use crate::flow::{FlowEvent, FlowStatus, Labels};
 use crate::policy::RetentionPolicy;
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,13 @@
 //! `after-ingest` (durable and acknowledged), `after-intent` (flows sealed),
 //! `after-upload` (object written, not yet verified), `after-verify` (verified and
 //! recorded), `mid-publish` (half of a segment's records written), `after-publish`
-//! (records durable, state not yet deleted).
+//! (records durable, state not yet deleted); purge: `after-purge-delete`; erasure:
+//! `after-erase-intent`, `after-erase-upload`, `after-erase-relocate`,
+//! `after-erase-delete`. The steps are those of the commit protocols in
+//! `docs/design.md`.
+//!
+//! On the ground floor (it imports nothing from the crate) so that any stage may
+//! mark its steps without importing the pipeline.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
