@@ -100,7 +100,7 @@ impl AuditLog {
                     .await
                     .map_err(PublishError::Broker)?;
                 let js = async_nats::jetstream::new(client);
-                crate::nats::ensure_stream(&js, crate::nats::audit_stream_config(audit))
+                crate::nats::ensure_stream(&js, audit_stream_config(audit))
                     .await
                     .map_err(PublishError::Broker)?;
                 Some(BrokerCopy::Nats(Box::new(
@@ -163,4 +163,14 @@ pub fn read(path: &Path, since_ms: Option<i64>) -> Result<Vec<AuditRecord>, Publ
         }
     }
     Ok(out)
+}
+
+/// The stream of audit records: every one kept (limits are the operator's).
+fn audit_stream_config(a: &crate::config::AuditConfig) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: a.stream.clone(),
+        subjects: vec![a.subject.clone()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
 }

@@ -22,6 +22,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod policy;
 pub mod publish;
+pub mod settings;
 pub mod source;
 pub mod state;
 pub mod telemetry;

@@ -367,7 +367,7 @@ impl ReplayTarget {
             "-" | "stdout" => Ok(ReplayTarget::Stdout),
             t if t.starts_with("nats:") => {
                 let subject = &t["nats:".len()..];
-                if crate::config::valid_subject(subject, false) {
+                if crate::nats::valid_subject(subject, false) {
                     Ok(ReplayTarget::Nats(subject.to_string()))
                 } else {
                     Err(format!(
@@ -376,7 +376,7 @@ impl ReplayTarget {
                 }
             }
             t => match t.strip_prefix("kafka:") {
-                Some(topic) if crate::config::valid_topic_name(topic) => {
+                Some(topic) if crate::kafka::valid_topic_name(topic) => {
                     Ok(ReplayTarget::Kafka(topic.to_string()))
                 }
                 Some(topic) => Err(format!("{topic:?} is not a valid Kafka topic name")),

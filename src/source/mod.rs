@@ -158,11 +158,7 @@ pub async fn open_for_run(
         let mut k = config.kafka.clone();
         if let Some(topics) = spec.strip_prefix("kafka:") {
             k.topics = topics.split(',').map(|t| t.trim().to_string()).collect();
-            if let Some(bad) = k
-                .topics
-                .iter()
-                .find(|t| !crate::config::valid_topic_name(t))
-            {
+            if let Some(bad) = k.topics.iter().find(|t| !crate::kafka::valid_topic_name(t)) {
                 return Err(SourceError::Spec(format!(
                     "kafka:{topics} (topic {bad:?} is not a valid name)"
                 )));

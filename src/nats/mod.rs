@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use crate::config::NatsConfig;
+mod config;
+
+pub use config::{valid_stream_name, valid_subject, NatsConfig};
 
 /// How long connecting and start-up checks wait.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,16 +87,6 @@ pub fn archived_stream_config(n: &NatsConfig) -> stream::Config {
         max_messages_per_subject: 1,
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    }
-}
-
-/// The stream of audit records: every one kept (limits are the operator's).
-pub fn audit_stream_config(a: &crate::config::AuditConfig) -> stream::Config {
-    stream::Config {
-        name: a.stream.clone(),
-        subjects: vec![a.subject.clone()],
-        storage: stream::StorageType::File,
         ..Default::default()
     }
 }

@@ -13,7 +13,9 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaConfig;
+mod config;
+
+pub use config::{valid_topic_name, DataEncoding, KafkaConfig, KAFKA_PINNED_PROPERTIES};
 
 /// How long start-up checks wait for the brokers.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(15);

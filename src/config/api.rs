@@ -1,0 +1,69 @@
+//! `[api]`: where the HTTP API listens and who may read it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{invalid, ConfigError};
+
+/// The HTTP API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Where `run` serves the API (off when unset); `serve` defaults to 127.0.0.1:8080.
+    pub listen: Option<String>,
+    /// Bearer token that may read every tenant.
+    pub admin_token: Option<String>,
+    /// tenant → bearer token that reads only that tenant.
+    pub tenant_tokens: std::collections::BTreeMap<String, String>,
+}
+
+impl ApiConfig {
+    pub fn has_tokens(&self) -> bool {
+        self.admin_token.is_some() || !self.tenant_tokens.is_empty()
+    }
+}
+
+/// Checks an API listen address: without tokens, only loopback is allowed.
+pub fn check_listen(api: &ApiConfig, listen: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "api.listen",
+            format!("{listen:?} is not an address"),
+            "use host:port, e.g. \"127.0.0.1:8080\"",
+        )
+    })?;
+    if !api.has_tokens() && !addr.ip().is_loopback() {
+        return Err(invalid(
+            "api.listen",
+            format!("{addr} is reachable from other hosts and no tokens are configured"),
+            "set api.admin_token and/or api.tenant_tokens, or listen on 127.0.0.1",
+        ));
+    }
+    Ok(addr)
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(listen) = &self.listen {
+            check_listen(self, listen)?;
+        }
+        for (tenant, token) in &self.tenant_tokens {
+            crate::flow::validate_identifier("tenant", tenant)
+                .map_err(|e| invalid("api.tenant_tokens", e, "key the map by tenant id"))?;
+            if token.len() < 16 {
+                return Err(invalid(
+                    "api.tenant_tokens",
+                    format!("the token of {tenant} is shorter than 16 characters"),
+                    "use a long random token, e.g. `openssl rand -hex 32`",
+                ));
+            }
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "api.admin_token",
+                "shorter than 16 characters",
+                "use a long random token, e.g. `openssl rand -hex 32`",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! `[archive]`: where archive objects go and how they are built.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{invalid, ConfigError};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    Zstd,
+    Gzip,
+}
+
+impl Compression {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Zstd => "jsonl.zst",
+            Compression::Gzip => "jsonl.gz",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// `{prefix}/{tenant}/purge={YYYY-MM-DD}/{segment_id}.jsonl.zst`, many flows per object.
+    Segment,
+    /// `{prefix}/{tenant}/flows/{flow_id}/{part}.jsonl.gz`, one flow part per object.
+    PerFlow,
+}
+
+/// Where and how archive objects are written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Directory used as the object store when `bucket` is unset. Default `./data/archive`.
+    pub dir: PathBuf,
+    /// S3 bucket (env `ARCHIVE_BUCKET`); when set, objects go to S3 instead of `dir`.
+    pub bucket: Option<String>,
+    /// Key prefix inside the store (env `ARCHIVE_PREFIX`). Default `flows`.
+    pub prefix: String,
+    /// S3 endpoint for S3-compatible stores, e.g. `http://127.0.0.1:9000`; unset uses
+    /// `AWS_ENDPOINT`/`AWS_ENDPOINT_URL_S3` or AWS itself. Path-style requests unless
+    /// `virtual_hosted_style` is true.
+    pub endpoint: Option<String>,
+    /// S3 region; unset uses `AWS_DEFAULT_REGION`/`AWS_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    pub virtual_hosted_style: bool,
+    /// `zstd` (default) or `gzip`.
+    pub compression: Compression,
+    /// zstd level, 1–19. Default 3.
+    pub zstd_level: i32,
+    /// `segment` (default) or `per-flow`.
+    pub layout: Layout,
+    /// A segment closes once the raw history it holds reaches this many bytes. Default 64 MiB.
+    pub segment_max_bytes: u64,
+    /// A segment closes at this many flow parts. Default 1000.
+    pub segment_max_flows: usize,
+    /// Segment uploads in flight (env `ARCHIVE_CONCURRENCY`). Default 4.
+    pub concurrency: usize,
+    /// Due flows taken per scheduler pass (env `ARCHIVE_BATCH_SIZE`). Default 10000.
+    pub batch_size: usize,
+    /// Objects larger than this are sent as multipart uploads. Default 16 MiB.
+    pub multipart_threshold_bytes: u64,
+    /// Local directory where segments are built before upload. Default `./data/spool`.
+    pub spool_dir: PathBuf,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            dir: PathBuf::from("./data/archive"),
+            bucket: None,
+            prefix: "flows".into(),
+            endpoint: None,
+            region: None,
+            virtual_hosted_style: false,
+            compression: Compression::Zstd,
+            zstd_level: 3,
+            layout: Layout::Segment,
+            segment_max_bytes: 64 << 20,
+            segment_max_flows: 1000,
+            concurrency: 4,
+            batch_size: 10_000,
+            multipart_threshold_bytes: 16 << 20,
+            spool_dir: PathBuf::from("./data/spool"),
+        }
+    }
+}
+
+impl ArchiveConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = self;
+        if a.concurrency == 0 || a.concurrency > 256 {
+            return Err(invalid(
+                "archive.concurrency",
+                format!("{} is out of range", a.concurrency),
+                "use 1..=256 (env ARCHIVE_CONCURRENCY)",
+            ));
+        }
+        if a.batch_size == 0 {
+            return Err(invalid(
+                "archive.batch_size",
+                "0 would never archive anything",
+                "use a positive number (env ARCHIVE_BATCH_SIZE), e.g. 10000",
+            ));
+        }
+        if a.segment_max_flows == 0 {
+            return Err(invalid(
+                "archive.segment_max_flows",
+                "must be at least 1",
+                "use e.g. 1000",
+            ));
+        }
+        if a.segment_max_bytes < 1024 {
+            return Err(invalid(
+                "archive.segment_max_bytes",
+                format!("{} bytes is too small", a.segment_max_bytes),
+                "use at least 1024, e.g. 67108864 (64 MiB)",
+            ));
+        }
+        if a.multipart_threshold_bytes < 5 << 20 {
+            return Err(invalid(
+                "archive.multipart_threshold_bytes",
+                "S3 multipart parts must be at least 5 MiB",
+                "use at least 5242880",
+            ));
+        }
+        if !(1..=19).contains(&a.zstd_level) {
+            return Err(invalid(
+                "archive.zstd_level",
+                format!("{} is out of range", a.zstd_level),
+                "use 1..=19 (3 is the default)",
+            ));
+        }
+        if a.prefix.starts_with('/') || a.prefix.split('/').any(|p| p == ".." || p == ".") {
+            return Err(invalid(
+                "archive.prefix",
+                format!("{:?} is not a relative key prefix", a.prefix),
+                "use a prefix like \"flows\" or \"archive/flows\" (env ARCHIVE_PREFIX)",
+            ));
+        }
+        if let Some(bucket) = &a.bucket {
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !ok {
+                return Err(invalid(
+                    "archive.bucket",
+                    format!("{bucket:?} is not a valid S3 bucket name"),
+                    "use 3-63 lowercase letters, digits, '-' or '.' (env ARCHIVE_BUCKET)",
+                ));
+            }
+        }
+        if let Some(endpoint) = &a.endpoint {
+            if url::Url::parse(endpoint).is_err() {
+                return Err(invalid(
+                    "archive.endpoint",
+                    format!("{endpoint:?} is not a URL"),
+                    "use e.g. \"http://127.0.0.1:9000\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

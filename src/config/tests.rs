@@ -1,0 +1,230 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_match_the_documented_paths() {
+    let c = Config::from_sources(None, &[]).unwrap();
+    assert_eq!(c.state.path, PathBuf::from("./data/state"));
+    assert_eq!(c.archive.dir, PathBuf::from("./data/archive"));
+    assert_eq!(
+        c.publish.archived_path,
+        PathBuf::from("./data/events/archived.jsonl")
+    );
+    assert_eq!(
+        c.dead_letter.path,
+        PathBuf::from("./data/dead-letter.jsonl")
+    );
+}
+
+#[test]
+fn file_then_env_then_operator_names() {
+    let toml = r#"
+        [archive]
+        concurrency = 2
+        prefix = "from-file"
+        [retention]
+        completed = "1h"
+        abandoned = "7d"
+        [[retention.override]]
+        match = { labels = { category = "security" } }
+        retention = "0s"
+        archive_for = "5y"
+    "#;
+    let c = Config::from_sources(
+        Some(toml),
+        &env(&[
+            ("FLOW_ARCHIVER__ARCHIVE__CONCURRENCY", "3"),
+            ("ARCHIVE_PREFIX", "ops"),
+            ("ARCHIVE_BATCH_SIZE", "50"),
+            ("FLOW_RETENTION_DAYS", "2"),
+            ("ARCHIVE_BUCKET", "my-bucket"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.archive.concurrency, 3);
+    assert_eq!(c.archive.prefix, "ops");
+    assert_eq!(c.archive.batch_size, 50);
+    assert_eq!(c.archive.bucket.as_deref(), Some("my-bucket"));
+    assert_eq!(
+        c.retention.completed,
+        Retention::After(Duration::from_secs(2 * 86_400))
+    );
+    assert_eq!(
+        c.retention.abandoned,
+        Retention::After(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(c.retention.overrides.len(), 1);
+    assert_eq!(
+        c.retention.overrides[0].retention,
+        Some(Retention::After(Duration::ZERO))
+    );
+}
+
+#[test]
+fn errors_name_the_key_and_the_fix() {
+    let err = Config::from_sources(None, &env(&[("ARCHIVE_CONCURRENCY", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("archive.concurrency") && err.contains("Fix:"),
+        "{err}"
+    );
+
+    let err = Config::from_sources(Some("[archive]\nconcurency = 2\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("concurency"), "{err}");
+
+    let err = Config::from_sources(Some("[retention]\ncompleted = \"soon\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("soon"), "{err}");
+
+    let err = Config::from_sources(None, &env(&[("FLOW_RETENTION_DAYS", "ten")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("FLOW_RETENTION_DAYS"), "{err}");
+
+    let err = Config::from_sources(None, &env(&[("ARCHIVE_BUCKET", "Bad_Bucket")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("archive.bucket"), "{err}");
+}
+
+#[test]
+fn effective_config_round_trips_through_toml() {
+    let c = Config::from_sources(None, &[]).unwrap();
+    let again = Config::from_sources(Some(&c.to_toml()), &[]).unwrap();
+    assert_eq!(c, again);
+}
+
+#[test]
+fn kafka_section_from_file_and_environment() {
+    let toml = r#"
+[kafka]
+brokers = "k1:9092,k2:9092"
+topics = ["flows.events", "argo.workflows"]
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+[publish]
+destination = "kafka"
+"#;
+    let c = Config::from_sources(
+        Some(toml),
+        &env(&[
+            ("FLOW_ARCHIVER__KAFKA__TOPICS", "a.events, b.events"),
+            ("FLOW_ARCHIVER__KAFKA__DATA_ENCODING", "json"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.kafka.topics, ["a.events", "b.events"]);
+    assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+    assert_eq!(c.kafka.data_encoding, DataEncoding::Json);
+    assert_eq!(c.publish.destination, Destination::Kafka);
+    assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+}
+
+#[test]
+fn kafka_guarantees_cannot_be_overridden() {
+    let err = |toml: &str| {
+        Config::from_sources(Some(toml), &[])
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("[kafka.properties]\n\"enable.auto.offset.store\" = \"true\"");
+    assert!(
+        e.contains("kafka.properties") && e.contains("delivery guarantees"),
+        "{e}"
+    );
+    let e = err("[kafka.properties]\n\"group.id\" = \"x\"");
+    assert!(e.contains("kafka.group_id"), "{e}");
+    // Setting a pinned property to its pinned value is harmless.
+    Config::from_sources(
+        Some("[kafka.properties]\n\"enable.idempotence\" = \"true\""),
+        &[],
+    )
+    .unwrap();
+    let e = err("[kafka]\ntopics = [\"../etc\"]");
+    assert!(e.contains("kafka.topics"), "{e}");
+    let e = err("[kafka]\narchived_topic = \"flow archived\"");
+    assert!(e.contains("kafka.archived_topic"), "{e}");
+}
+
+#[test]
+fn kafka_properties_can_name_an_environment_variable() {
+    let toml = "[kafka.properties]\n\"sasl.password\" = \"env:KAFKA_SASL_PASSWORD\"\n";
+    let c =
+        Config::from_sources(Some(toml), &env(&[("KAFKA_SASL_PASSWORD", "from-secret")])).unwrap();
+    assert_eq!(c.kafka.properties["sasl.password"], "from-secret");
+    let e = Config::from_sources(Some(toml), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("KAFKA_SASL_PASSWORD") && e.contains("sasl.password"),
+        "{e}"
+    );
+}
+
+#[test]
+fn printed_config_hides_secrets() {
+    let c = Config::from_sources(
+        Some(
+            "[api]\nadmin_token = \"admin-secret-0123456789\"\n\
+             [api.tenant_tokens]\nacme = \"tenant-secret-0123456789\"\n\
+             [nats]\nuser = \"u\"\npassword = \"nats-secret\"\n\
+             [kafka.properties]\n\"sasl.password\" = \"kafka-secret\"\n\"linger.ms\" = \"7\"\n",
+        ),
+        &[],
+    )
+    .unwrap();
+    let text = c.to_toml();
+    for secret in [
+        "admin-secret",
+        "tenant-secret",
+        "nats-secret",
+        "kafka-secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    assert!(text.contains("<redacted>"));
+    assert!(text.contains("\"7\""), "other properties are shown");
+}
+
+#[test]
+fn nats_section_is_validated() {
+    let err = |toml: &str| {
+        Config::from_sources(Some(toml), &[])
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("[nats]\nfilter_subject = \"flows events\"");
+    assert!(e.contains("nats.filter_subject"), "{e}");
+    let e = err("[nats]\narchived_prefix = \"flow.*\"");
+    assert!(e.contains("nats.archived_prefix"), "{e}");
+    let e = err("[audit]\nsubject = \"flow.archived.audit\"");
+    assert!(e.contains("audit.subject"), "{e}");
+    let e = err("[nats]\nconsumer = \"a.b\"");
+    assert!(e.contains("nats.consumer"), "{e}");
+    let e = err("[nats]\nmax_ack_pending = 100");
+    assert!(e.contains("nats.max_ack_pending"), "{e}");
+    let e = err("[nats]\nuser = \"u\"");
+    assert!(e.contains("nats.user"), "{e}");
+    let e = err("[nats]\ntls_cert_file = \"c.pem\"");
+    assert!(e.contains("nats.tls_cert_file"), "{e}");
+    let c = Config::from_sources(
+        Some("[nats]\nsubjects = \"a.>, b.*\"\n[publish]\ndestination = \"nats\""),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.nats.subjects, ["a.>", "b.*"]);
+    assert_eq!(c.publish.destination, Destination::Nats);
+}
