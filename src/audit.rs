@@ -66,6 +66,28 @@ impl AuditRecord {
     }
 }
 
+/// One line of `audit`: time, action, actor, the flow or tenant, reason, object, counts.
+impl std::fmt::Display for AuditRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let flow = match (&self.tenant, &self.flow_id) {
+            (Some(t), Some(fl)) => format!(" {t}/{fl}"),
+            (Some(t), None) => format!(" {t}"),
+            _ => String::new(),
+        };
+        write!(f, "{}  {:<8} {}{flow}", self.time, self.action, self.actor)?;
+        if let Some(reason) = &self.reason {
+            write!(f, " reason={reason:?}")?;
+        }
+        if let Some(uri) = &self.object_uri {
+            write!(f, " {uri}")?;
+        }
+        for (k, v) in &self.counts {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Where audit lines are copied besides the file.
 enum BrokerCopy {
     Kafka(KafkaEventWriter),

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flow_archiver::config::{Config, Retention, RetentionOverride, Selector};
-use flow_archiver::ops;
 use flow_archiver::pipeline::Pipeline;
 use flow_archiver::policy::ManualClock;
+use flow_archiver::read;
 use support::ce;
 
 const T0: &str = "2026-05-01T00:00:00Z";
@@ -52,7 +52,9 @@ impl Harness {
         self.inputs += 1;
         let path = self.dir.path().join(format!("in-{}.jsonl", self.inputs));
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let totals = ops::ingest(&self.pipeline, path.to_str().unwrap(), &mut |_| {})
+        let totals = self
+            .pipeline
+            .ingest_input(path.to_str().unwrap(), &mut |_| {})
             .await
             .unwrap();
         assert_eq!(totals.dead_lettered, 0, "{totals:?}");
@@ -212,7 +214,7 @@ async fn a_changed_policy_recomputes_deadlines_at_start() {
             .unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, ce("t", "f", "1", 1, "completed", T0) + "\n").unwrap();
-        ops::ingest(&p, path.to_str().unwrap(), &mut |_| {})
+        p.ingest_input(path.to_str().unwrap(), &mut |_| {})
             .await
             .unwrap();
     }
@@ -267,7 +269,7 @@ async fn a_sweep_gives_back_the_journal_files_it_emptied() {
         "only the active file (and the one the moved events started) is left: {}",
         files()
     );
-    let pin = ops::get_flow(&h.pipeline.store, "t", "pin")
+    let pin = read::live_flow(h.pipeline.store(), "t", "pin")
         .await
         .unwrap()
         .expect("the running flow is live");

@@ -22,19 +22,46 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::archive::ArchiveStore;
 use crate::config::ApiConfig;
-use crate::index::{Index, ListQuery};
-use crate::state::StateStore;
+use crate::flow::FlowRef;
+use crate::index::{Index, ListParams};
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::read::Reader;
 
+/// What the API serves from.
 pub struct ApiState {
-    pub index: Arc<Index>,
-    pub objects: ArchiveStore,
-    /// The live store; `None` when another process holds it (`serve` beside `run`).
-    pub store: Option<Arc<dyn StateStore>>,
+    /// Live flows (when this process holds the state store), the index and the archive.
+    reader: Reader,
     /// The running archiver, which places and releases holds; `None` under `serve`.
-    pub pipeline: Option<Arc<crate::pipeline::Pipeline>>,
-    pub auth: ApiConfig,
+    pipeline: Option<Arc<Pipeline>>,
+    auth: ApiConfig,
+}
+
+impl ApiState {
+    /// The API of `serve`: reads only; live flows too when no archiver holds the store.
+    pub fn for_reader(reader: Reader) -> ApiState {
+        let auth = reader.config().api.clone();
+        ApiState {
+            reader,
+            pipeline: None,
+            auth,
+        }
+    }
+
+    /// The API of `run`: reads through the pipeline's own stores and places holds.
+    pub fn for_pipeline(pipeline: Arc<Pipeline>, index: Arc<Index>) -> ApiState {
+        let reader = Reader::new(
+            pipeline.config().clone(),
+            index,
+            pipeline.objects().clone(),
+            Some(pipeline.store().clone()),
+        );
+        ApiState {
+            auth: pipeline.config().api.clone(),
+            reader,
+            pipeline: Some(pipeline),
+        }
+    }
 }
 
 /// An error response: a status and a JSON body `{"error": …}`.
@@ -109,20 +136,17 @@ async fn get_flow(
     Path((tenant, flow_id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let scope = caller(&state, &headers)?;
-    for (what, id) in [("tenant", &tenant), ("flow id", &flow_id)] {
-        crate::flow::validate_identifier(what, id)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    }
+    flow_ids(&tenant, &flow_id)?;
     allow(&scope, &tenant)?;
-    if let Some(store) = &state.store {
-        if let Some(live) = crate::ops::get_flow(store, &tenant, &flow_id)
-            .await
-            .map_err(internal)?
-        {
-            return Ok(Json(live));
-        }
+    if let Some(live) = state
+        .reader
+        .live_flow(&tenant, &flow_id)
+        .await
+        .map_err(internal)?
+    {
+        return Ok(Json(live));
     }
-    match crate::ops::archived_flow(&state.index, &state.objects, &tenant, &flow_id).await {
+    match state.reader.archived_flow(&tenant, &flow_id).await {
         Ok(Some(flow)) => Ok(Json(flow)),
         Ok(None) => Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -150,7 +174,7 @@ fn require_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
-fn hold_pipeline(state: &ApiState) -> Result<&Arc<crate::pipeline::Pipeline>, ApiError> {
+fn hold_pipeline(state: &ApiState) -> Result<&Arc<Pipeline>, ApiError> {
     state.pipeline.as_ref().ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -161,12 +185,10 @@ fn hold_pipeline(state: &ApiState) -> Result<&Arc<crate::pipeline::Pipeline>, Ap
     })
 }
 
-fn flow_ids(tenant: &str, flow_id: &str) -> Result<(), ApiError> {
-    for (what, id) in [("tenant", tenant), ("flow id", flow_id)] {
-        crate::flow::validate_identifier(what, id)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    }
-    Ok(())
+/// Ids are validated before any lookup or scope check: 400 for an id that could
+/// never exist, whatever the token.
+fn flow_ids(tenant: &str, flow_id: &str) -> Result<FlowRef, ApiError> {
+    FlowRef::new(tenant, flow_id).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,9 +205,9 @@ fn api_actor(actor: Option<&str>) -> String {
     }
 }
 
-fn hold_error(e: crate::pipeline::PipelineError) -> ApiError {
+fn hold_error(e: PipelineError) -> ApiError {
     match e {
-        crate::pipeline::PipelineError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+        PipelineError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
         e => internal(e),
     }
 }
@@ -246,42 +268,17 @@ async fn list_holds(
     headers: HeaderMap,
 ) -> Result<Json<Vec<crate::state::Hold>>, ApiError> {
     require_admin(&state, &headers)?;
-    let store = hold_pipeline(&state)?.store.clone();
-    let holds = tokio::task::spawn_blocking(move || store.holds())
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    let holds = hold_pipeline(&state)?.holds().await.map_err(internal)?;
     Ok(Json(holds))
-}
-
-#[derive(Debug, Deserialize)]
-struct ListParams {
-    tenant: Option<String>,
-    status: Option<String>,
-    label: Option<String>,
-    archived_after: Option<String>,
-    archived_before: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
-fn micros(param: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
-    text.as_deref()
-        .map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map(|d| d.timestamp_micros())
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{param}: {e}")))
-        })
-        .transpose()
 }
 
 async fn list_flows(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Query(p): Query<ListParams>,
+    Query(mut p): Query<ListParams>,
 ) -> Result<Json<crate::index::ListPage>, ApiError> {
     let scope = caller(&state, &headers)?;
-    let tenant = match (&scope, p.tenant) {
+    let tenant = match (&scope, p.tenant.take()) {
         (Some(own), Some(asked)) if *own != asked => {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
@@ -291,24 +288,10 @@ async fn list_flows(
         (Some(own), _) => Some(own.clone()),
         (None, asked) => asked,
     };
-    let label = match p.label.as_deref() {
-        None => None,
-        Some(l) => Some(
-            l.split_once(':')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "label is key:value".into()))?,
-        ),
-    };
-    let query = ListQuery {
-        tenant,
-        status: p.status,
-        label,
-        archived_after: micros("archived_after", &p.archived_after)?,
-        archived_before: micros("archived_before", &p.archived_before)?,
-        limit: p.limit.unwrap_or(100),
-        cursor: p.cursor,
-    };
-    let index = state.index.clone();
+    let query = ListParams { tenant, ..p }
+        .parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let index = state.reader.index().clone();
     let page = tokio::task::spawn_blocking(move || index.list(&query))
         .await
         .map_err(internal)?
@@ -324,7 +307,7 @@ async fn stats(
     headers: HeaderMap,
 ) -> Result<Json<crate::index::Stats>, ApiError> {
     let scope = caller(&state, &headers)?;
-    let index = state.index.clone();
+    let index = state.reader.index().clone();
     let stats = tokio::task::spawn_blocking(move || index.stats(scope.as_deref()))
         .await
         .map_err(internal)?
@@ -344,18 +327,18 @@ async fn metrics() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<serde_json::Value>) {
-    let index = state.index.clone();
+    let index = state.reader.index().clone();
     let index_ok = tokio::task::spawn_blocking(move || index.stats(Some("")).is_ok())
         .await
         .unwrap_or(false);
     let body = json!({
         "index": index_ok,
-        "state_store": if state.store.is_some() { "open" } else { "held by another process: live flows are not served" },
+        "state_store": if state.reader.sees_live_flows() { "open" } else { "held by another process: live flows are not served" },
     });
     // Ready = the index and the state store are open (sources are connected before
     // `run` starts serving). `serve` beside a running archiver answers archived flows
     // but is not ready: it cannot see live ones.
-    let code = if index_ok && state.store.is_some() {
+    let code = if index_ok && state.reader.sees_live_flows() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

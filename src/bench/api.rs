@@ -17,8 +17,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{io_err, machine, write_workload};
+use crate::bench::measure::{peak_rss_bytes, percentile};
 use crate::config::{Config, Retention};
-use crate::ops::{peak_rss_bytes, percentile};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::policy::ManualClock;
 use crate::workload::WorkloadSpec;
@@ -83,10 +83,12 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
     let r = &mut config.retention;
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
     let pipeline = Pipeline::open(config.clone(), Arc::new(ManualClock::new(now_ms))).await?;
-    crate::ops::ingest(&pipeline, &input.display().to_string(), &mut |_| {}).await?;
+    pipeline
+        .ingest_input(&input.display().to_string(), &mut |_| {})
+        .await?;
     // Halfway through the deadlines: about half of the flows are archived.
     let sweep = pipeline.sweep(now_ms + 25 * 60_000, &mut |_| {}).await?;
-    let store = pipeline.store.clone();
+    let store = pipeline.store().clone();
     let live = tokio::task::spawn_blocking(move || store.due_flows(i64::MAX, 1000)).await??;
 
     let index = Arc::new(crate::index::Index::open(&config.index.path).map_err(other)?);
@@ -99,7 +101,7 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
     .await
     .map_err(other)?;
     let rebuilt =
-        crate::index::builder::from_archive(index.clone(), &pipeline.objects, &mut |_, _| {})
+        crate::index::builder::from_archive(index.clone(), pipeline.objects(), &mut |_, _| {})
             .await
             .map_err(other)?;
     let ix = index.clone();
@@ -110,13 +112,12 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
     archived.shuffle(&mut rng);
     archived.truncate(1000);
 
-    let state = Arc::new(crate::api::ApiState {
-        index: index.clone(),
-        objects: pipeline.objects.clone(),
-        store: Some(pipeline.store.clone()),
-        pipeline: None,
-        auth: Default::default(),
-    });
+    let state = Arc::new(crate::api::ApiState::for_reader(crate::read::Reader::new(
+        config.clone(),
+        index.clone(),
+        pipeline.objects().clone(),
+        Some(pipeline.store().clone()),
+    )));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("listen", e))?;
     let addr = listener.local_addr().map_err(|e| io_err("listen", e))?;
     drop(listener);

@@ -21,8 +21,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{io_err, machine, write_workload, MB};
+use crate::bench::measure::{peak_rss_bytes, percentile};
 use crate::config::{Config, DataEncoding, Destination, KafkaConfig, Retention};
-use crate::ops::{peak_rss_bytes, percentile};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::policy::SystemClock;
 use crate::publish::PublishError;

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod kafka;
+pub mod measure;
 pub mod nats;
 
 use std::fmt;
@@ -18,8 +19,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::bench::measure::{peak_rss_bytes, percentile};
 use crate::config::{Config, Retention};
-use crate::ops::{peak_rss_bytes, percentile};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::policy::ManualClock;
 use crate::workload::{generate, WorkloadSpec};
@@ -135,18 +136,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     let mut batch_ms = Vec::new();
     let mut last = Instant::now();
     let started = Instant::now();
-    let cpu_before_ingest = crate::ops::cpu_seconds();
-    let totals = crate::ops::ingest(&pipeline, &input.display().to_string(), &mut |_| {
-        batch_ms.push(last.elapsed().as_secs_f64() * 1000.0);
-        last = Instant::now();
-    })
-    .await?;
+    let cpu_before_ingest = crate::bench::measure::cpu_seconds();
+    let totals = pipeline
+        .ingest_input(&input.display().to_string(), &mut |_| {
+            batch_ms.push(last.elapsed().as_secs_f64() * 1000.0);
+            last = Instant::now();
+        })
+        .await?;
     let ingest_seconds = started.elapsed().as_secs_f64();
-    let ingest_cpu = crate::ops::cpu_seconds() - cpu_before_ingest;
-    let store = pipeline.store.clone();
-    let stats = tokio::task::spawn_blocking(move || store.stats()).await??;
+    let ingest_cpu = crate::bench::measure::cpu_seconds() - cpu_before_ingest;
+    let stats = pipeline.stats().await?;
 
-    let cpu_before_archive = crate::ops::cpu_seconds();
+    let cpu_before_archive = crate::bench::measure::cpu_seconds();
     let (mut segment_ms, sweep) = if args.ingest_only {
         (Vec::new(), None)
     } else {
@@ -155,7 +156,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
         let ms: Vec<f64> = sweep.segment_seconds.iter().map(|s| s * 1000.0).collect();
         (ms, Some(sweep))
     };
-    let archive_cpu = crate::ops::cpu_seconds() - cpu_before_archive;
+    let archive_cpu = crate::bench::measure::cpu_seconds() - cpu_before_archive;
     let reference = if args.ingest_only {
         None
     } else {
@@ -163,7 +164,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     };
     let part_frames = match &sweep {
         Some(s) if s.flow_parts > 0 => {
-            part_frames_mb_per_sec(&pipeline.objects, pipeline.config.archive.zstd_level).await?
+            part_frames_mb_per_sec(pipeline.objects(), pipeline.config().archive.zstd_level).await?
         }
         _ => None,
     };

@@ -26,8 +26,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{io_err, machine, write_workload, MB};
+use crate::bench::measure::{peak_rss_bytes, percentile};
 use crate::config::{Config, Destination, NatsConfig, Retention};
-use crate::ops::{peak_rss_bytes, percentile};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::policy::SystemClock;
 use crate::publish::PublishError;
@@ -117,8 +117,8 @@ struct CpuMark {
 impl CpuMark {
     fn now() -> CpuMark {
         CpuMark {
-            own: crate::ops::cpu_seconds(),
-            machine: crate::ops::machine_busy_seconds(),
+            own: crate::bench::measure::cpu_seconds(),
+            machine: crate::bench::measure::machine_busy_seconds(),
         }
     }
 

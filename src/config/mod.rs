@@ -101,6 +101,15 @@ impl Config {
         Self::from_sources(file_text.as_deref(), env)
     }
 
+    /// [`Config::load`] with the process environment (variables that are not UTF-8
+    /// are not ours, and are skipped rather than fatal).
+    pub fn load_from_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Config::load(path, &env)
+    }
+
     /// Builds the configuration from TOML text and environment pairs.
     pub fn from_sources(
         toml_text: Option<&str>,

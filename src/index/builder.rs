@@ -38,6 +38,29 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
+impl BuildReport {
+    /// The CLI's summary line; `from` says what was read ("segment manifests").
+    pub fn summary<'a>(&'a self, from: &'a str) -> impl std::fmt::Display + 'a {
+        struct Summary<'a>(&'a BuildReport, &'a str);
+        impl std::fmt::Display for Summary<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let r = self.0;
+                writeln!(
+                    f,
+                    "indexed {} flow parts from {} ({} records read, {} skipped) in {:.2}s ({:.0} records/s)",
+                    r.applied,
+                    self.1,
+                    r.records,
+                    r.skipped,
+                    r.seconds,
+                    r.records as f64 / r.seconds.max(1e-9)
+                )
+            }
+        }
+        Summary(self, from)
+    }
+}
+
 const BATCH: usize = 1000;
 
 /// The index record in one published line; `None` for lines that are not ours

@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::publish::{EventData, FlowArchived, ARCHIVED_TYPE, HOLD_TYPE, PURGED_TYPE};
+use crate::units::human_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -115,10 +116,95 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// The filters of a listing as the CLI and the API take them: text, parsed by
+/// [`ListParams::parse`] in one place.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListParams {
+    pub tenant: Option<String>,
+    pub status: Option<String>,
+    /// `key:value`.
+    pub label: Option<String>,
+    /// RFC 3339, inclusive.
+    pub archived_after: Option<String>,
+    /// RFC 3339, exclusive.
+    pub archived_before: Option<String>,
+    /// Default 100.
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// A listing parameter that cannot be parsed: which one, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param} {problem}")]
+pub struct InvalidParam {
+    /// As the API names it (`archived_after`); the CLI flag is `--archived-after`.
+    pub param: &'static str,
+    pub problem: String,
+}
+
+impl ListParams {
+    pub fn parse(self) -> Result<ListQuery, InvalidParam> {
+        let time = |param: &'static str, text: Option<String>| {
+            text.map(|t| {
+                crate::time::parse_rfc3339_us(&t).map_err(|e| InvalidParam {
+                    param,
+                    problem: format!("{t:?} is not RFC 3339: {e}"),
+                })
+            })
+            .transpose()
+        };
+        let label = match self.label {
+            None => None,
+            Some(l) => Some(
+                l.split_once(':')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| InvalidParam {
+                        param: "label",
+                        problem: "takes key:value".into(),
+                    })?,
+            ),
+        };
+        Ok(ListQuery {
+            tenant: self.tenant,
+            status: self.status,
+            label,
+            archived_after: time("archived_after", self.archived_after)?,
+            archived_before: time("archived_before", self.archived_before)?,
+            limit: self.limit.unwrap_or(100),
+            cursor: self.cursor,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ListPage {
     pub items: Vec<IndexedPart>,
     pub next_cursor: Option<String>,
+}
+
+/// One line per part, then how to ask for the next page.
+impl std::fmt::Display for ListPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.items {
+            writeln!(
+                f,
+                "{}/{} part {}  {}  archived {}  purge {}  {} events  {} -> {}",
+                p.tenant,
+                p.flow_id,
+                p.part,
+                p.status,
+                p.archived_at,
+                p.purge_at,
+                p.event_count,
+                human_bytes(p.raw_bytes),
+                human_bytes(p.stored_bytes)
+            )?;
+        }
+        if let Some(c) = &self.next_cursor {
+            writeln!(f, "more: --cursor {c}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -142,6 +228,34 @@ pub struct Stats {
     /// stored / raw.
     pub compression_ratio: f64,
     pub by_tenant_status_day: Vec<StatsRow>,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} flow parts, {} events, {} raw -> {} stored (ratio {:.3})",
+            self.flow_parts,
+            self.events,
+            human_bytes(self.raw_bytes),
+            human_bytes(self.stored_bytes),
+            self.compression_ratio
+        )?;
+        for r in &self.by_tenant_status_day {
+            writeln!(
+                f,
+                "  {} {} {}: {} parts, {} events, {} -> {}",
+                r.day,
+                r.tenant,
+                r.status,
+                r.flow_parts,
+                r.events,
+                human_bytes(r.raw_bytes),
+                human_bytes(r.stored_bytes)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 pub struct Index {

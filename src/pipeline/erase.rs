@@ -65,6 +65,46 @@ pub struct EraseReport {
     pub objects: Vec<ErasedObject>,
 }
 
+impl std::fmt::Display for EraseReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (erase, rewrite, delete) = if self.dry_run {
+            ("would erase", "would rewrite", "would delete")
+        } else {
+            ("erased", "rewrote", "deleted")
+        };
+        if self.recovered > 0 {
+            writeln!(f, "finished {} interrupted erasures", self.recovered)?;
+        }
+        if !self.live && self.objects.is_empty() {
+            return writeln!(
+                f,
+                "found nothing of {}/{} (live or archived): nothing to erase",
+                self.tenant, self.flow_id
+            );
+        }
+        writeln!(
+            f,
+            "{erase} {}/{}: {} live events, {} archived parts",
+            self.tenant, self.flow_id, self.live_events, self.parts_erased
+        )?;
+        writeln!(
+            f,
+            "  {rewrite} {} objects ({} other parts moved), {delete} {} objects, scanned {}",
+            self.objects_rewritten,
+            self.parts_relocated,
+            self.objects_deleted,
+            self.objects_scanned
+        )?;
+        for o in &self.objects {
+            match &o.rewritten_uri {
+                Some(new) => writeln!(f, "  {} -> {}", o.object_uri, new)?,
+                None => writeln!(f, "  {} (deleted)", o.object_uri)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Pipeline {
     /// Erases one flow (see the module doc). A held flow is refused.
     pub async fn erase(

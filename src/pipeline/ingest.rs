@@ -37,6 +37,36 @@ pub struct IngestTotals {
     pub dead_letter_reasons: BTreeMap<String, u64>,
 }
 
+impl IngestTotals {
+    /// The CLI's summary: counts, where dead letters went, and their reasons.
+    pub fn summary<'a>(&'a self, dead_letters: &'a std::path::Path) -> impl std::fmt::Display + 'a {
+        struct Summary<'a>(&'a IngestTotals, &'a std::path::Path);
+        impl std::fmt::Display for Summary<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let t = self.0;
+                write!(
+                    f,
+                    "ingested {} records ({}): {} stored, {} duplicates, {} dead-lettered",
+                    t.records,
+                    crate::units::human_bytes(t.bytes),
+                    t.stored,
+                    t.duplicates,
+                    t.dead_lettered,
+                )?;
+                if t.dead_lettered > 0 {
+                    write!(f, " -> {}", self.1.display())?;
+                }
+                writeln!(f)?;
+                for (reason, n) in &t.dead_letter_reasons {
+                    writeln!(f, "  {reason}: {n}")?;
+                }
+                Ok(())
+            }
+        }
+        Summary(self, dead_letters)
+    }
+}
+
 /// A batch's durable write in flight; it hands the batch's events back.
 type PendingWrite = tokio::task::JoinHandle<(Result<IngestOutcome, StateError>, Vec<FlowEvent>)>;
 

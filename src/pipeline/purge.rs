@@ -22,6 +22,7 @@ use crate::failpoint;
 use crate::publish::{FlowPurged, PublishedEvent};
 use crate::state::PurgeIntent;
 use crate::time::rfc3339_ms;
+use crate::units::human_bytes;
 
 /// Counts for one tenant.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -57,6 +58,55 @@ pub struct PurgeReport {
     pub not_yet_due: u64,
     pub by_tenant: BTreeMap<String, TenantPurge>,
     pub purged: Vec<PurgedObject>,
+}
+
+impl std::fmt::Display for PurgeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run {
+            "would purge"
+        } else {
+            "purged"
+        };
+        writeln!(
+            f,
+            "{verb} {} objects, {} flow parts, {} (at {})",
+            self.objects,
+            self.flow_parts,
+            human_bytes(self.bytes),
+            self.now
+        )?;
+        for (tenant, t) in &self.by_tenant {
+            writeln!(
+                f,
+                "  {tenant}: {} objects, {} flow parts, {}",
+                t.objects,
+                t.flow_parts,
+                human_bytes(t.bytes)
+            )?;
+        }
+        if self.dry_run {
+            for o in &self.purged {
+                writeln!(
+                    f,
+                    "  {} ({}): {}",
+                    o.object_uri,
+                    human_bytes(o.bytes),
+                    o.flow_parts.join(" ")
+                )?;
+            }
+        }
+        if self.held_objects > 0 {
+            writeln!(
+                f,
+                "kept {} objects holding flows under legal hold",
+                self.held_objects
+            )?;
+        }
+        if self.recovered > 0 {
+            writeln!(f, "finished {} interrupted purges", self.recovered)?;
+        }
+        Ok(())
+    }
 }
 
 impl Pipeline {

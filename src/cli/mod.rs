@@ -1,0 +1,233 @@
+//! The command line: what each command takes ([`Cli`]), what it does
+//! ([`dispatch`]), and how its results print ([`output`]). The work itself is in the
+//! library; this only parses, calls and prints.
+
+pub mod dispatch;
+pub mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "flow-archiver",
+    version,
+    about = "Archives finished workflow histories into checksummed, compressed segments and publishes flow.archived events."
+)]
+pub struct Cli {
+    /// Configuration file (default: ./flow-archiver.toml when present).
+    #[arg(long, global = true, env = "FLOW_ARCHIVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service: ingest from a source and archive due flows until Ctrl-C.
+    Run {
+        /// `nats`, `kafka` (topics from the config), `kafka:TOPIC[,TOPIC]`, `file:PATH`
+        /// (followed like tail -f) or `stdin`; none archives only.
+        #[arg(long, env = "FLOW_ARCHIVER_SOURCE")]
+        source: Option<String>,
+        /// Stop (draining in-flight work, committing) once no input has arrived for this
+        /// long, e.g. `30s`: for cron-style operation (then `sweep` and `purge`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        until_idle: Option<std::time::Duration>,
+    },
+    /// Ingest a file (or `-` for stdin) to its end, then exit.
+    Ingest {
+        input: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive every due flow once, then exit (cron-friendly).
+    Sweep {
+        /// Report what would be archived; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evaluate retention at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete archive objects whose every flow part is past its purge date (none under
+    /// legal hold), then publish flow.purged for their parts.
+    Purge {
+        /// Report exactly what would be purged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evaluate purge dates at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        /// Who runs it, for the audit trail (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Place a legal hold on a flow: none of its parts is purged or erased until released.
+    Hold {
+        /// TENANT/FLOW_ID
+        flow: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Release a flow's legal hold.
+    Release {
+        /// TENANT/FLOW_ID
+        flow: String,
+        #[arg(long, default_value = "released")]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Erase a flow (right to be forgotten): delete its live state and rewrite every
+    /// archive object holding it without it. Refused for a flow on legal hold.
+    Erase {
+        /// TENANT/FLOW_ID
+        flow: String,
+        /// Why (the request or ticket), for the audit trail.
+        #[arg(long)]
+        reason: String,
+        /// Report exactly what would be erased and moved; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List legal holds.
+    Holds {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the audit trail (archive, purge, hold, release, erase, replay).
+    Audit {
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive one live flow now, ignoring its timer.
+    Archive {
+        /// TENANT/FLOW_ID
+        flow: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a live flow as JSON.
+    Get {
+        /// TENANT/FLOW_ID
+        flow: String,
+    },
+    /// Re-publish an archived flow's events, in order, with their original attributes.
+    Replay {
+        /// TENANT/FLOW_ID
+        flow: String,
+        /// `kafka:TOPIC`, `nats:SUBJECT` or `stdout`.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read archive objects and check every checksum.
+    Verify {
+        /// An object URI or key, or a key prefix; default: the whole archive.
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a realistic workload and run it through the pipeline into ./data.
+    Demo {
+        #[arg(long, default_value_t = 5000)]
+        flows: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure ingest and archive throughput, latency and memory.
+    Bench(flow_archiver::bench::BenchArgs),
+    /// List archived flow parts from the index.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// key:value
+        #[arg(long)]
+        label: Option<String>,
+        /// RFC 3339
+        #[arg(long)]
+        archived_after: Option<String>,
+        /// RFC 3339
+        #[arg(long)]
+        archived_before: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts and bytes of the archive by tenant, status and day.
+    Stats {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the archive index up to date from the flow.archived records.
+    Index {
+        #[command(subcommand)]
+        command: Option<IndexCommand>,
+        /// Start over from the first record.
+        #[arg(long)]
+        from_beginning: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the HTTP API alone (beside a running archiver, or on its own).
+    Serve {
+        /// Default: api.listen, else 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Rebuild the index from scratch.
+    Rebuild {
+        /// From the segment manifests alone (when the records are gone).
+        #[arg(long)]
+        from_archive: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective values.
+    Check,
+}
