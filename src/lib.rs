@@ -1,10 +1,23 @@
 //! flow-archiver: keeps workflow event stores bounded without losing a flow's history.
 //!
-//! The pipeline (DESIGN.md §2), one module per stage, data flowing one way:
-//! [`source`] → [`event`] (decode, validate) → [`state`] ← [`pipeline`] scheduler →
-//! [`archive`] (segments, upload, verify) → [`publish`] (`flow.archived`) → state
-//! deletion. [`config`] and [`policy`] are read by every stage; [`ops`] holds the
-//! operations the CLI offers, so tests call exactly what users run.
+//! The modules follow the pipeline (`docs/design.md`, "Layers"); data flows one way
+//! and no module imports one above it:
+//!
+//! - ground floor, importing nothing above: [`flow`] (domain types), [`time`],
+//!   [`units`], [`failpoint`], [`settings`], and the configuration, [`config`] with
+//!   its connector sections in [`kafka`] and [`nats`];
+//! - the stages: [`source`] → [`event`] (decode, validate) → [`state`] (durable
+//!   store) ← [`policy`]; [`archive`] (segments, upload, verify) → [`publish`]
+//!   (`flow.archived`, dead letters) and [`audit`];
+//! - [`pipeline`] wires the stages: ingest, scheduler, the archive commit protocol,
+//!   purge, erasure, holds;
+//! - the read side: [`index`] (built from published records), [`read`] (a flow live
+//!   or archived, verify), [`replay`], and the HTTP [`api`];
+//! - on top: [`service`] (what `run` starts), [`demo`], [`bench`](mod@bench); the binary's
+//!   `cli` only parses, calls these and prints.
+//!
+//! [`telemetry`] (metrics) and [`traces`] (logs and OpenTelemetry) are used by every
+//! layer and use none.
 
 pub mod api;
 pub mod archive;

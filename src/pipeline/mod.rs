@@ -4,8 +4,8 @@
 //! [`Pipeline`] owns the components built from a validated [`Config`] — state store,
 //! retention policy, object store, publisher, dead-letter sink, audit log — and offers
 //! what the CLI, the API and the service do with them:
-//! - [`run`](run): the long-running service, one task per stage;
-//! - [`sweep`](sweep): archive every due flow once, its dry run, and `archive` of one flow;
+//! - [`run`]: the long-running service, one task per stage;
+//! - [`sweep`]: archive every due flow once, its dry run, and `archive` of one flow;
 //! - [`purge`] and [`erase`]: remove archived flows when their time is up, or on request;
 //! - [`holds`]: legal holds;
 //! - [`archiver`]: the archive commit protocol for one sealed intent;

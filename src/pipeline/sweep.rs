@@ -1,5 +1,5 @@
 //! Archiving due flows on demand: `sweep` (every due flow once, then exit), its dry run,
-//! and `archive` of one flow now. `run` seals through the same [`Sealing`], so a
+//! and `archive` of one flow now. `run` seals through the same `Sealing`, so a
 //! flow is sealed the same way however its archival starts.
 
 use serde::Serialize;

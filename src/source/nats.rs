@@ -8,7 +8,7 @@
 //!   CPU per event. One such ack also covers pending messages this process never
 //!   received (a crashed predecessor's, or deliveries lost with a connection), so acks
 //!   are held back until the server's pending set is known to be all ours (see
-//!   [`super::cumulative_acks`]);
+//!   `source/cumulative_acks.rs`);
 //! - an existing consumer with `AckPolicy::Explicit` is acked message by message, as
 //!   before; one with `AckPolicy::None` forgets a message once delivered, which would
 //!   lose events after a crash, so binding to it is refused;

@@ -18,9 +18,6 @@
 //!   are streamed out through [`StateStore::for_each_event`].
 
 mod embedded;
-mod inline;
-mod journal;
-mod keys;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -31,17 +28,20 @@ use crate::config::Compression;
 use crate::flow::{FlowEvent, FlowStatus, Labels};
 use crate::policy::RetentionPolicy;
 
+/// A backend's own error (redb's, a database driver's), kept whole for its message.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What can go wrong in any state backend. Variants name what the operator must look
+/// at; a backend's own error travels inside [`StateError::Open`] or
+/// [`StateError::Storage`].
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store at {path}: {source}")]
-    Open {
-        path: String,
-        source: Box<redb::Error>,
-    },
+    Open { path: String, source: BackendError },
     #[error("state store at {path} is in use by another process (one flow-archiver per state.path: stop the other one, or give this one its own state.path)")]
     Locked { path: String },
     #[error("state store: {0}")]
-    Storage(#[from] Box<redb::Error>),
+    Storage(BackendError),
     #[error("state store record {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
     #[error("while streaming events of {tenant}/{flow_id} part {part}: {source}")]
@@ -51,8 +51,9 @@ pub enum StateError {
         part: u32,
         source: std::io::Error,
     },
-    #[error("state store journal file {path}: {source}")]
-    Journal {
+    /// A file the store keeps beside its database (the embedded store's event journal).
+    #[error("state store file {path}: {source}")]
+    File {
         path: String,
         source: std::io::Error,
     },
@@ -142,7 +143,8 @@ pub enum IntentStage {
     Verified(VerifiedObject),
 }
 
-/// The durable record of one archival in progress (DESIGN.md §3.6 step 2).
+/// The durable record of one archival in progress (`docs/design.md`, "Commit
+/// protocol").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArchiveIntent {
     /// Unique, sortable by creation: also the segment id.
@@ -265,7 +267,8 @@ pub trait EventReader: Send {
     ) -> Result<(), StateError>;
 }
 
-/// The state store seam (DESIGN.md §2). Each method's contract is in the module doc;
+/// The state store seam (`docs/design.md`, "Pipeline"). Each method's contract is in
+/// the module doc;
 /// a method that returns an error has changed nothing.
 pub trait StateStore: Send + Sync + 'static {
     /// Stores a batch of events and, atomically with it, the source's checkpoint.

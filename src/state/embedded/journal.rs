@@ -133,7 +133,7 @@ impl FileRow {
 pub(super) const COMPACTION_BUDGET: u64 = 8 << 20;
 
 fn io(path: &Path, e: std::io::Error) -> StateError {
-    StateError::Journal {
+    StateError::File {
         path: path.display().to_string(),
         source: e,
     }

@@ -1,4 +1,4 @@
-//! The key layout shared by the state backends (documented in `embedded`): flow keys
+//! The key layout of the embedded store (documented in [`super`]): flow keys
 //! are prefix-free, integers big-endian, so byte order is the order the pipeline needs.
 
 use serde::Serialize;

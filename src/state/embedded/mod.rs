@@ -1,0 +1,340 @@
+//! The embedded state store: redb (ACID transactions, copy-on-write B-trees, fsync on
+//! commit with `Durability::Immediate`, a bounded page cache) for everything but the
+//! event bytes, which go to the append-only [journal](self::journal).
+//!
+//! Key layout (all integers big-endian so byte order is numeric order):
+//! - `flow key` = `u16 len | tenant | u16 len | flow_id` (prefix-free)
+//! - `flows`, one table for everything about a flow, so that one flow's records
+//!   share B-tree pages and an ingest batch dirties one region per flow, not three:
+//!   - flow key | `0x00` → meta record: postcard [`FlowMeta`] of the open part, then
+//!     its inline index (the pointers of its first events and the flow's first dedupe
+//!     digests; see [`inline`](self::inline))
+//!   - flow key | `0x01` | u16 len | key a | u16 len | key b → `[]` (a dedupe key that
+//!     did not fit inline); flow key | `0x01 0xFF` → the digests of archived parts
+//!   - flow key | `0x02` | u32 part | order | u64 arrival → event pointer
+//!     (`0xFF` | u32 file | u64 offset | u32 length | u32 CRC-32) of an event that did
+//!     not fit inline, where `order` is the encoded [`Sequence`] or `0x02` when the
+//!     event has none. Stores written before the journal hold the event bytes here
+//!     instead; both are read. flow key | `0x02` | u32 part | `0xFF` → the inline
+//!     events of a sealed part.
+//! - `deadlines`: u64 (deadline ms, sign bit flipped) | flow key → ()
+//! - `archived`:  flow key → u32 next part (tombstone of an archived flow)
+//! - `sealed`:    flow key → u32 highest part sealed into an intent not yet completed
+//!   (see "Sealing" below)
+//! - `intents`:   intent id → postcard [`ArchiveIntent`] (written once, at seal)
+//! - `verified`:  intent id → postcard [`VerifiedObject`]
+//! - `checkpoints`: source name → opaque position
+//! - `settings`:  name → bytes (policy fingerprint, live flow and event counters)
+//! - `journal`:   u32 file id → u64 live events | u64 live bytes | u64 committed end
+//!
+//! Sealing leaves a part's meta record where it is and writes only its `sealed` marker,
+//! its deadline's removal and the intent. Why: the flows due together are scattered
+//! over the `flows` table, so each one's update rewrites a leaf page of its own; moving
+//! the record at seal and deleting it at complete rewrote every such page twice, and
+//! the seal held the one writer for most of an archive pass. Now the page is rewritten
+//! once, at complete. A meta record whose part is at or below its flow's `sealed`
+//! marker is not live: `live_flow` does not return it and a policy change does not give
+//! it a deadline. An event for such a flow first moves the record out of the way (its
+//! run to the part's run key, its digests to the digests key, the tombstone written) as
+//! a seal used to, then opens the next part.
+
+mod archival;
+mod compaction;
+mod ingest;
+mod inline;
+mod journal;
+mod keys;
+mod reader;
+mod records;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use self::archival::keep_digests_and_tombstone;
+use self::compaction::{is_run_key, part_entry_pointers, release, Released};
+use self::inline::{digest, Digests, MetaRecord, Run};
+use self::journal::{EventPointer, FileRow, Journal, JournalReader, COMPACTION_BUDGET};
+use self::keys::*;
+use super::{
+    ArchiveIntent, Compaction, EraseIntent, ErasedLive, EventReader, FlowMeta, Hold, IngestOutcome,
+    IntentStage, PurgeIntent, StateError, StateStore, StoreStats, VerifiedObject,
+};
+use crate::config::StateConfig;
+use crate::flow::FlowEvent;
+use crate::policy::RetentionPolicy;
+
+type Bytes<'a> = &'a [u8];
+const FLOWS: TableDefinition<Bytes, Bytes> = TableDefinition::new("flows");
+const DEADLINES: TableDefinition<Bytes, ()> = TableDefinition::new("deadlines");
+
+const LIVE_FLOWS: &str = "live_flows";
+const STORED_EVENTS: &str = "stored_events";
+const ARCHIVED: TableDefinition<Bytes, u32> = TableDefinition::new("archived");
+const SEALED: TableDefinition<Bytes, u32> = TableDefinition::new("sealed");
+const INTENTS: TableDefinition<&str, Bytes> = TableDefinition::new("intents");
+const VERIFIED: TableDefinition<&str, Bytes> = TableDefinition::new("verified");
+const CHECKPOINTS: TableDefinition<&str, Bytes> = TableDefinition::new("checkpoints");
+const SETTINGS: TableDefinition<&str, Bytes> = TableDefinition::new("settings");
+const HOLDS: TableDefinition<Bytes, Bytes> = TableDefinition::new("holds");
+const PURGES: TableDefinition<&str, Bytes> = TableDefinition::new("purges");
+const ERASURES: TableDefinition<&str, Bytes> = TableDefinition::new("erasures");
+const JOURNAL: TableDefinition<u32, Bytes> = TableDefinition::new("journal");
+
+const POLICY_FINGERPRINT: &str = "policy_fingerprint";
+
+fn storage<E: Into<redb::Error>>(e: E) -> StateError {
+    StateError::Storage(Box::new(e.into()))
+}
+
+fn add_counter(
+    settings: &mut redb::Table<&str, Bytes>,
+    name: &str,
+    delta: i64,
+) -> Result<(), StateError> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let current = read_counter(settings, name)?;
+    let next = (current as i64).saturating_add(delta).max(0) as u64;
+    settings
+        .insert(name, next.to_be_bytes().as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
+
+fn read_counter(
+    settings: &impl ReadableTable<&'static str, Bytes<'static>>,
+    name: &str,
+) -> Result<u64, StateError> {
+    Ok(settings
+        .get(name)
+        .map_err(storage)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// The default [`StateStore`]: redb in `{dir}/state.redb`, event bytes in
+/// `{dir}/journal/`.
+pub struct EmbeddedStore {
+    db: Database,
+    journal: Journal,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`. Fails if another process has it
+    /// open: one writer per store file.
+    pub fn open(config: &StateConfig) -> Result<EmbeddedStore, StateError> {
+        let (dir, cache_bytes) = (config.path.as_path(), config.cache_bytes);
+        let path = dir.join("state.redb");
+        let open_err = |e: redb::Error| StateError::Open {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        };
+        crate::durable::create_dir_all_synced(dir).map_err(|e| open_err(redb::Error::Io(e)))?;
+        let db = match Database::builder()
+            .set_cache_size(cache_bytes as usize)
+            .create(&path)
+        {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StateError::Locked {
+                    path: path.display().to_string(),
+                })
+            }
+            Err(e) => return Err(open_err(e.into())),
+        };
+        // Create every table once so read transactions never meet a missing table.
+        let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
+        {
+            txn.open_table(FLOWS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(DEADLINES).map_err(|e| open_err(e.into()))?;
+            txn.open_table(ARCHIVED).map_err(|e| open_err(e.into()))?;
+            txn.open_table(SEALED).map_err(|e| open_err(e.into()))?;
+            txn.open_table(INTENTS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(VERIFIED).map_err(|e| open_err(e.into()))?;
+            txn.open_table(CHECKPOINTS)
+                .map_err(|e| open_err(e.into()))?;
+            txn.open_table(SETTINGS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(HOLDS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(PURGES).map_err(|e| open_err(e.into()))?;
+            txn.open_table(ERASURES).map_err(|e| open_err(e.into()))?;
+            txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.into()))?;
+        // A new state file must keep its name before anything it holds is acknowledged.
+        crate::durable::sync_dir_of(&path).map_err(|e| open_err(redb::Error::Io(e)))?;
+        let rows = {
+            let txn = db.begin_read().map_err(|e| open_err(e.into()))?;
+            let table = txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;
+            let mut rows = Vec::new();
+            for entry in table.iter().map_err(|e| open_err(e.into()))? {
+                let (k, v) = entry.map_err(|e| open_err(e.into()))?;
+                rows.push((k.value(), FileRow::decode(v.value())?));
+            }
+            rows
+        };
+        let journal = Journal::open(&dir.join("journal"), &rows, config.journal_file_bytes)?;
+        Ok(EmbeddedStore { db, journal })
+    }
+
+    /// A write transaction that fsyncs on commit.
+    pub(super) fn write(&self) -> Result<redb::WriteTransaction, StateError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        Ok(txn)
+    }
+}
+
+/// The open part of the flow at `fkey`: its meta record, unless that part is sealed.
+fn live_meta(
+    flows: &impl ReadableTable<Bytes<'static>, Bytes<'static>>,
+    markers: &impl ReadableTable<Bytes<'static>, u32>,
+    fkey: &[u8],
+) -> Result<Option<FlowMeta>, StateError> {
+    let Some(meta) = flows
+        .get(meta_key(fkey).as_slice())
+        .map_err(storage)?
+        .map(|v| decode_meta(v.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let sealed = sealed_part(markers, fkey)?.is_some_and(|s| s >= meta.part);
+    Ok((!sealed).then_some(meta))
+}
+
+/// The highest part of the flow at `fkey` sealed into an intent not yet completed.
+fn sealed_part(
+    markers: &impl ReadableTable<Bytes<'static>, u32>,
+    fkey: &[u8],
+) -> Result<Option<u32>, StateError> {
+    Ok(markers.get(fkey).map_err(storage)?.map(|v| v.value()))
+}
+
+/// The trait's methods, each implemented in the file named beside it.
+impl StateStore for EmbeddedStore {
+    // ingest.rs
+    fn ingest(
+        &self,
+        events: &[FlowEvent],
+        policy: &RetentionPolicy,
+        now_ms: i64,
+        checkpoint: Option<(&str, &[u8])>,
+    ) -> Result<IngestOutcome, StateError> {
+        self.store_batch(events, policy, now_ms, checkpoint)
+    }
+
+    fn apply_policy(&self, policy: &RetentionPolicy) -> Result<u64, StateError> {
+        self.recompute_deadlines(policy)
+    }
+
+    // archival.rs
+    fn due_flows(&self, now_ms: i64, limit: usize) -> Result<Vec<FlowMeta>, StateError> {
+        self.find_due(now_ms, limit)
+    }
+
+    fn seal(&self, intent: ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
+        self.seal_parts(intent)
+    }
+
+    fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError> {
+        self.pending_intents()
+    }
+
+    fn record_upload(&self, intent_id: &str, verified: &VerifiedObject) -> Result<(), StateError> {
+        self.record_verified(intent_id, verified)
+    }
+
+    fn complete(&self, intent_id: &str) -> Result<(), StateError> {
+        self.complete_intent(intent_id)
+    }
+
+    fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError> {
+        self.erase_flow(tenant, flow_id)
+    }
+
+    // compaction.rs
+    fn compact(&self) -> Result<Compaction, StateError> {
+        self.compact_journal()
+    }
+
+    // reader.rs
+    fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError> {
+        self.open_part(tenant, flow_id)
+    }
+
+    fn for_each_event(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        part: u32,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), StateError> {
+        self.snapshot_reader()?
+            .for_each_event(tenant, flow_id, part, sink)
+    }
+
+    fn event_reader(&self) -> Result<Box<dyn EventReader>, StateError> {
+        self.snapshot_reader()
+    }
+
+    // records.rs
+    fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.stored_checkpoint(source)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StateError> {
+        self.counts()
+    }
+
+    fn set_hold(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        hold: Option<&Hold>,
+    ) -> Result<Option<Hold>, StateError> {
+        self.set_hold_record(tenant, flow_id, hold)
+    }
+
+    fn holds(&self) -> Result<Vec<Hold>, StateError> {
+        self.hold_records()
+    }
+
+    fn begin_purge(&self, intent: &PurgeIntent) -> Result<(), StateError> {
+        self.put_purge(intent)
+    }
+
+    fn purge_intents(&self) -> Result<Vec<PurgeIntent>, StateError> {
+        self.purge_records()
+    }
+
+    fn finish_purge(&self, object_key: &str) -> Result<(), StateError> {
+        self.remove_purge(object_key)
+    }
+
+    fn begin_erase(&self, intent: &EraseIntent) -> Result<(), StateError> {
+        self.put_erase(intent)
+    }
+
+    fn erase_intents(&self) -> Result<Vec<EraseIntent>, StateError> {
+        self.erase_records()
+    }
+
+    fn finish_erase(&self, old_key: &str) -> Result<(), StateError> {
+        self.remove_erase(old_key)
+    }
+}
