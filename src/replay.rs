@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::archive::{ArchiveError, ArchiveStore};
 use crate::config::Config;
+use crate::pipeline::{Pipeline, PipelineError};
 use crate::publish::PublishError;
 use crate::read::archived_parts;
 use crate::state::{StateError, StateStore};
@@ -25,6 +26,8 @@ pub enum ReplayError {
     State(#[from] StateError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     #[error("a replay task failed: {0}")]
     Task(tokio::task::JoinError),
 }
@@ -91,8 +94,34 @@ impl std::fmt::Display for ReplayReport {
     }
 }
 
-/// Re-publishes an archived flow's events, in order, as they were received.
+/// Re-publishes an archived flow's events (see [`replay_parts`]) and records it in the
+/// audit trail as done by `actor`.
 pub async fn replay(
+    pipeline: &Pipeline,
+    tenant: &str,
+    flow_id: &str,
+    target: &ReplayTarget,
+    actor: &str,
+) -> Result<ReplayReport, ReplayError> {
+    let report = replay_parts(
+        pipeline.objects(),
+        pipeline.store(),
+        pipeline.config(),
+        tenant,
+        flow_id,
+        target,
+    )
+    .await?;
+    let record = crate::audit::AuditRecord::new("replay", actor, pipeline.now_ms())
+        .flow(tenant, flow_id)
+        .count("events", report.events)
+        .count("flow_parts", report.parts.len() as u64);
+    pipeline.audit(record).await?;
+    Ok(report)
+}
+
+/// Re-publishes an archived flow's events, in order, as they were received.
+pub async fn replay_parts(
     objects: &ArchiveStore,
     store: &Arc<dyn StateStore>,
     config: &Config,

@@ -162,9 +162,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let flow = flow_ref(&flow)?;
             let target = ReplayTarget::parse(&to).map_err(usage)?;
             let pipeline = open(config, None).await?;
-            let report = pipeline
-                .replay(&flow.tenant, &flow.flow_id, &target, &actor_or_user(None))
-                .await?;
+            let report = flow_archiver::replay::replay(
+                &pipeline,
+                &flow.tenant,
+                &flow.flow_id,
+                &target,
+                &actor_or_user(None),
+            )
+            .await?;
             // With `--to stdout` the events own stdout; the summary goes to stderr.
             if json && target != ReplayTarget::Stdout {
                 print_json(&report)?;

@@ -16,8 +16,6 @@ pub enum PipelineError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error(transparent)]
-    Replay(#[from] crate::replay::ReplayError),
     #[error("a pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]

@@ -148,6 +148,11 @@ impl Pipeline {
         &self.store
     }
 
+    /// The time by the pipeline's clock (pinned by `--now` for sweep and purge).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Counts of live flows, stored events, pending intents and timers.
     pub async fn stats(&self) -> Result<StoreStats, PipelineError> {
         let store = self.store.clone();
@@ -194,32 +199,6 @@ impl Pipeline {
                 on_batch,
             )
             .await
-    }
-
-    /// Re-publishes an archived flow's events (see [`crate::replay`]) and records it
-    /// in the audit trail.
-    pub async fn replay(
-        &self,
-        tenant: &str,
-        flow_id: &str,
-        target: &crate::replay::ReplayTarget,
-        actor: &str,
-    ) -> Result<crate::replay::ReplayReport, PipelineError> {
-        let report = crate::replay::replay(
-            &self.objects,
-            &self.store,
-            &self.config,
-            tenant,
-            flow_id,
-            target,
-        )
-        .await?;
-        let record = crate::audit::AuditRecord::new("replay", actor, self.clock.now_ms())
-            .flow(tenant, flow_id)
-            .count("events", report.events)
-            .count("flow_parts", report.parts.len() as u64);
-        self.audit(record).await?;
-        Ok(report)
     }
 }
 
