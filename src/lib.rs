@@ -43,6 +43,7 @@ pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod traces;
 pub mod units;
 pub mod workload;

@@ -11,8 +11,8 @@
 //! `tracing-opentelemetry`); this module adds what the bridge leaves to us: parsing an
 //! event's `traceparent` into a link target, rendering a span's context as a
 //! `traceparent` for the events we publish, and trace ids for log lines. Span names and
-//! attributes follow the OpenTelemetry messaging and S3 conventions (see README
-//! "Observability").
+//! attributes follow the OpenTelemetry messaging and S3 conventions (see
+//! `docs/operations.md`, "Traces and logs").
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +97,7 @@ fn requested_protocol() -> Result<Option<Protocol>, TracesError> {
 }
 
 fn provider(protocol: Protocol) -> Result<SdkTracerProvider, TracesError> {
+    crate::tls::install_crypto_provider();
     let exporter = match protocol {
         Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()

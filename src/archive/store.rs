@@ -64,6 +64,7 @@ impl ArchiveStore {
             .bucket
         {
             Some(bucket) => {
+                crate::tls::install_crypto_provider();
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
