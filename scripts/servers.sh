@@ -1,5 +1,6 @@
 # Sourced by scripts/test.sh and scripts/dev-stack.sh: installs the real servers the
-# tests and the dev stack run (DESIGN.md §5), each only when it is missing.
+# tests and the dev stack run (docs/operations.md, "Tests"), each only when it is
+# missing.
 
 ensure_servers() {
   # A NATS server with JetStream: Debian's 2.9.10.

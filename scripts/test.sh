@@ -23,7 +23,7 @@ if ! command -v docker-compose >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
 fi
 
-# Real NATS, S3 and Kafka-protocol servers (DESIGN.md §5).
+# Real NATS, S3 and Kafka-protocol servers (see docs/operations.md, "Tests").
 # shellcheck source=scripts/servers.sh
 . scripts/servers.sh
 ensure_servers

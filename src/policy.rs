@@ -1,4 +1,5 @@
-//! Retention policy (DESIGN.md §3.3) and the [`Clock`] seam.
+//! Retention policy (`docs/configuration.md`, `[retention]`; `docs/design.md`, "Archive")
+//! and the [`Clock`] seam.
 //!
 //! The policy answers two questions for a flow: when does it become due for archival
 //! (its *deadline*), and how long does the archive keep it (`archive_for`). A flow is

@@ -1,4 +1,4 @@
-//! Crash safety of the commit protocol (DESIGN.md §3.6), with the real binary:
+//! Crash safety of the commit protocol (`docs/design.md`, "Commit protocol"), with the real binary:
 //! SIGKILL after the intent, after the upload, after verification, halfway through
 //! publishing and after publishing (before the state is deleted); then restart. Every
 //! flow part must appear exactly once in the published records, every object must

@@ -648,7 +648,7 @@ fn consumers_ack_cumulatively_or_per_message_and_never_not_at_all() {
 
 #[test]
 fn two_processes_on_one_consumer_hold_their_acks_and_say_why() {
-    // A misconfiguration (README, "Scaling out"): each process sees only some
+    // A misconfiguration (docs/nats.md, "Scaling out"): each process sees only some
     // deliveries, so neither can tell its batch ack would not cover the other's
     // unstored messages. Neither acks, and both say why once twice ack_wait (5 s)
     // has passed.

@@ -2,7 +2,7 @@
 //!
 //! Operator properties (`kafka.properties`) pass through to librdkafka; the few that
 //! the delivery guarantees rest on are set here after them, and config validation
-//! refuses conflicting values, so what runs is what README promises.
+//! refuses conflicting values, so what runs is what `docs/kafka.md` promises.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,7 +54,7 @@ pub fn require_topics<C: ClientContext>(
         };
         if missing {
             return Err(format!(
-                "topic {topic:?} does not exist on {brokers}; create it (README, \"Kafka\", lists the topics) or fix the configured name"
+                "topic {topic:?} does not exist on {brokers}; create it (docs/kafka.md lists the topics) or fix the configured name"
             ));
         }
     }

@@ -1,4 +1,4 @@
-//! Executes the archive commit protocol for one intent (DESIGN.md §3.6 step 2):
+//! Executes the archive commit protocol for one intent (`docs/design.md`, "Archive"):
 //!
 //! ```text
 //! sealed intent ─► build segment (spool file) ─► upload ─► read back + verify

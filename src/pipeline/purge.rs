@@ -1,4 +1,4 @@
-//! The purge stage (DESIGN.md §3.6 step 3): removes segment objects whose every flow
+//! The purge stage (`docs/design.md`, "Purge"): removes segment objects whose every flow
 //! part is past its `purge_at`, unless one of them is under legal hold.
 //!
 //! ```text

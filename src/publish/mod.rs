@@ -1,4 +1,5 @@
-//! Publishing `flow.archived` events (DESIGN.md §3.5) and dead-letter records (§3.2).
+//! Publishing `flow.archived` events (`docs/design.md`, "Published records") and
+//! dead-letter records ("Input events").
 //!
 //! [`Publisher`] and [`DeadLetterSink`] are the seams; the file implementations write
 //! JSON Lines with fsync; the Kafka ones write to topics.

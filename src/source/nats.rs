@@ -135,7 +135,7 @@ impl NatsSource {
         let info = consumer.info().await.map_err(nats_err)?;
         if info.config.filter_subject != filter {
             return Err(SourceError::Nats(format!(
-                "consumer {} already exists with filter {:?}, not {:?}: give this instance its own nats.consumer (README, \"Scaling out\")",
+                "consumer {} already exists with filter {:?}, not {:?}: give this instance its own nats.consumer (docs/nats.md, \"Scaling out\")",
                 n.consumer, info.config.filter_subject, filter
             )));
         }
