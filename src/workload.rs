@@ -34,6 +34,41 @@ pub struct WorkloadSpec {
     pub interleave: usize,
 }
 
+impl WorkloadSpec {
+    /// The benchmarks' workload: `flows` flows of `events` events over 8 tenants, 5%
+    /// still running, spread over the 50 minutes before the last hour, seeded so every
+    /// run generates the same events.
+    pub fn bench(flows: u64, events: u32, now_ms: i64, run_id: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            flows,
+            events_per_flow: events,
+            tenants: 8,
+            running_share: 0.05,
+            start_ms: now_ms - 3_600_000,
+            span_ms: 3_000_000,
+            seed: 7,
+            run_id: run_id.to_string(),
+            interleave: 256,
+        }
+    }
+
+    /// Flows of five events that all finish within a second of `now_ms`: what the
+    /// expiry-to-archived latency is measured on.
+    pub fn finishing_now(flows: u64, now_ms: i64, run_id: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            flows,
+            events_per_flow: 5,
+            tenants: 4,
+            running_share: 0.0,
+            start_ms: now_ms,
+            span_ms: 1000,
+            seed: 11,
+            run_id: run_id.to_string(),
+            interleave: 64,
+        }
+    }
+}
+
 const STEPS: &[&str] = &[
     "fetch",
     "validate",

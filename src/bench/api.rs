@@ -65,17 +65,7 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let spec = WorkloadSpec {
-        flows: args.flows,
-        events_per_flow: args.events,
-        tenants: 8,
-        running_share: 0.05,
-        start_ms: now_ms - 3_600_000,
-        span_ms: 3_000_000,
-        seed: 7,
-        run_id: "apibench".into(),
-        interleave: 256,
-    };
+    let spec = WorkloadSpec::bench(args.flows, args.events, now_ms, "apibench");
     let input = dir.join("events.jsonl");
     write_workload(&spec, &input)?;
     let mut config = Config::rooted_at(&dir);

@@ -166,17 +166,7 @@ pub async fn run(
 
     // 1. The workload, produced once.
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let spec = WorkloadSpec {
-        flows: args.flows,
-        events_per_flow: args.events,
-        tenants: 8,
-        running_share: 0.05,
-        start_ms: now_ms - 3_600_000,
-        span_ms: 3_000_000,
-        seed: 7,
-        run_id: run_id.clone(),
-        interleave: 256,
-    };
+    let spec = WorkloadSpec::bench(args.flows, args.events, now_ms, &run_id);
     let input = dir.join("events.jsonl");
     write_workload(&spec, &input)?;
     let topic = format!("bench.events.{run_id}");
@@ -248,17 +238,7 @@ async fn latency(
     let audit_topic = format!("bench.audit.{run_id}");
     create_topic(k, &audit_topic, 1).await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let spec = WorkloadSpec {
-        flows,
-        events_per_flow: 5,
-        tenants: 4,
-        running_share: 0.0,
-        start_ms: now_ms,
-        span_ms: 1000,
-        seed: 11,
-        run_id: format!("lat-{run_id}"),
-        interleave: 64,
-    };
+    let spec = WorkloadSpec::finishing_now(flows, now_ms, &format!("lat-{run_id}"));
     let input = dir.join("latency.jsonl");
     let stats = write_workload(&spec, &input)?;
     let mut config = Config::rooted_at(&dir.join("latency"));

@@ -106,17 +106,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
     };
     let input = dir.join("events.jsonl");
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let spec = WorkloadSpec {
-        flows: args.flows,
-        events_per_flow: args.events,
-        tenants: 8,
-        running_share: 0.05,
-        start_ms: now_ms - 3_600_000,
-        span_ms: 3_000_000,
-        seed: 7,
-        run_id: "bench".into(),
-        interleave: 256,
-    };
+    let spec = WorkloadSpec::bench(args.flows, args.events, now_ms, "bench");
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
     let file = std::fs::File::create(&input).map_err(|e| io_err("events.jsonl", e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);

@@ -343,14 +343,6 @@ impl Source for KafkaSource {
         self.messaging.clone()
     }
 
-    fn checkpoint_in_state(&self) -> bool {
-        false
-    }
-
-    async fn resume(&mut self, _checkpoint: &[u8]) -> Result<(), SourceError> {
-        Ok(())
-    }
-
     async fn next_batch(&mut self, _max: usize) -> Result<Option<Batch>, SourceError> {
         let polled = match tokio::time::timeout(IDLE, self.polled.recv()).await {
             Err(_idle) => Polled::default(),

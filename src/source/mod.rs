@@ -112,9 +112,12 @@ pub trait Source: Send {
     /// A stable name for dead letters and checkpoints (`file:/abs/path`, `stdin`).
     fn name(&self) -> &str;
 
-    /// Whether the source's position lives in the state store (files) rather than
-    /// upstream (brokers).
-    fn checkpoint_in_state(&self) -> bool;
+    /// Whether the source's position lives in the state store, written with each batch
+    /// (files), rather than upstream in committed offsets or acks (brokers, the
+    /// default).
+    fn checkpoint_in_state(&self) -> bool {
+        false
+    }
 
     /// For spans; files and stdin by default.
     fn messaging(&self) -> Messaging {
@@ -125,8 +128,12 @@ pub trait Source: Send {
         }
     }
 
-    /// Resumes after a checkpoint read back from the state store.
-    async fn resume(&mut self, checkpoint: &[u8]) -> Result<(), SourceError>;
+    /// Resumes after a checkpoint read back from the state store; called only when
+    /// [`Source::checkpoint_in_state`] (a broker resumes where its group or consumer
+    /// committed).
+    async fn resume(&mut self, _checkpoint: &[u8]) -> Result<(), SourceError> {
+        Ok(())
+    }
 
     /// Up to `max` records; `Ok(None)` when a finite source is exhausted. A following
     /// source waits for more input instead.

@@ -232,14 +232,6 @@ impl Source for NatsSource {
         self.messaging.clone()
     }
 
-    fn checkpoint_in_state(&self) -> bool {
-        false
-    }
-
-    async fn resume(&mut self, _checkpoint: &[u8]) -> Result<(), SourceError> {
-        Ok(())
-    }
-
     async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, SourceError> {
         let mut records = Vec::new();
         let mut acks = Vec::new();
