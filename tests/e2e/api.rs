@@ -8,13 +8,11 @@
 //! - one flipped byte in S3 → that flow is a 5xx, its segment neighbours still read,
 //!   and `verify` names it.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const BUCKET: &str = "flow-archive";
 const ADMIN: &str = "admin-token-0123456789abcdef";

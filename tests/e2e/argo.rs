@@ -4,12 +4,10 @@
 //! and dedupe, finishedAt → time, labels, the traceparent annotation.
 //! Out-of-order and repeated versions, and hostile or broken objects, are covered too.
 
-mod support;
-
 use std::collections::BTreeMap;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn fixture(name: &str) -> Value {
     let path = format!(

@@ -2,11 +2,9 @@
 //! or hostile record becomes a dead-letter record with its original bytes and a
 //! machine-readable reason; good records around it are stored; counts add up.
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use serde_json::Value;
-use support::*;
 
 const GOOD_TIME: &str = "2026-01-01T00:00:00Z";
 

@@ -2,13 +2,11 @@
 //! and the long-running `run` (following a file, archiving on its timer, stopping
 //! cleanly on SIGTERM and resuming where it stopped).
 
-mod support;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 #[test]
 fn config_check_prints_the_effective_config_or_names_the_bad_key() {

@@ -4,14 +4,12 @@
 //! flow part must appear exactly once in the published records, every object must
 //! verify, and nothing may be lost. Also `kill -9` at a random moment during ingest.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const CONFIG: &str = r#"
 [input]

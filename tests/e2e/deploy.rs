@@ -1,12 +1,10 @@
 //! The deploy files name only metrics that exist: every `flow_archiver_*` name in the
 //! Prometheus rules and the Grafana dashboard is scraped from a real `serve` process.
 
-mod support;
-
 use std::collections::BTreeSet;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();

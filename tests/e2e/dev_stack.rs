@@ -3,15 +3,13 @@
 //! NATS into the S3 server, serves it through each archiver's API, and comes down
 //! leaving no process and no listening port behind.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::support::*;
 use base64::Engine;
 use serde_json::{json, Value};
-use support::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev-stack.sh");
 const NAMES: [&str; 5] = ["nats", "kafka", "s3", "archiver-kafka", "archiver-nats"];

@@ -5,12 +5,10 @@
 //! published (and so before the live state goes), and a new state file's and journal
 //! file's directory entries are on disk before any event is written into them.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 const NOW: &str = "2026-06-01T00:00:00Z";
 

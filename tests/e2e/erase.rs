@@ -8,12 +8,10 @@
 //! - SIGKILL at each step of the erasure: the next `erase` finishes it, with every
 //!   fact published once and nothing lost.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const VICTIM: &str = "vïctim-✓";
 const SECRET: &str = "SSN-078-05-1120";

@@ -11,14 +11,13 @@
 //!   under two keys, and resumes at the committed offsets;
 //! - `replay` re-publishes a flow's events in order.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::support::config::{broker_config, Broker};
+use crate::support::*;
 use base64::Engine;
 use serde_json::{json, Value};
-use support::*;
 
 const EVENTS: &str = "flows.events";
 const ARCHIVED: &str = "flow.archived";
@@ -38,31 +37,8 @@ fn cluster(kafka_extra: &str, properties: &str) -> Cluster {
     broker.create_topic(ARCHIVED, 1);
     broker.create_topic(DLQ, 1);
     broker.create_topic("flow.audit", 1);
-    let config = format!(
-        r#"
-[input]
-max_event_bytes = 4096
-batch_size = 32
-
-[retention]
-completed = "1d"
-failed = "1d"
-
-[archive]
-segment_max_flows = 5
-
-[publish]
-destination = "kafka"
-
-[dead_letter]
-destination = "kafka"
-
-[scheduler]
-interval = "200ms"
-
-[kafka]
-brokers = "{}"
-topics = ["{EVENTS}"]
+    let section = format!(
+        r#"topics = ["{EVENTS}"]
 group_id = "archiver"
 archived_topic = "{ARCHIVED}"
 dead_letter_topic = "{DLQ}"
@@ -73,9 +49,12 @@ dead_letter_topic = "{DLQ}"
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
 {properties}
-"#,
-        broker.address()
+"#
     );
+    let config = broker_config(Broker::Kafka {
+        brokers: &broker.address(),
+        section: &section,
+    });
     Cluster {
         env: Env::new(&config),
         broker,

@@ -15,47 +15,21 @@
 //!   or a deletion by hand drop while held do not stop acks for good;
 //! - `bench --nats` measures and reports every figure against the real server.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::config::{broker_config, Broker};
+use crate::support::*;
 use base64::Engine;
 use serde_json::{json, Value};
-use support::*;
 
 fn config(server: &NatsServer, extra: &str) -> String {
-    format!(
-        r#"
-[input]
-max_event_bytes = 4096
-batch_size = 32
-
-[retention]
-completed = "1d"
-failed = "1d"
-
-[archive]
-segment_max_flows = 5
-
-[publish]
-destination = "nats"
-
-[dead_letter]
-destination = "nats"
-
-[scheduler]
-interval = "200ms"
-
-[nats]
-servers = "{}"
-ack_wait = "5s"
-max_ack_pending = 1000
-{extra}
-"#,
-        server.url()
-    )
+    let section = format!("ack_wait = \"5s\"\nmax_ack_pending = 1000\n{extra}");
+    broker_config(Broker::Nats {
+        url: &server.url(),
+        section: &section,
+    })
 }
 
 /// The `[api]` section that serves `/metrics` on `port`, appended to [`config`].

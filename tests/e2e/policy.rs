@@ -3,16 +3,14 @@
 //! idle timer; an event after archival opens part 2; overrides and `abandoned` apply;
 //! a sweep gives back the journal files it emptied.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::ce;
 use flow_archiver::config::{Config, Retention, RetentionOverride, Selector};
 use flow_archiver::pipeline::Pipeline;
 use flow_archiver::policy::ManualClock;
 use flow_archiver::read;
-use support::ce;
 
 const T0: &str = "2026-05-01T00:00:00Z";
 const T0_MS: i64 = 1_777_593_600_000;
@@ -73,7 +71,7 @@ impl Harness {
     }
 
     fn archived(&self) -> Vec<String> {
-        support::read_jsonl(&self.dir.path().join("archived.jsonl"))
+        crate::support::read_jsonl(&self.dir.path().join("archived.jsonl"))
             .iter()
             .map(|r| {
                 let d = &r["data"];
@@ -198,7 +196,7 @@ async fn overrides_match_first_and_abandoned_archives_idle_running_flows() {
         "retention off for tenant slow"
     );
     // archive_for of the first override sets purge_at five years out.
-    let rec = &support::read_jsonl(&h.dir.path().join("archived.jsonl"))[0]["data"];
+    let rec = &crate::support::read_jsonl(&h.dir.path().join("archived.jsonl"))[0]["data"];
     let purge_in_days =
         (rec["purge_at"].as_i64().unwrap() - rec["archived_at"].as_i64().unwrap()) / 86_400_000_000;
     assert_eq!(purge_in_days, 5 * 365);

@@ -8,13 +8,11 @@
 //!   `flow.purged` events, so no purge is lost;
 //! - every archive, hold, release and purge is in the audit trail.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const ARCHIVED_AT: &str = "2026-01-01T01:00:00Z";
 const PURGE_AT: &str = "2026-01-02T01:00:00Z";

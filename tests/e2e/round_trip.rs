@@ -3,12 +3,10 @@
 //! objects; the checksums match `sha256` of the byte ranges the manifest names; the
 //! published records match `schemas/flow_archived.avsc`; `verify` catches damage.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const CONFIG: &str = r#"
 [archive]

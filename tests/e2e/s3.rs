@@ -3,12 +3,10 @@
 //! GETs, a multipart upload of a flow larger than the in-memory frame limit, and
 //! wrong credentials → a clear error and nothing deleted.
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use support::*;
 
 const BUCKET: &str = "flow-archive";
 const NOW: &str = "2026-06-01T00:00:00Z";

@@ -11,14 +11,12 @@
 //! - JSON log lines carry the trace id of the segment they describe;
 //! - a failed archive attempt is a span with error status, and the retry succeeds.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::support::otlp::{OtlpReceiver, ReceivedSpan};
+use crate::support::*;
 use serde_json::Value;
-use support::otlp::{OtlpReceiver, ReceivedSpan};
-use support::*;
 
 const BUCKET: &str = "traced-archive";
 
