@@ -13,8 +13,8 @@
 //!   purge, erasure, holds;
 //! - the read side: [`index`] (built from published records), [`read`] (a flow live
 //!   or archived, verify), [`replay`], and the HTTP [`api`];
-//! - on top: [`service`] (what `run` starts), [`demo`], [`bench`](mod@bench); the binary's
-//!   `cli` only parses, calls these and prints.
+//! - on top: [`service`] (what `run` starts), [`demo`], [`bench`](mod@bench), and
+//!   [`cli`], which the binary's `main` parses arguments for and runs.
 //!
 //! [`telemetry`] (metrics) and [`traces`] (logs and OpenTelemetry) are used by every
 //! layer and use none.
@@ -23,6 +23,7 @@ pub mod api;
 pub mod archive;
 pub mod audit;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod demo;
 mod durable;

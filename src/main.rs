@@ -1,49 +1,15 @@
-//! The `flow-archiver` command: parses the arguments, sets up logs and traces, runs
-//! the command (see [`cli`]) and maps its outcome to an exit code: 0 ok, 1 failure,
-//! 2 bad usage or configuration.
-
-mod cli;
+//! The `flow-archiver` command: parses the arguments and runs them (see
+//! [`flow_archiver::cli`]); the exit code is 0 ok, 1 failure, 2 bad usage or
+//! configuration.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use flow_archiver::config::ConfigError;
-
-use cli::output::{error_chain, UsageError};
-use cli::{Cli, LogFormat};
+use flow_archiver::cli::Cli;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let json_logs = matches!(cli.log_format, LogFormat::Json);
-    let result = runtime.block_on(async {
-        // Inside the runtime: the gRPC trace exporter needs it, also while flushing.
-        let mut traces =
-            flow_archiver::traces::init(json_logs).map_err(|e| UsageError(e.to_string()))?;
-        let result = cli::dispatch::execute(cli).await;
-        // Flushing blocks until the exporter is done; keep it off the runtime's workers.
-        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
-        result
-    });
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some())
-                || e.downcast_ref::<UsageError>().is_some();
-            eprintln!("error: {}", error_chain(&e));
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
-    }
+    flow_archiver::cli::run(Cli::parse())
 }
 
 /// glibc gives each allocating thread its own arena (up to 8 per core) and keeps freed

@@ -5,16 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::config::Config;
+use crate::flow::FlowRef;
+use crate::index::ListParams;
+use crate::pipeline::{HoldList, Pipeline};
+use crate::policy::{Clock, ManualClock, SystemClock};
+use crate::read::Reader;
+use crate::replay::ReplayTarget;
+use crate::service::{RunOptions, ServiceError};
+use crate::source::SourceError;
 use anyhow::Context;
-use flow_archiver::config::Config;
-use flow_archiver::flow::FlowRef;
-use flow_archiver::index::ListParams;
-use flow_archiver::pipeline::{HoldList, Pipeline};
-use flow_archiver::policy::{Clock, ManualClock, SystemClock};
-use flow_archiver::read::Reader;
-use flow_archiver::replay::ReplayTarget;
-use flow_archiver::service::{RunOptions, ServiceError};
-use flow_archiver::source::SourceError;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{print_json, print_report, progress, usage};
@@ -148,7 +148,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { since, json } => {
             let since_ms = since.map(|t| parse_time("--since", &t)).transpose()?;
-            let records = flow_archiver::audit::read(&load(config)?.audit.path, since_ms)?;
+            let records = crate::audit::read(&load(config)?.audit.path, since_ms)?;
             if json {
                 print_json(&records)?;
             } else {
@@ -162,7 +162,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let flow = flow_ref(&flow)?;
             let target = ReplayTarget::parse(&to).map_err(usage)?;
             let pipeline = open(config, None).await?;
-            let report = flow_archiver::replay::replay(
+            let report = crate::replay::replay(
                 &pipeline,
                 &flow.tenant,
                 &flow.flow_id,
@@ -245,7 +245,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     json: j,
                 }) => {
                     let bar = progress(Some(0), j || json, "reading manifests");
-                    let r = flow_archiver::index::builder::from_archive(
+                    let r = crate::index::builder::from_archive(
                         reader.index().clone(),
                         reader.objects(),
                         &mut |done, total| {
@@ -260,7 +260,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 other => {
                     let start_over =
                         from_beginning || matches!(other, Some(IndexCommand::Rebuild { .. }));
-                    let r = flow_archiver::index::builder::from_destination(
+                    let r = crate::index::builder::from_destination(
                         reader.index().clone(),
                         reader.config(),
                         start_over,
@@ -293,14 +293,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(exit_code(report.ok()))
         }
         Command::Demo { flows, json } => {
-            let report = flow_archiver::demo::demo(load(config)?, flows)
+            let report = crate::demo::demo(load(config)?, flows)
                 .await
                 .context("demo failed")?;
             print_report(&report, json)?;
             Ok(exit_code(report.ok()))
         }
         Command::Bench(args) => {
-            use flow_archiver::bench;
+            use crate::bench;
             if args.api {
                 print_report(&bench::api::run(&args).await?, args.json)?;
             } else if let Some(url) = &args.nats {
@@ -333,7 +333,7 @@ async fn run(
         on_signal.cancel();
     });
     let options = RunOptions { source, until_idle };
-    let report = flow_archiver::service::run(config, options, cancel)
+    let report = crate::service::run(config, options, cancel)
         .await
         .map_err(|e| match e {
             ServiceError::Source(SourceError::Spec(_)) => usage(e.to_string()),
@@ -361,7 +361,7 @@ async fn serve(config: Config, listen: Option<String>) -> anyhow::Result<ExitCod
     let listen = listen
         .or_else(|| config.api.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let addr = flow_archiver::config::check_listen(&config.api, &listen)?;
+    let addr = crate::config::check_listen(&config.api, &listen)?;
     let reader = Reader::open(config)?;
     if !reader.sees_live_flows() {
         tracing::warn!(
@@ -381,12 +381,11 @@ async fn serve(config: Config, listen: Option<String>) -> anyhow::Result<ExitCod
             cancel.clone(),
         );
         tokio::spawn(async move {
-            flow_archiver::index::builder::from_destination(index, &config, false, Some(cancel))
-                .await
+            crate::index::builder::from_destination(index, &config, false, Some(cancel)).await
         })
     };
-    let state = Arc::new(flow_archiver::api::ApiState::for_reader(reader));
-    flow_archiver::api::serve(state, addr, cancel.clone())
+    let state = Arc::new(crate::api::ApiState::for_reader(reader));
+    crate::api::serve(state, addr, cancel.clone())
         .await
         .with_context(|| format!("cannot serve on {addr}"))?;
     cancel.cancel();
@@ -420,7 +419,7 @@ fn flow_ref(text: &str) -> anyhow::Result<FlowRef> {
 }
 
 fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
-    flow_archiver::time::parse_rfc3339_ms(text)
+    crate::time::parse_rfc3339_ms(text)
         .map_err(|e| usage(format!("{flag} {text:?} is not RFC 3339: {e}")))
 }
 

@@ -1,13 +1,23 @@
 //! The command line: what each command takes ([`Cli`]), what it does
 //! ([`dispatch`]), and how its results print ([`output`]). The work itself is in the
-//! library; this only parses, calls and prints.
+//! rest of the library; this only calls it and prints. `main.rs` parses the arguments
+//! and calls [`run`].
+//!
+//! This is the binary's edge, the one module that reports errors with `anyhow`. It is
+//! compiled into the library, not the binary, for build time: a crate that polls the
+//! library's futures compiles their state machines again, and with the dispatch in
+//! `main.rs` the binary re-compiled most of the pipeline (~45 s of a fresh build).
 
 pub mod dispatch;
 pub mod output;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::ConfigError;
+use output::{error_chain, UsageError};
 
 #[derive(Parser)]
 #[command(
@@ -161,7 +171,7 @@ pub enum Command {
         json: bool,
     },
     /// Measure ingest and archive throughput, latency and memory.
-    Bench(flow_archiver::bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// List archived flow parts from the index.
     List {
         #[arg(long)]
@@ -230,4 +240,38 @@ pub enum IndexCommand {
 pub enum ConfigCommand {
     /// Validate the configuration and print the effective values.
     Check,
+}
+
+/// Runs a parsed command line to its exit code: 0 ok, 1 failure, 2 bad usage or
+/// configuration. Starts the async runtime and the logs and traces, and flushes the
+/// traces before returning.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
+    let result = runtime.block_on(async {
+        // Inside the runtime: the gRPC trace exporter needs it, also while flushing.
+        let mut traces = crate::traces::init(json_logs).map_err(|e| UsageError(e.to_string()))?;
+        let result = dispatch::execute(cli).await;
+        // Flushing blocks until the exporter is done; keep it off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        result
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some())
+                || e.downcast_ref::<UsageError>().is_some();
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
 }
