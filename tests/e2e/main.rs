@@ -23,5 +23,6 @@ mod policy;
 mod purge;
 mod round_trip;
 mod s3;
+mod service;
 mod state_store;
 mod traces;
