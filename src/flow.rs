@@ -7,6 +7,9 @@
 //! - [`FlowEvent`] and [`Sequence`]: one decoded event and its producer order;
 //! - [`validate_identifier`] and [`FlowRef`]: tenant and flow ids, checked before they
 //!   reach a state key, an object key or a path.
+//!
+//! The few functions every ingested event goes through are `#[inline]`: their callers
+//! live in other modules, so without it each would be a call.
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -55,6 +58,7 @@ impl FlowStatus {
     /// Maps an event type (`io.example.flow.completed`) or a bare status word
     /// (`Succeeded`, `failed`) to a status: the text after the last `.`, case-insensitive.
     /// Anything unrecognised means the flow is still running.
+    #[inline]
     pub fn from_type(text: &str) -> FlowStatus {
         const WORDS: [(&str, FlowStatus); 12] = [
             ("completed", FlowStatus::Completed),
@@ -94,6 +98,7 @@ impl Labels {
     /// From pairs in any order, a later duplicate winning. Sorted once, not inserted one
     /// by one: an object of many labels in descending order would otherwise shift the
     /// vector once per label (quadratic in a hostile event's label count).
+    #[inline]
     pub fn from_pairs(mut pairs: Vec<(CompactString, CompactString)>) -> Labels {
         if !pairs.windows(2).all(|w| w[0].0 < w[1].0) {
             // Reversed, the stable sort puts the last of equal keys first; dedup keeps it.
@@ -106,6 +111,7 @@ impl Labels {
 
     /// Sets every label of `newer`, its values winning: one linear merge, and no work
     /// at all when `newer` repeats what is here (most events repeat their flow's labels).
+    #[inline]
     pub fn merge(&mut self, newer: &Labels) {
         if newer.iter().all(|(k, v)| self.get(k) == Some(v)) {
             return;
@@ -224,6 +230,7 @@ impl Sequence {
     /// An order-preserving byte encoding, suitable as part of a store key.
     /// Numbers: `0x00`, digit count, digits. Text: `0x01`, bytes, `0x00` (text never
     /// contains NUL: the decoder rejects it).
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Sequence::Number(digits) => {
@@ -247,6 +254,7 @@ pub const MAX_IDENTIFIER_CHARS: usize = 256;
 /// Checks that an identifier is safe to use in a state key and an object key:
 /// 1–256 characters, no control or invisible formatting characters, no `/` or `\`,
 /// no `..`, no leading `.`.
+#[inline]
 pub fn validate_identifier(what: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{what} is empty"));
@@ -261,6 +269,7 @@ pub fn validate_identifier(what: &str, value: &str) -> Result<(), String> {
 
 /// Printable ASCII without `/`, `\`, `..` or a leading `.`, 1–256 bytes: an identifier
 /// [`identifier_problem`] accepts, decided in one pass over the bytes.
+#[inline]
 fn is_plain_identifier(value: &str) -> bool {
     let plain = |b: &u8| matches!(b, b' '..=b'~') && *b != b'/' && *b != b'\\';
     !value.is_empty()

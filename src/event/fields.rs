@@ -1,5 +1,9 @@
 //! Reading one field's raw JSON as the type the mapping expects (text, labels, a
 //! sequence); each refusal is a [`Rejection`] with its reason.
+//!
+//! These run for every field of every event, called from the decoder in another
+//! module, which the compiler puts in another codegen unit: they are `#[inline]` so
+//! that living in their own file costs no call on the ingest path.
 
 use std::borrow::Cow;
 
@@ -17,12 +21,14 @@ pub(super) fn parse_value(raw: &RawValue) -> Result<Value, Rejection> {
 }
 
 /// A JSON string (or null) as text; anything else is a wrong type.
+#[inline]
 pub(super) fn as_string(raw: &RawValue, what: &str) -> Result<Option<CompactString>, Rejection> {
     as_str(raw, what).map(|s| s.map(CompactString::from))
 }
 
 /// As [`as_string`], borrowing the text when it has no escapes (the usual case: the
 /// parser has already checked the string, so its bytes between the quotes are it).
+#[inline]
 pub(super) fn as_str<'a>(raw: &'a RawValue, what: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
     let text = raw.get();
     if text == "null" {
@@ -46,6 +52,7 @@ pub(super) fn as_str<'a>(raw: &'a RawValue, what: &str) -> Result<Option<Cow<'a,
         .map_err(|e| Rejection::new(RejectReason::MalformedJson, e.to_string()))
 }
 
+#[inline]
 pub(super) fn required_string(
     value: &Members,
     pointer: &Pointer,
@@ -59,6 +66,7 @@ pub(super) fn required_string(
     })
 }
 
+#[inline]
 pub(super) fn optional_string(
     value: &Members,
     pointer: &Pointer,
@@ -67,6 +75,7 @@ pub(super) fn optional_string(
     optional_str(value, pointer, what).map(|s| s.map(CompactString::from))
 }
 
+#[inline]
 pub(super) fn optional_str<'a>(
     value: &Members<'a>,
     pointer: &Pointer,
@@ -84,6 +93,7 @@ pub(super) fn optional_str<'a>(
     }
 }
 
+#[inline]
 pub(super) fn optional_scalar(
     value: &Members,
     pointer: &Pointer,
@@ -106,6 +116,7 @@ pub(super) fn optional_scalar(
 
 /// The labels object: string values as they are, numbers and booleans as their JSON
 /// text; anything else is refused.
+#[inline]
 pub(super) fn parse_labels(raw: &RawValue, pointer_text: &str) -> Result<Labels, Rejection> {
     if !raw.get().starts_with('{') {
         return Err(Rejection::new(
@@ -148,6 +159,7 @@ pub(super) fn parse_labels(raw: &RawValue, pointer_text: &str) -> Result<Labels,
 }
 
 /// A label's value: a string as it is, a number or boolean as its JSON text.
+#[inline]
 pub(super) fn label_value(key: &Key, v: &RawValue) -> Result<CompactString, Rejection> {
     if v.get().starts_with('"') {
         return Ok(as_str(v, "label")?
@@ -164,6 +176,7 @@ pub(super) fn label_value(key: &Key, v: &RawValue) -> Result<CompactString, Reje
     }
 }
 
+#[inline]
 pub(super) fn parse_sequence(raw: &RawValue) -> Result<Sequence, Rejection> {
     let invalid = |detail: String| Rejection::new(RejectReason::InvalidSequence, detail);
     if raw.get().starts_with('"') {
@@ -188,6 +201,7 @@ pub(super) fn parse_sequence(raw: &RawValue) -> Result<Sequence, Rejection> {
     sequence_from_text(Cow::Owned(text))
 }
 
+#[inline]
 pub(super) fn sequence_from_text(text: Cow<str>) -> Result<Sequence, Rejection> {
     let invalid = |detail: String| Rejection::new(RejectReason::InvalidSequence, detail);
     if text.is_empty() {

@@ -1,5 +1,6 @@
 //! The mapping's JSON pointers, and decoding that goes into exactly the members they
-//! pass through: one pass over the record, every other value left unparsed.
+//! pass through: one pass over the record, every other value left unparsed. The
+//! lookups run per field of every event and are `#[inline]` (see `fields.rs`).
 
 use serde::de::DeserializeSeed;
 use serde::Deserialize;
@@ -88,6 +89,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 }
 
 /// Follows the rest of a pointer through a value left unparsed.
+#[inline]
 pub(super) fn follow_raw<'a>(mut current: &'a RawValue, tokens: &[String]) -> Option<&'a RawValue> {
     for token in tokens {
         let text = current.get();
@@ -191,6 +193,7 @@ impl<'a> Members<'a> {
         Ok(members)
     }
 
+    #[inline]
     pub(super) fn member(&self, key: &str) -> Option<&Member<'a>> {
         self.0
             .iter()
@@ -200,6 +203,7 @@ impl<'a> Members<'a> {
     }
 
     /// A top-level member that a pointer ends at.
+    #[inline]
     pub(super) fn get(&self, key: &str) -> Option<&'a RawValue> {
         match self.member(key)? {
             Member::Raw(raw) => Some(*raw),
@@ -208,10 +212,12 @@ impl<'a> Members<'a> {
     }
 
     /// Follows a pointer; `None` when any step is missing or not a container.
+    #[inline]
     pub(super) fn lookup(&self, pointer: &Pointer) -> Option<&'a RawValue> {
         self.follow(&pointer.tokens)
     }
 
+    #[inline]
     pub(super) fn follow(&self, tokens: &[String]) -> Option<&'a RawValue> {
         let (first, rest) = tokens.split_first()?;
         match self.member(first)? {
