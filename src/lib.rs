@@ -3,8 +3,9 @@
 //! The modules follow the pipeline (`docs/design.md`, "Layers"); data flows one way
 //! and no module imports one above it:
 //!
-//! - ground floor, importing nothing above: [`flow`] (domain types), [`time`],
-//!   [`units`], [`failpoint`], [`settings`], and the configuration, [`config`] with
+//! - ground floor, importing nothing of the crate: [`flow`] (domain types), [`time`],
+//!   [`units`], [`failpoint`], [`settings`], [`tls`], [`telemetry`] (metrics);
+//! - then [`traces`] (logs and OpenTelemetry) and the configuration: [`config`] with
 //!   its connector sections in [`kafka`] and [`nats`];
 //! - the stages: [`source`] → [`event`] (decode, validate) → [`state`] (durable
 //!   store) ← [`policy`]; [`archive`] (segments, upload, verify) → [`publish`]
@@ -16,8 +17,7 @@
 //! - on top: [`service`] (what `run` starts), [`demo`], [`bench`](mod@bench), and
 //!   [`cli`], which the binary's `main` parses arguments for and runs.
 //!
-//! [`telemetry`] (metrics) and [`traces`] (logs and OpenTelemetry) are used by every
-//! layer and use none.
+//! `tests/e2e/layout.rs` holds the exact order and fails on an import that goes up.
 
 pub mod api;
 pub mod archive;
