@@ -14,7 +14,7 @@
 //!   purge, erasure, holds;
 //! - the read side: [`index`] (built from published records), [`read`] (a flow live
 //!   or archived, verify), [`replay`], and the HTTP [`api`];
-//! - on top: [`service`] (what `run` starts), [`demo`], [`bench`](mod@bench), and
+//! - on top: [`service`] (what `run` and `serve` start), [`demo`], [`bench`](mod@bench), and
 //!   [`cli`], which the binary's `main` parses arguments for and runs.
 //!
 //! `tests/e2e/layout.rs` holds the exact order and fails on an import that goes up.

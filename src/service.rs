@@ -1,6 +1,7 @@
-//! The service that `run` starts, as one library call: the pipeline (ingest, scheduler,
-//! archive, purge), the index follower and, when `api.listen` is set, the HTTP API, all
-//! stopped by one [`CancellationToken`]. Tests call [`run`] exactly as the binary does.
+//! The services the binary starts, as library calls: [`run`], the pipeline (ingest,
+//! scheduler, archive, purge), the index follower and, when `api.listen` is set, the
+//! HTTP API; and [`serve`], the API alone with its index follower. Each is stopped by
+//! one [`CancellationToken`]. Tests call them exactly as the binary does.
 //!
 //! Shutdown: when `cancel` fires (a signal, `--until-idle`, or a failed stage), the
 //! pipeline drains its in-flight work, then the follower and the API stop, and every
@@ -19,6 +20,7 @@ use crate::index::builder::BuildError;
 use crate::index::{Index, IndexError};
 use crate::pipeline::{Pipeline, PipelineError, RunReport};
 use crate::policy::SystemClock;
+use crate::read::Reader;
 use crate::source::{open_for_run, SourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum ServiceError {
     Index(#[from] IndexError),
     #[error(transparent)]
     IndexFollower(#[from] BuildError),
+    #[error(transparent)]
+    Read(#[from] crate::read::ReadError),
     #[error("cannot serve on {addr}: {source}")]
     Api {
         addr: SocketAddr,
@@ -71,7 +75,7 @@ pub async fn run(
     let index = Arc::new(Index::open(&config.index.path)?);
     let pipeline = Arc::new(Pipeline::open(config, Arc::new(SystemClock)).await?);
 
-    let follower = spawn_index_follower(&pipeline, index.clone(), cancel.clone());
+    let follower = spawn_index_follower(pipeline.config(), index.clone(), cancel.clone());
     let api = api_addr.map(|addr| {
         let state = Arc::new(ApiState::for_pipeline(pipeline.clone(), index.clone()));
         let cancel = cancel.clone();
@@ -97,13 +101,41 @@ pub async fn run(
     Ok(report?)
 }
 
+/// What `serve` starts: the HTTP API alone on `listen` (default `api.listen`, else
+/// `127.0.0.1:8080`), with its own index follower, until `cancel` fires. Beside a
+/// running archiver the state store is held, and only archived flows are served.
+pub async fn serve(
+    config: Config,
+    listen: Option<String>,
+    cancel: CancellationToken,
+) -> Result<(), ServiceError> {
+    let listen = listen
+        .or_else(|| config.api.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = check_listen(&config.api, &listen)?;
+    let reader = Reader::open(config)?;
+    if !reader.sees_live_flows() {
+        tracing::warn!(
+            "The state store is held by a running archiver: serving archived flows only."
+        );
+    }
+    let follower = spawn_index_follower(reader.config(), reader.index().clone(), cancel.clone());
+    let state = Arc::new(ApiState::for_reader(reader));
+    let served = crate::api::serve(state, addr, cancel.clone())
+        .await
+        .map_err(|source| ServiceError::Api { addr, source });
+    cancel.cancel();
+    follower.await??;
+    served
+}
+
 /// Keeps the index up to date with the `flow.archived` records as they are published.
 fn spawn_index_follower(
-    pipeline: &Pipeline,
+    config: &Config,
     index: Arc<Index>,
     cancel: CancellationToken,
 ) -> JoinHandle<Result<(), ServiceError>> {
-    let config = pipeline.config().clone();
+    let config = config.clone();
     tokio::spawn(async move {
         crate::index::builder::from_destination(index, &config, false, Some(cancel)).await?;
         Ok(())

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
 use crate::flow::FlowRef;
 use crate::index::ListParams;
@@ -14,8 +17,6 @@ use crate::read::Reader;
 use crate::replay::ReplayTarget;
 use crate::service::{RunOptions, ServiceError};
 use crate::source::SourceError;
-use anyhow::Context;
-use tokio_util::sync::CancellationToken;
 
 use super::output::{print_json, print_report, progress, usage};
 use super::{Cli, Command, ConfigCommand, IndexCommand, LogFormat};
@@ -335,10 +336,7 @@ async fn run(
     let options = RunOptions { source, until_idle };
     let report = crate::service::run(config, options, cancel)
         .await
-        .map_err(|e| match e {
-            ServiceError::Source(SourceError::Spec(_)) => usage(e.to_string()),
-            e => e.into(),
-        })?;
+        .map_err(service_error)?;
     if matches!(log_format, LogFormat::Json) {
         // Every stderr line stays JSON for log shippers.
         tracing::info!(
@@ -358,39 +356,26 @@ async fn run(
 
 /// `serve`: the API alone, with its own index follower, until a signal.
 async fn serve(config: Config, listen: Option<String>) -> anyhow::Result<ExitCode> {
-    let listen = listen
-        .or_else(|| config.api.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let addr = crate::config::check_listen(&config.api, &listen)?;
-    let reader = Reader::open(config)?;
-    if !reader.sees_live_flows() {
-        tracing::warn!(
-            "The state store is held by a running archiver: serving archived flows only."
-        );
-    }
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         on_signal.cancel();
     });
-    let indexer = {
-        let (index, config, cancel) = (
-            reader.index().clone(),
-            reader.config().clone(),
-            cancel.clone(),
-        );
-        tokio::spawn(async move {
-            crate::index::builder::from_destination(index, &config, false, Some(cancel)).await
-        })
-    };
-    let state = Arc::new(crate::api::ApiState::for_reader(reader));
-    crate::api::serve(state, addr, cancel.clone())
+    crate::service::serve(config, listen, cancel)
         .await
-        .with_context(|| format!("cannot serve on {addr}"))?;
-    cancel.cancel();
-    indexer.await??;
+        .map_err(service_error)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A service's error, keeping bad configuration and a bad source spec usage errors
+/// (exit 2).
+fn service_error(e: ServiceError) -> anyhow::Error {
+    match e {
+        ServiceError::Config(e) => e.into(),
+        ServiceError::Source(SourceError::Spec(_)) => usage(e.to_string()),
+        e => e.into(),
+    }
 }
 
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {

@@ -84,13 +84,8 @@ impl Pipeline {
             let this = self.clone();
             let cancel = cancel.clone();
             tasks.spawn(async move {
-                let mut tick = tokio::time::interval(this.config.scheduler.purge_interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
+                let mut ticks = Ticks::every(this.config.scheduler.purge_interval);
+                while ticks.next(&cancel).await {
                     let now_ms = this.clock.now_ms();
                     let pass = tokio::select! {
                         _ = cancel.cancelled() => break,
@@ -126,13 +121,8 @@ impl Pipeline {
                         return Ok(RunReport::default());
                     }
                 }
-                let mut tick = tokio::time::interval(this.config.scheduler.interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
+                let mut ticks = Ticks::every(this.config.scheduler.interval);
+                while ticks.next(&cancel).await {
                     let now_ms = this.clock.now_ms();
                     let store = this.store.clone();
                     let batch = this.config.archive.batch_size;
@@ -237,6 +227,26 @@ impl Pipeline {
         match first_error {
             Some(e) => Err(e),
             None => Ok(total),
+        }
+    }
+}
+
+/// The periodic passes of `run` (scheduler, purge): the first tick at once, and a pass
+/// that overruns its period delays the next tick rather than bunching ticks up.
+struct Ticks(tokio::time::Interval);
+
+impl Ticks {
+    fn every(period: Duration) -> Ticks {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks(interval)
+    }
+
+    /// Waits for the next tick; `false` once `cancel` fires.
+    async fn next(&mut self, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = self.0.tick() => true,
         }
     }
 }

@@ -257,8 +257,8 @@ fn the_checks_see_what_they_check() {
         "use crate::flow;"
     );
     assert_eq!(
-        cited_documents("//! See DESIGN.md §3 and `docs/design.md`."),
-        ["DESIGN.md", "docs/design.md"]
+        cited_documents("//! See NOTES.md §3 and `docs/design.md`."),
+        ["NOTES.md", "docs/design.md"]
     );
     assert_eq!(
         module_of(&root().join("src/state/embedded/mod.rs")).as_deref(),

@@ -82,6 +82,36 @@ impl Env {
     pub fn dead_letters(&self) -> Vec<Value> {
         read_jsonl(&self.path().join("data/dead-letter.jsonl"))
     }
+
+    /// The published records of one kind (`archived`, `purged`, `hold`).
+    pub fn records_of(&self, kind: &str) -> Vec<Value> {
+        self.archived()
+            .into_iter()
+            .filter(|r| r["type"] == format!("io.flowarchiver.flow.{kind}"))
+            .collect()
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        self.spawn_env(&[], args)
+    }
+
+    /// Like [`Env::spawn`], with extra environment variables.
+    pub fn spawn_env(&self, vars: &[(String, String)], args: &[&str]) -> Running {
+        let stderr = self.path().join(format!("stderr-{}.log", free_port()));
+        let file = std::fs::File::create(&stderr).expect("stderr file");
+        let child = self
+            .command(args)
+            .envs(vars.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn flow-archiver");
+        Running {
+            child: Some(child),
+            stderr,
+            args: args.join(" "),
+        }
+    }
 }
 
 pub fn describe(args: &[&str], dir: &Path, out: &Output) -> String {
@@ -129,46 +159,12 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-impl Env {
-    /// The published records of one kind (`archived`, `purged`, `hold`).
-    pub fn records_of(&self, kind: &str) -> Vec<Value> {
-        self.archived()
-            .into_iter()
-            .filter(|r| r["type"] == format!("io.flowarchiver.flow.{kind}"))
-            .collect()
-    }
-}
-
 /// A background `flow-archiver` process; killed on drop so that no test leaves one
 /// behind, whatever it asserted.
 pub struct Running {
     child: Option<Child>,
     stderr: PathBuf,
     args: String,
-}
-
-impl Env {
-    pub fn spawn(&self, args: &[&str]) -> Running {
-        self.spawn_env(&[], args)
-    }
-
-    /// Like [`Env::spawn`], with extra environment variables.
-    pub fn spawn_env(&self, vars: &[(String, String)], args: &[&str]) -> Running {
-        let stderr = self.path().join(format!("stderr-{}.log", free_port()));
-        let file = std::fs::File::create(&stderr).expect("stderr file");
-        let child = self
-            .command(args)
-            .envs(vars.iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn flow-archiver");
-        Running {
-            child: Some(child),
-            stderr,
-            args: args.join(" "),
-        }
-    }
 }
 
 impl Running {
