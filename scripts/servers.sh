@@ -12,6 +12,12 @@ ensure_servers() {
     echo "installing nats-server (Debian package)"
     apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
   fi
+  # PostgreSQL for the shared state backend: Debian's package, started by the tests
+  # themselves (never the system service).
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "installing postgresql (Debian package)"
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  fi
   # An S3 server.
   if ! command -v s3s-fs >/dev/null 2>&1; then
     echo "installing s3s-fs 0.14.1 (a few minutes, once)"

@@ -29,12 +29,12 @@ fi
 ensure_servers
 
 # Independent clients for the broker tests: they share no code with flow-archiver.
-if ! python3 -c "import confluent_kafka, fastavro, nats, yaml, jsonschema, prometheus_client, kubernetes_validate" >/dev/null 2>&1; then
-  echo "installing confluent-kafka, fastavro, nats-py, PyYAML, jsonschema, prometheus-client and kubernetes-validate (PyPI)"
+if ! python3 -c "import confluent_kafka, fastavro, nats, yaml, jsonschema, prometheus_client, kubernetes_validate, zstandard" >/dev/null 2>&1; then
+  echo "installing confluent-kafka, fastavro, nats-py, PyYAML, jsonschema, prometheus-client, kubernetes-validate and zstandard (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check \
     "confluent-kafka==2.16.1" "fastavro==1.13.1" "nats-py==2.16.0" \
     "PyYAML==6.0.3" "jsonschema==4.26.0" "prometheus-client==0.26.0" \
-    "kubernetes-validate==1.37.0"
+    "kubernetes-validate==1.37.0" "zstandard==0.25.0"
 fi
 
 cargo test --locked "$@"

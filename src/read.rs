@@ -21,7 +21,7 @@ use crate::archive::{verify_object, ArchiveError, ArchiveStore, ManifestPart, Ve
 use crate::config::Config;
 use crate::index::builder::BuildError;
 use crate::index::{Index, IndexError};
-use crate::state::{EmbeddedStore, FlowMeta, StateError, StateStore};
+use crate::state::{FlowMeta, StateError, StateStore};
 use crate::time::rfc3339_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +62,8 @@ impl Reader {
     pub fn open(config: Config) -> Result<Reader, ReadError> {
         let index = Index::open(&config.index.path)?;
         let objects = ArchiveStore::from_config(&config.archive)?;
-        let store: Option<Arc<dyn StateStore>> = match EmbeddedStore::open(&config.state) {
-            Ok(s) => Some(Arc::new(s)),
+        let store: Option<Arc<dyn StateStore>> = match crate::state::open(&config.state) {
+            Ok(s) => Some(s),
             Err(StateError::Locked { .. }) => None,
             Err(e) => return Err(e.into()),
         };

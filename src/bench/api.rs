@@ -79,7 +79,7 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
     // Halfway through the deadlines: about half of the flows are archived.
     let sweep = pipeline.sweep(now_ms + 25 * 60_000, &mut |_| {}).await?;
     let store = pipeline.store().clone();
-    let live = tokio::task::spawn_blocking(move || store.due_flows(i64::MAX, 1000)).await??;
+    let live = tokio::task::spawn_blocking(move || store.peek_due(i64::MAX, 1000)).await??;
 
     let index = Arc::new(crate::index::Index::open(&config.index.path).map_err(other)?);
     let built = crate::index::builder::from_records_file(

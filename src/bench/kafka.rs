@@ -193,7 +193,7 @@ pub async fn run(
     let pipeline = Pipeline::open(config.clone(), Arc::new(SystemClock)).await?;
     let mut source = {
         let (kc, batch) = (config.kafka.clone(), config.input.batch_size);
-        tokio::task::spawn_blocking(move || KafkaSource::open(&kc, batch)).await??
+        tokio::task::spawn_blocking(move || KafkaSource::open(&kc, batch, false)).await??
     };
     let (records, ingest_rate) = super::ingest_until(&pipeline, &mut source, events).await?;
     drop(source);
@@ -286,7 +286,7 @@ async fn latency(
     let pipeline = Arc::new(Pipeline::open(config.clone(), Arc::new(SystemClock)).await?);
     let source = {
         let (kc, batch) = (config.kafka.clone(), config.input.batch_size);
-        tokio::task::spawn_blocking(move || KafkaSource::open(&kc, batch)).await??
+        tokio::task::spawn_blocking(move || KafkaSource::open(&kc, batch, false)).await??
     };
     let cancel = CancellationToken::new();
     let running = tokio::spawn(pipeline.clone().run(Some(Box::new(source)), cancel.clone()));

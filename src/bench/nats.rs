@@ -255,7 +255,7 @@ pub async fn run(args: &super::BenchArgs, servers: &str) -> Result<NatsBenchRepo
     let r = &mut config.retention;
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);
     let pipeline = Pipeline::open(config.clone(), Arc::new(SystemClock)).await?;
-    let mut source = NatsSource::open(&config.nats, config.input.batch_size).await?;
+    let mut source = NatsSource::open(&config.nats, config.input.batch_size, false).await?;
     let mark = CpuMark::now();
     let (records, ingest_rate) = super::ingest_until(&pipeline, &mut source, events).await?;
     let ingest_cpu = CpuMark::now().per_million_since(mark, records);
@@ -345,7 +345,7 @@ async fn latency(
     });
 
     let pipeline = Arc::new(Pipeline::open(config.clone(), Arc::new(SystemClock)).await?);
-    let source = NatsSource::open(&config.nats, config.input.batch_size).await?;
+    let source = NatsSource::open(&config.nats, config.input.batch_size, false).await?;
     let cancel = CancellationToken::new();
     let running = tokio::spawn(pipeline.clone().run(Some(Box::new(source)), cancel.clone()));
     publish(js, &format!("benchlat.{run_id}.events"), &input).await?;

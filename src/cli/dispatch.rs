@@ -19,7 +19,7 @@ use crate::service::{RunOptions, ServiceError};
 use crate::source::SourceError;
 
 use super::output::{print_json, print_report, progress, usage};
-use super::{Cli, Command, ConfigCommand, IndexCommand, LogFormat};
+use super::{Cli, Command, ConfigCommand, IndexCommand, LogFormat, StateCommand};
 
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = &cli.config;
@@ -31,6 +31,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("configuration is valid");
             Ok(ExitCode::SUCCESS)
         }
+        Command::State { command } => state(load(config)?, command),
         Command::Run { source, until_idle } => {
             run(load(config)?, source, until_idle, cli.log_format).await
         }
@@ -444,4 +445,45 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `state migrate` and `state status`. The embedded store has no migrations to apply
+/// and reports its counts.
+fn state(config: Config, command: StateCommand) -> anyhow::Result<ExitCode> {
+    use crate::config::StateBackend;
+    use crate::state::{PostgresStore, StateStore};
+    match (config.state.backend, command) {
+        (StateBackend::Postgres, StateCommand::Migrate) => {
+            let store = PostgresStore::connect(&config.state)?;
+            let applied = store.migrate()?;
+            let status = store.status()?;
+            match applied.is_empty() {
+                true => println!("schema is at version {}: nothing to apply", status.version),
+                false => println!(
+                    "applied migration(s) {:?}: schema is at version {}",
+                    applied, status.version
+                ),
+            }
+        }
+        (StateBackend::Postgres, StateCommand::Status { json }) => {
+            let status = PostgresStore::connect(&config.state)?.status()?;
+            print_report(&status, json)?;
+        }
+        (StateBackend::Embedded, StateCommand::Migrate) => {
+            println!("the embedded store has no migrations (state.backend = \"embedded\")");
+        }
+        (StateBackend::Embedded, StateCommand::Status { json }) => {
+            let stats = crate::state::EmbeddedStore::open(&config.state)?.stats()?;
+            if json {
+                print_json(&stats)?;
+            } else {
+                println!("embedded store at {}", config.state.path.display());
+                println!("live flows        {}", stats.live_flows);
+                println!("stored events     {}", stats.stored_events);
+                println!("timers            {}", stats.timers);
+                println!("archive intents   {}", stats.pending_intents);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -222,6 +222,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The state store: apply schema migrations, show its version and counts.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StateCommand {
+    /// Apply the schema migrations the shared (postgres) store lacks; `run` also does
+    /// this at start, safely from several instances at once.
+    Migrate,
+    /// Print the schema version, the migrations applied, and counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

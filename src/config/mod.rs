@@ -41,7 +41,7 @@ pub use input::{FieldMapping, InputConfig, InputFormat, MappingOverrides};
 pub use publish::{DeadLetterConfig, Destination, PublishConfig};
 pub use retention::{parse_retention, Retention, RetentionConfig, RetentionOverride, Selector};
 pub use scheduler::SchedulerConfig;
-pub use state::StateConfig;
+pub use state::{StateBackend, StateConfig};
 
 use crate::settings::invalid;
 
@@ -181,6 +181,9 @@ impl Config {
                     )
                 })?;
             }
+        }
+        if cfg.state.url.is_none() {
+            cfg.state.url = lookup("DATABASE_URL").filter(|u| !u.is_empty());
         }
         cfg.validate()?;
         Ok(cfg)

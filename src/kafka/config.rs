@@ -39,6 +39,11 @@ pub struct KafkaConfig {
     /// Static membership (`group.instance.id`): a stable name per instance keeps its
     /// partitions, and so its flows' state, across restarts.
     pub group_instance_id: Option<String>,
+    /// Partitions this instance reads, assigned rather than balanced by the group
+    /// (the same numbers of every topic). Empty (default): the group shares them out.
+    /// Several instances on the embedded state store each need their own fixed set;
+    /// on the postgres store any instance may read any partition.
+    pub partitions: Vec<i32>,
     /// Topic of `flow.archived` events (`publish.destination = "kafka"`). Use
     /// `cleanup.policy=compact`: the key is `{tenant}/{flow_id}/{part}`.
     pub archived_topic: String,
@@ -62,6 +67,7 @@ impl Default for KafkaConfig {
             topics: Vec::new(),
             group_id: "flow-archiver".into(),
             group_instance_id: None,
+            partitions: Vec::new(),
             archived_topic: "flow.archived".into(),
             dead_letter_topic: "flow.events.dlq".into(),
             data_encoding: DataEncoding::Avro,
@@ -113,6 +119,13 @@ impl KafkaConfig {
                     "use 1-249 letters, digits, '.', '_' or '-'",
                 ));
             }
+        }
+        if let Some(bad) = k.partitions.iter().find(|p| **p < 0) {
+            return Err(invalid(
+                "kafka.partitions",
+                format!("{bad} is not a partition number"),
+                "list partition numbers from 0, e.g. [0, 1]",
+            ));
         }
         if k.group_id.trim().is_empty() {
             return Err(invalid(

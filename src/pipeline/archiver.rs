@@ -217,6 +217,11 @@ impl Archiver {
             }
         };
 
+        // Published records are seen by everyone: only while this instance holds the
+        // intent (a lapsed lease means another instance resumed it).
+        let store = self.store.clone();
+        let id = intent.id.clone();
+        tokio::task::spawn_blocking(move || store.confirm_claim(&id)).await??;
         let uri = self.objects.uri(&key);
         let mut events = PublishedEvent::archived(&intent, &upload, &uri);
         for (event, span) in events.iter_mut().zip(part_spans) {
@@ -373,6 +378,11 @@ impl Archiver {
                 }
                 Err(error) => {
                     crate::telemetry::metrics().failed(stage_of(&error));
+                    if let PipelineError::State(crate::state::StateError::Fenced(_)) = &error {
+                        // Another instance resumed it after this one's lease lapsed.
+                        tracing::warn!(segment = %current.id, "Segment taken over by another instance; leaving it.");
+                        return Err(error);
+                    }
                     if attempts.is_some_and(|max| tries >= max) || cancel.is_cancelled() {
                         return Err(error);
                     }

@@ -45,7 +45,7 @@ use crate::publish::{
     NatsDeadLetters, NatsPublisher, Publisher,
 };
 use crate::source::open_spec;
-use crate::state::{EmbeddedStore, StateError, StateStore, StoreStats};
+use crate::state::{StateError, StateStore, StoreStats};
 
 /// The components of one flow-archiver instance.
 pub struct Pipeline {
@@ -96,7 +96,7 @@ async fn blocking<T: Send + 'static>(
 impl Pipeline {
     /// Opens the state store, object store and destinations named by `config`.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Pipeline, PipelineError> {
-        let store = EmbeddedStore::open(&config.state)?;
+        let store = crate::state::open(&config.state)?;
         let policy = RetentionPolicy::new(config.retention.clone());
         let updated = store.apply_policy(&policy)?;
         if updated > 0 {
@@ -119,7 +119,7 @@ impl Pipeline {
         let audit = Arc::new(crate::audit::AuditLog::open_for(&config).await?);
         Ok(Pipeline {
             audit,
-            store: Arc::new(store),
+            store,
             policy: Arc::new(policy),
             objects,
             publisher,

@@ -115,14 +115,17 @@ impl Pipeline {
             let this = self.clone();
             let cancel = cancel.clone();
             tasks.spawn(async move {
-                let store = this.store.clone();
-                for intent in blocking(move || store.intents()).await? {
-                    if tx.send((intent, true)).await.is_err() {
-                        return Ok(RunReport::default());
-                    }
-                }
                 let mut ticks = Ticks::every(this.config.scheduler.interval);
                 while ticks.next(&cancel).await {
+                    // Intents no live instance works on: at start, those a stopped run
+                    // left; with a shared store, also those of an instance whose lease
+                    // expired (`docs/design.md`, "Scale").
+                    let store = this.store.clone();
+                    for intent in blocking(move || store.claim_intents()).await? {
+                        if tx.send((intent, true)).await.is_err() {
+                            return Ok(RunReport::default());
+                        }
+                    }
                     let now_ms = this.clock.now_ms();
                     let store = this.store.clone();
                     let batch = this.config.archive.batch_size;

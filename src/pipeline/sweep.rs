@@ -149,7 +149,7 @@ impl Pipeline {
     pub async fn dry_run(&self, now_ms: i64) -> Result<SweepReport, PipelineError> {
         let store = self.store.clone();
         // A dry run lists everything due; its memory is proportional to the report.
-        let due = blocking(move || store.due_flows(now_ms, usize::MAX)).await?;
+        let due = blocking(move || store.peek_due(now_ms, usize::MAX)).await?;
         let intents = plan(due, &self.policy, &self.config.archive, now_ms, &self.ids);
         let mut report = SweepReport {
             dry_run: true,
@@ -220,7 +220,7 @@ impl Pipeline {
         };
 
         let store = self.store.clone();
-        let pending = blocking(move || store.intents()).await?;
+        let pending = blocking(move || store.claim_intents()).await?;
         report.recovered_intents = pending.len() as u64;
         for intent in pending {
             jobs.wait_for_room(&mut |done| collect(&mut report, done))

@@ -14,7 +14,12 @@
 //!   of revoked partitions still queued here are dropped, never acknowledged — the
 //!   next owner reads them again from the committed offset;
 //! - a crash loses nothing: what was not durable was not committed (at-least-once;
-//!   redelivered events are deduplicated by the state store).
+//!   redelivered events are deduplicated by the state store);
+//! - on an instance-local (embedded) state store, a rebalance that takes away a
+//!   partition this instance has read from stops the source with an error naming the
+//!   two fixes: the partition's open flows would otherwise continue in another
+//!   instance's store, split in two (`docs/design.md`, "Scale"). `kafka.partitions`
+//!   assigns fixed partitions instead, with no group rebalancing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,6 +69,10 @@ struct Progress {
     durable: u64,
     /// (epoch, topic, partition) of revocations that queued records may predate.
     revoked: Vec<(u64, String, i32)>,
+    /// Partitions records were handed out from, when rebalances must not split flows.
+    read: Option<std::collections::HashSet<(String, i32)>>,
+    /// Why the source must stop: a rebalance took a partition with local flows.
+    split: Option<String>,
 }
 
 /// A polled batch before it is handed out.
@@ -124,6 +133,27 @@ impl ConsumerContext for GroupContext {
                 .revoked
                 .push((epoch, p.topic().to_string(), p.partition()));
         }
+        if !self.shared.stop.load(Ordering::Acquire) && progress.split.is_none() {
+            let key = |p: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+                (p.topic().to_string(), p.partition())
+            };
+            let taken = progress.read.as_ref().and_then(|read| {
+                partitions
+                    .elements()
+                    .into_iter()
+                    .map(|p| key(&p))
+                    .find(|k| read.contains(k))
+            });
+            if let Some((topic, partition)) = taken {
+                progress.split = Some(format!(
+                    "a consumer group rebalance took partition {topic}/{partition} away from this instance, \
+                     whose embedded state store holds flows read from it: their next events would \
+                     continue in another instance's store, splitting their histories. Fix: share the \
+                     state with state.backend = \"postgres\" (any instance may then read any \
+                     partition), or give each instance its own partitions with kafka.partitions = [...]"
+                ));
+            }
+        }
         if !self.shared.stop.load(Ordering::Acquire) {
             let (guard, waited) = self
                 .shared
@@ -172,14 +202,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl KafkaSource {
-    /// Subscribes to `kafka.topics` after checking they exist; blocking.
-    pub fn open(k: &KafkaConfig, max_batch: usize) -> Result<KafkaSource, SourceError> {
+    /// Subscribes to `kafka.topics` (or assigns `kafka.partitions` of them) after
+    /// checking they exist; blocking. `local_state`: the state store is this
+    /// instance's own, so a rebalance that moves a partition it has read from is an
+    /// error (see the module doc).
+    pub fn open(
+        k: &KafkaConfig,
+        max_batch: usize,
+        local_state: bool,
+    ) -> Result<KafkaSource, SourceError> {
         if k.topics.is_empty() {
             return Err(SourceError::Kafka(
                 "no input topics: set `kafka.topics` (or FLOW_ARCHIVER__KAFKA__TOPICS)".into(),
             ));
         }
         let shared = Arc::new(Shared::default());
+        if local_state && k.partitions.is_empty() {
+            lock(&shared.progress).read = Some(Default::default());
+        }
         let mut c = crate::kafka::client_config(k);
         c.set("group.id", &k.group_id)
             .set("enable.auto.commit", "true")
@@ -210,9 +250,13 @@ impl KafkaSource {
         let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
         crate::kafka::require_topics(consumer.client(), &k.brokers, &topics)
             .map_err(SourceError::Kafka)?;
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| SourceError::Kafka(crate::kafka::describe(&e)))?;
+        if k.partitions.is_empty() {
+            consumer
+                .subscribe(&topics)
+                .map_err(|e| SourceError::Kafka(crate::kafka::describe(&e)))?;
+        } else {
+            assign(&consumer, &topics, &k.partitions)?;
+        }
         let consumer = Arc::new(consumer);
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let poller = {
@@ -241,6 +285,38 @@ impl KafkaSource {
     }
 }
 
+/// Reads exactly `partitions` of every topic, from the group's committed offsets
+/// (else `auto.offset.reset`), without joining the group's rebalancing.
+fn assign(
+    consumer: &BaseConsumer<GroupContext>,
+    topics: &[&str],
+    partitions: &[i32],
+) -> Result<(), SourceError> {
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| SourceError::Kafka(crate::kafka::describe(&e)))?;
+        let count = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len()) as i32;
+        if let Some(p) = partitions.iter().find(|p| **p >= count) {
+            return Err(SourceError::Kafka(format!(
+                "kafka.partitions names partition {p} of {topic}, which has {count} partition(s) (0..{count})"
+            )));
+        }
+        for p in partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Stored)
+                .map_err(|e| SourceError::Kafka(crate::kafka::describe(&e)))?;
+        }
+    }
+    tracing::info!(partitions = %list(&tpl), "Kafka partitions assigned (kafka.partitions).");
+    consumer
+        .assign(&tpl)
+        .map_err(|e| SourceError::Kafka(crate::kafka::describe(&e)))
+}
+
 fn poll_loop(
     consumer: Arc<BaseConsumer<GroupContext>>,
     shared: Arc<Shared>,
@@ -249,6 +325,10 @@ fn poll_loop(
     wait: Duration,
 ) {
     while !shared.stop.load(Ordering::Acquire) {
+        if let Some(split) = lock(&shared.progress).split.clone() {
+            let _ = tx.blocking_send(Err(SourceError::Kafka(split)));
+            return;
+        }
         let mut batch = Polled::default();
         let mut started: Option<Instant> = None;
         while batch.records.len() < max && !shared.stop.load(Ordering::Acquire) {
@@ -313,6 +393,9 @@ fn poll_loop(
                     .logs
                     .error(&e, "consumer error; retrying"),
             }
+        }
+        if let Some(read) = lock(&shared.progress).read.as_mut() {
+            read.extend(batch.partitions.iter().cloned());
         }
         if !batch.records.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
             return;

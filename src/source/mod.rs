@@ -158,7 +158,8 @@ pub async fn open_for_run(
     config: &crate::config::Config,
 ) -> Result<Box<dyn Source>, SourceError> {
     if spec == "nats" {
-        let source = NatsSource::open(&config.nats, config.input.batch_size).await?;
+        let shared = config.state.backend == crate::config::StateBackend::Postgres;
+        let source = NatsSource::open(&config.nats, config.input.batch_size, shared).await?;
         return Ok(Box::new(source));
     }
     if spec == "kafka" || spec.starts_with("kafka:") {
@@ -172,7 +173,8 @@ pub async fn open_for_run(
             }
         }
         let batch = config.input.batch_size;
-        let source = tokio::task::spawn_blocking(move || KafkaSource::open(&k, batch))
+        let local = config.state.backend == crate::config::StateBackend::Embedded;
+        let source = tokio::task::spawn_blocking(move || KafkaSource::open(&k, batch, local))
             .await
             .map_err(|e| SourceError::Kafka(e.to_string()))??;
         return Ok(Box::new(source));

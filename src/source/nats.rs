@@ -9,6 +9,11 @@
 //!   received (a crashed predecessor's, or deliveries lost with a connection), so acks
 //!   are held back until the server's pending set is known to be all ours (see
 //!   `source/cumulative_acks.rs`);
+//! - on the shared (postgres) state store, several instances pull from one durable
+//!   consumer as a work queue. There the consumer acks each message (`AckPolicy::Explicit`):
+//!   one instance's cumulative ack would cover messages delivered to another and not
+//!   yet durable there. Binding a shared store to an `AckPolicy::All` consumer is
+//!   refused;
 //! - an existing consumer with `AckPolicy::Explicit` is acked message by message, as
 //!   before; one with `AckPolicy::None` forgets a message once delivered, which would
 //!   lose events after a crash, so binding to it is refused;
@@ -92,8 +97,14 @@ fn nats_err(e: impl std::fmt::Display) -> SourceError {
 }
 
 impl NatsSource {
-    /// Connects, binds (or creates) the stream and the durable consumer.
-    pub async fn open(n: &NatsConfig, max_batch: usize) -> Result<NatsSource, SourceError> {
+    /// Connects, binds (or creates) the stream and the durable consumer. `shared`:
+    /// other instances pull from the same consumer (a shared state store), so acks
+    /// are per message.
+    pub async fn open(
+        n: &NatsConfig,
+        max_batch: usize,
+        shared: bool,
+    ) -> Result<NatsSource, SourceError> {
         let client = crate::nats::connect(n).await.map_err(SourceError::Nats)?;
         let js = jetstream::new(client.clone());
         let stream = if n.create_stream {
@@ -119,7 +130,10 @@ impl NatsSource {
         let filter = n.filter_subject.clone().unwrap_or_default();
         let config = pull::Config {
             durable_name: Some(n.consumer.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::All,
+            ack_policy: match shared {
+                true => jetstream::consumer::AckPolicy::Explicit,
+                false => jetstream::consumer::AckPolicy::All,
+            },
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ack_wait: n.ack_wait,
             max_ack_pending: n.max_ack_pending,
@@ -140,6 +154,12 @@ impl NatsSource {
             )));
         }
         let unacked = match info.config.ack_policy {
+            jetstream::consumer::AckPolicy::All if shared => {
+                return Err(SourceError::Nats(format!(
+                    "consumer {} acks cumulatively (ack policy all), which several instances sharing it cannot use: one instance's ack would cover another's messages. Delete the consumer (flow-archiver recreates it with explicit acks) or name another nats.consumer",
+                    n.consumer
+                )))
+            }
             jetstream::consumer::AckPolicy::All => Unacked::Cumulative {
                 acks: Cumulative::default(),
                 last_check: None,

@@ -1,9 +1,11 @@
 //! The durable state store: per-flow ordered events and metadata, the deadline index,
 //! archive intents, tombstones of archived flows, and source checkpoints.
 //!
-//! [`StateStore`] is the seam; [`EmbeddedStore`] (redb for the indexes, an append-only
-//! journal for event bytes, on local disk) is the default backend. Methods block on disk I/O: async code calls them through
-//! `tokio::task::spawn_blocking`.
+//! [`StateStore`] is the seam. [`EmbeddedStore`] (redb for the indexes, an append-only
+//! journal for event bytes, on local disk) is the default backend, for one instance;
+//! [`PostgresStore`] is shared by any number of instances (`docs/design.md`, "Scale").
+//! [`open`] picks one by `state.backend`. Methods block on I/O: async code calls them
+//! through `tokio::task::spawn_blocking`.
 //!
 //! Guarantees every backend keeps:
 //! - [`StateStore::ingest`] applies a batch and its source checkpoint atomically and
@@ -16,13 +18,20 @@
 //! - [`StateStore::complete`] deletes the sealed events and the intent atomically.
 //! - Memory use does not grow with the number of flows or with one flow's size: events
 //!   are streamed out through [`StateStore::for_each_event`].
+//! - An intent is worked on by one instance at a time: the one that sealed it, or the
+//!   one that claimed it ([`StateStore::claim_intents`]) after its owner died. An
+//!   instance that lost its claim is fenced: its `record_upload`, `confirm_claim` and
+//!   `complete` fail with [`StateError::Fenced`] and change nothing.
 
 mod embedded;
+pub(crate) mod meta;
+mod postgres;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedStore;
+pub use postgres::{PostgresStore, SchemaStatus};
 
 use crate::config::Compression;
 use crate::flow::{FlowEvent, FlowStatus, Labels};
@@ -59,6 +68,13 @@ pub enum StateError {
     },
     #[error("no archive intent {0}")]
     UnknownIntent(String),
+    /// The intent's lease expired and another instance took it over: this one stops
+    /// working on it and leaves it to the new owner.
+    #[error("intent {0} was taken over by another instance after this one's lease expired; that instance finishes it")]
+    Fenced(String),
+    /// The schema of a shared store is newer than this binary knows.
+    #[error("state store schema is at version {found}, newer than this flow-archiver's {known}: upgrade flow-archiver")]
+    SchemaTooNew { found: i32, known: i32 },
     /// Event bytes that read as zeros where a CRC expected history: an erasure zeroed
     /// them after the reader's snapshot was taken (a fresh snapshot no longer points at
     /// them), or, if a fresh snapshot still does, the file is damaged.
@@ -284,8 +300,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// The last checkpoint stored for `source`.
     fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, StateError>;
 
-    /// Up to `limit` live flows whose deadline is `<= now_ms`, earliest first.
+    /// Up to `limit` live flows whose deadline is `<= now_ms`, earliest first, to be
+    /// sealed. A shared store claims them for a lease: other instances pass over them.
     fn due_flows(&self, now_ms: i64, limit: usize) -> Result<Vec<FlowMeta>, StateError>;
+
+    /// As [`StateStore::due_flows`], without claiming anything (a dry run).
+    fn peek_due(&self, now_ms: i64, limit: usize) -> Result<Vec<FlowMeta>, StateError> {
+        self.due_flows(now_ms, limit)
+    }
 
     /// The open part of a live flow.
     fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError>;
@@ -309,8 +331,21 @@ pub trait StateStore: Send + Sync + 'static {
     /// Returns the stored intent (the parts that qualified), or `None` when none did.
     fn seal(&self, intent: ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError>;
 
-    /// Intents not yet completed, oldest first.
+    /// Intents not yet completed, oldest first, whoever works on them (for reads).
     fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError>;
+
+    /// Intents no live instance works on, now claimed by this one, oldest first. A
+    /// single-node store returns every intent at its first call (its only process is
+    /// the one that stopped) and none afterwards; a shared store returns those whose
+    /// owner's lease expired. Intents this instance seals are its own from the start.
+    fn claim_intents(&self) -> Result<Vec<ArchiveIntent>, StateError>;
+
+    /// Fails with [`StateError::Fenced`] when this instance no longer holds the
+    /// intent: checked before a step whose effect others see (publishing).
+    fn confirm_claim(&self, intent_id: &str) -> Result<(), StateError> {
+        let _ = intent_id;
+        Ok(())
+    }
 
     /// Records that the intent's object is uploaded and verified (a small record:
     /// the intent itself is not rewritten).
@@ -365,6 +400,17 @@ pub trait StateStore: Send + Sync + 'static {
     /// cannot reuse the number of an archived part. The caller finishes any archive
     /// intent holding the flow first: sealed events are deleted too.
     fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError>;
+}
+
+/// Opens the backend `config.backend` names (the postgres one also applies its schema
+/// migrations).
+pub fn open(
+    config: &crate::config::StateConfig,
+) -> Result<std::sync::Arc<dyn StateStore>, StateError> {
+    Ok(match config.backend {
+        crate::config::StateBackend::Embedded => std::sync::Arc::new(EmbeddedStore::open(config)?),
+        crate::config::StateBackend::Postgres => std::sync::Arc::new(PostgresStore::open(config)?),
+    })
 }
 
 /// Helpers for the unit tests of the crate that need a real store on disk.

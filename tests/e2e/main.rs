@@ -23,6 +23,7 @@ mod policy;
 mod purge;
 mod round_trip;
 mod s3;
+mod scale;
 mod service;
 mod state_store;
 mod traces;

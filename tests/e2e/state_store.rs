@@ -1,14 +1,20 @@
 //! `StateStore` conformance: each scenario is written once and instantiated for every
-//! backend by `conformance!` (today the embedded redb store, on real disk).
+//! backend by `conformance!`: the embedded redb store on real disk, and PostgreSQL
+//! (a real server started by the harness, a database per scenario). Below them, the
+//! scenarios only a shared store has: several instances on one database.
 
 use std::time::Duration;
 
+use flow_archiver::config::StateBackend;
 use flow_archiver::config::{Compression, Config, Retention, StateConfig};
 use flow_archiver::flow::{FlowEvent, FlowStatus, Sequence};
 use flow_archiver::policy::RetentionPolicy;
 use flow_archiver::state::{
-    ArchiveIntent, EmbeddedStore, IntentStage, SealedPart, StateStore, VerifiedObject,
+    ArchiveIntent, EmbeddedStore, IntentStage, PostgresStore, SealedPart, StateError, StateStore,
+    VerifiedObject,
 };
+
+use crate::support::database_for;
 
 const MIN: i64 = 60_000;
 
@@ -401,11 +407,25 @@ conformance!(embedded, |dir: &std::path::Path| -> Box<dyn StateStore> {
     Box::new(EmbeddedStore::open(&state_config(dir, 16 << 20)).unwrap())
 });
 
+conformance!(postgres, |dir: &std::path::Path| -> Box<dyn StateStore> {
+    Box::new(PostgresStore::open(&pg_config(&database_for(dir), Duration::from_secs(30))).unwrap())
+});
+
 fn state_config(dir: &std::path::Path, journal_file_bytes: u64) -> StateConfig {
     StateConfig {
         path: dir.to_path_buf(),
-        cache_bytes: 16 << 20,
         journal_file_bytes,
+        ..StateConfig::default()
+    }
+}
+
+fn pg_config(url: &str, lease: Duration) -> StateConfig {
+    StateConfig {
+        backend: StateBackend::Postgres,
+        url: Some(url.to_string()),
+        lease,
+        retry_for: Duration::from_secs(20),
+        ..StateConfig::default()
     }
 }
 
@@ -737,4 +757,228 @@ fn compaction_repoints_the_inline_events_of_a_sealed_part() {
     s.complete("i2").unwrap();
     assert!(events_of(&s, "sealed", 1).is_empty());
     assert_eq!(s.stats().unwrap().stored_events, 0);
+}
+
+/// Two instances on one database: a flow whose events reach both keeps one history,
+/// in sequence order, deduplicated across them.
+#[test]
+fn postgres_instances_share_one_history_per_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_for(dir.path());
+    let a = PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).unwrap();
+    let b = PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).unwrap();
+    let p = policy();
+    // Interleaved halves, one redelivered to the other instance (a rebalance overlap).
+    a.ingest(&[event("f", "3", 3, FlowStatus::Running, 3)], &p, 0, None)
+        .unwrap();
+    b.ingest(
+        &[
+            event("f", "1", 1, FlowStatus::Running, 1),
+            event("f", "3", 3, FlowStatus::Running, 3),
+        ],
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    let out = a
+        .ingest(&[event("f", "9", 9, FlowStatus::Completed, 9)], &p, 0, None)
+        .unwrap();
+    assert_eq!(out.stored, 1);
+    for s in [&a as &dyn StateStore, &b] {
+        assert_eq!(
+            events_of(s, "f", 1),
+            vec![
+                r#"{"id":"1","seq":1}"#,
+                r#"{"id":"3","seq":3}"#,
+                r#"{"id":"9","seq":9}"#
+            ]
+        );
+        let meta = s.live_flow("t", "f").unwrap().unwrap();
+        assert_eq!((meta.part, meta.event_count), (1, 3));
+        assert_eq!(meta.status, FlowStatus::Completed);
+    }
+    // Holds are one record: placed through one, seen by the other at once.
+    let hold = flow_archiver::state::Hold {
+        tenant: "t".into(),
+        flow_id: "f".into(),
+        reason: "case 7".into(),
+        actor: "legal".into(),
+        at_ms: 1,
+    };
+    a.set_hold("t", "f", Some(&hold)).unwrap();
+    assert_eq!(b.holds().unwrap(), vec![hold]);
+}
+
+/// Due flows are claimed: two instances never get the same flow, and a seal from
+/// stale reads is refused.
+#[test]
+fn postgres_due_flows_are_claimed_by_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_for(dir.path());
+    let a = PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).unwrap();
+    let b = PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).unwrap();
+    let p = policy();
+    let batch: Vec<_> = (0..20)
+        .map(|i| event(&format!("f{i:02}"), "1", 1, FlowStatus::Completed, 0))
+        .collect();
+    a.ingest(&batch, &p, 0, None).unwrap();
+    let got_a = a.due_flows(i64::MAX / 2, 12).unwrap();
+    let got_b = b.due_flows(i64::MAX / 2, 100).unwrap();
+    assert_eq!((got_a.len(), got_b.len()), (12, 8));
+    assert!(got_a
+        .iter()
+        .all(|m| got_b.iter().all(|n| n.flow_id != m.flow_id)));
+    // Both seal the same flow from the same read: one intent wins.
+    let one = intent_for(&a, "ia", &["f00"]);
+    let mut other = one.clone();
+    other.id = "ib".into();
+    assert!(a.seal(one).unwrap().is_some());
+    assert!(b.seal(other).unwrap().is_none(), "sealed once only");
+}
+
+/// An instance that stops renewing its lease is fenced off its intent: another takes
+/// it over at its recorded stage, and the late one can no longer record, publish or
+/// delete anything.
+#[test]
+fn postgres_intents_of_a_dead_instance_are_taken_over_and_the_late_one_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_for(dir.path());
+    let lease = Duration::from_secs(3);
+    let a = PostgresStore::open(&pg_config(&url, lease)).unwrap();
+    let b = PostgresStore::open(&pg_config(&url, lease)).unwrap();
+    let p = policy();
+    a.ingest(&[event("f", "1", 1, FlowStatus::Completed, 0)], &p, 0, None)
+        .unwrap();
+    a.seal(intent_for(&a, "i1", &["f"])).unwrap().unwrap();
+    let proof = VerifiedObject {
+        object_sha256: "ab".into(),
+        object_size: 1,
+    };
+    a.record_upload("i1", &proof).unwrap();
+    assert!(
+        b.claim_intents().unwrap().is_empty(),
+        "a live owner's intent is not taken"
+    );
+    // `a` stalls: it stops renewing. Its heartbeat is stopped by pausing it the only
+    // way a test can, by taking its lease away in the database.
+    crate::support::shared_pg().psql(
+        url.rsplit('/').next().unwrap().split('?').next().unwrap(),
+        "UPDATE intents SET lease_until = now() - interval '1 second'",
+    );
+    let taken = b.claim_intents().unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        taken[0].stage,
+        IntentStage::Verified(proof.clone()),
+        "resumed at its stage"
+    );
+    for refused in [
+        a.record_upload("i1", &proof).unwrap_err(),
+        a.confirm_claim("i1").unwrap_err(),
+        a.complete("i1").unwrap_err(),
+    ] {
+        assert!(matches!(refused, StateError::Fenced(_)), "{refused}");
+    }
+    assert_eq!(
+        events_of(&b, "f", 1).len(),
+        1,
+        "the late one deleted nothing"
+    );
+    b.confirm_claim("i1").unwrap();
+    b.complete("i1").unwrap();
+    assert!(events_of(&a, "f", 1).is_empty());
+    assert!(b.intents().unwrap().is_empty());
+}
+
+/// Three instances starting at once on an empty database: the migrations run once.
+#[test]
+fn postgres_migrations_apply_once_when_instances_start_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_for(dir.path());
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).map(|s| s.status())
+            })
+        })
+        .collect();
+    for s in starts {
+        let status = s.join().unwrap().unwrap().unwrap();
+        assert_eq!(status.version, status.known);
+    }
+    let db = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        crate::support::shared_pg().psql(&db, "SELECT count(*) FROM flow_archiver_migrations"),
+        "1"
+    );
+}
+
+/// Instances ingesting events of the same flows at the same moment: every event is
+/// stored once, whichever transaction waits for which.
+#[test]
+fn postgres_concurrent_ingest_of_the_same_flows_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_for(dir.path());
+    let stores: Vec<_> = (0..3)
+        .map(|_| {
+            std::sync::Arc::new(
+                PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).unwrap(),
+            )
+        })
+        .collect();
+    let threads: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let p = policy();
+                for round in 0..20u64 {
+                    // Each instance gets every third event of every flow, plus a
+                    // redelivery of another instance's event.
+                    let batch: Vec<_> = (0..50)
+                        .flat_map(|f| {
+                            let seq = round * 3 + i as u64;
+                            let other = round * 3 + (i as u64 + 1) % 3;
+                            [
+                                event(
+                                    &format!("f{f}"),
+                                    &seq.to_string(),
+                                    seq,
+                                    FlowStatus::Running,
+                                    0,
+                                ),
+                                event(
+                                    &format!("f{f}"),
+                                    &other.to_string(),
+                                    other,
+                                    FlowStatus::Running,
+                                    0,
+                                ),
+                            ]
+                        })
+                        .collect();
+                    s.ingest(&batch, &p, 0, None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for f in 0..50 {
+        let events = events_of(&*stores[0], &format!("f{f}"), 1);
+        assert_eq!(events.len(), 60, "f{f}: {events:?}");
+        let meta = stores[0].live_flow("t", &format!("f{f}")).unwrap().unwrap();
+        assert_eq!(meta.event_count, 60);
+    }
 }

@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use super::{FlowMeta, StateError};
-use crate::flow::{FlowEvent, Labels, Sequence};
+#[cfg(test)]
+pub(super) use crate::state::meta::order_key;
+pub(super) use crate::state::meta::{apply_event, new_meta};
 
 pub(super) const META: u8 = 0;
 pub(super) const DEDUPE: u8 = 1;
@@ -80,16 +82,6 @@ pub(super) fn deadline_key(deadline_ms: i64, flow_key: &[u8]) -> Vec<u8> {
     k
 }
 
-pub(super) fn order_key(sequence: Option<&Sequence>, arrival: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24);
-    match sequence {
-        Some(s) => s.encode(&mut k),
-        None => k.push(2),
-    }
-    k.extend_from_slice(&arrival.to_be_bytes());
-    k
-}
-
 /// The meta at the start of a meta record, ignoring its inline index (see `inline`).
 pub(super) fn decode_meta(bytes: &[u8]) -> Result<FlowMeta, StateError> {
     postcard::take_from_bytes(bytes)
@@ -110,29 +102,6 @@ pub(super) fn dedupe_key(flow_key: &[u8], a: &str, b: &str) -> Vec<u8> {
     k
 }
 
-/// The meta of a flow part opened by `event`.
-pub(super) fn new_meta(event: &FlowEvent, part: u32, now_ms: i64) -> FlowMeta {
-    FlowMeta {
-        tenant: event.tenant.clone(),
-        flow_id: event.flow_id.clone(),
-        part,
-        status: event.status,
-        event_type: event.event_type.clone(),
-        status_order: Vec::new(),
-        labels: Labels::default(),
-        first_event_ms: event.time_ms,
-        last_event_ms: event.time_ms,
-        first_ingest_ms: now_ms,
-        last_ingest_ms: now_ms,
-        event_count: 0,
-        raw_bytes: 0,
-        next_arrival: 0,
-        deadline_ms: None,
-        traceparent: None,
-        tracestate: None,
-    }
-}
-
 /// Key of a sealed part's inline events (see `inline`).
 pub(super) fn run_key(flow_key: &[u8], part: u32) -> Vec<u8> {
     let mut k = part_prefix(flow_key, part);
@@ -146,32 +115,4 @@ pub(super) fn digests_key(flow_key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(flow_key);
     k.extend_from_slice(&[DEDUPE, 0xFF]);
     k
-}
-
-/// Folds `event` into its flow's meta and returns the event's order within its part
-/// (the key of an individual event entry is the part prefix followed by it). The status is that
-/// of the latest event in flow order; labels merge; the first trace context is kept.
-pub(super) fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -> Vec<u8> {
-    let order = order_key(event.sequence.as_ref(), meta.next_arrival);
-    meta.next_arrival += 1;
-    // The type and label checks below reuse what the meta already holds: most events
-    // repeat their flow's type and labels, and this runs once per stored event.
-    if order >= meta.status_order {
-        meta.status = event.status;
-        if meta.event_type != event.event_type {
-            meta.event_type.clone_from(&event.event_type);
-        }
-        meta.status_order.clone_from(&order);
-    }
-    meta.labels.merge(&event.labels);
-    meta.first_event_ms = meta.first_event_ms.min(event.time_ms);
-    meta.last_event_ms = meta.last_event_ms.max(event.time_ms);
-    meta.last_ingest_ms = now_ms;
-    meta.event_count += 1;
-    meta.raw_bytes += event.raw.len() as u64;
-    if meta.traceparent.is_none() && event.traceparent.is_some() {
-        meta.traceparent = event.traceparent.clone();
-        meta.tracestate = event.tracestate.clone();
-    }
-    order
 }

@@ -126,6 +126,8 @@ fn read_counter(
 pub struct EmbeddedStore {
     db: Database,
     journal: Journal,
+    /// Intents this process works on: the ones it sealed and the ones it claimed.
+    claimed: std::sync::Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -188,7 +190,11 @@ impl EmbeddedStore {
             rows
         };
         let journal = Journal::open(&dir.join("journal"), &rows, config.journal_file_bytes)?;
-        Ok(EmbeddedStore { db, journal })
+        Ok(EmbeddedStore {
+            db,
+            journal,
+            claimed: Default::default(),
+        })
     }
 
     /// A write transaction that fsyncs on commit.
@@ -248,11 +254,23 @@ impl StateStore for EmbeddedStore {
     }
 
     fn seal(&self, intent: ArchiveIntent) -> Result<Option<ArchiveIntent>, StateError> {
-        self.seal_parts(intent)
+        let sealed = self.seal_parts(intent)?;
+        if let Some(s) = &sealed {
+            let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+            claimed.insert(s.id.clone());
+        }
+        Ok(sealed)
     }
 
     fn intents(&self) -> Result<Vec<ArchiveIntent>, StateError> {
         self.pending_intents()
+    }
+
+    fn claim_intents(&self) -> Result<Vec<ArchiveIntent>, StateError> {
+        let mut intents = self.pending_intents()?;
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        intents.retain(|i| claimed.insert(i.id.clone()));
+        Ok(intents)
     }
 
     fn record_upload(&self, intent_id: &str, verified: &VerifiedObject) -> Result<(), StateError> {
@@ -260,7 +278,10 @@ impl StateStore for EmbeddedStore {
     }
 
     fn complete(&self, intent_id: &str) -> Result<(), StateError> {
-        self.complete_intent(intent_id)
+        self.complete_intent(intent_id)?;
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        claimed.remove(intent_id);
+        Ok(())
     }
 
     fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError> {

@@ -1,4 +1,11 @@
 //! A Kafka-protocol broker: `tansu`, in-memory storage.
+//!
+//! tansu 0.6's in-memory engine answers a fetch from an offset inside a produced batch
+//! with the batches *after* that one (it looks batches up by base offset), so a
+//! consumer that resumes mid-batch — as librdkafka does after a cooperative rebalance
+//! pauses its fetchers — silently skips records. Suites that rebalance a group over
+//! much data produce one record per batch (`kafka_client.py produce --one-per-batch`),
+//! so that every offset starts a batch.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
