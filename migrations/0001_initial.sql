@@ -27,13 +27,12 @@ CREATE TABLE events (
 );
 
 -- Every dedupe key a flow has stored, archived parts included: a redelivery is a
--- conflict on this key, whichever instance receives it.
+-- conflict on this key, whichever instance receives it. The key is 32 bytes: the
+-- 16-byte SHA-256 digest of (tenant, flow_id), then that of (source, id), so a
+-- flow's keys are one range of the index (erasure deletes it) and the index stays
+-- small whatever the ids look like.
 CREATE TABLE dedupe (
-    tenant  text NOT NULL,
-    flow_id text NOT NULL,
-    source  text NOT NULL,
-    id      text NOT NULL,
-    PRIMARY KEY (tenant, flow_id, source, id)
+    key bytea PRIMARY KEY
 );
 
 -- Archivals in progress. owner and fence say who may act on one; lease_until is

@@ -16,7 +16,9 @@ use super::ManifestPart;
 use super::{hex_sha256, ArchiveError, FORMAT};
 use crate::config::Compression;
 use crate::flow::{FlowStatus, Labels};
-use crate::state::{ArchiveIntent, PartLocation, SealedPart, StateStore, UploadedSegment};
+use crate::state::{
+    ArchiveIntent, FlowMeta, PartLocation, SealedPart, StateStore, UploadedSegment,
+};
 use crate::time::rfc3339_ms;
 
 /// First 8 bytes of the footer payload.
@@ -455,6 +457,28 @@ pub(crate) fn footer_bytes(compression: Compression, manifest_offset: u64) -> Ve
     }
 }
 
+/// Raw bytes a read-ahead may hold: large enough that a shared store's round trip
+/// is paid once per few hundred small parts, small next to the process's memory.
+const READ_AHEAD_BYTES: u64 = 4 << 20;
+
+/// Consecutive runs of parts whose events are read together: each run's `raw_bytes`
+/// stays within [`READ_AHEAD_BYTES`], and a larger part is a run of its own.
+fn read_ahead_runs(parts: &[SealedPart]) -> Vec<&[SealedPart]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, part) in parts.iter().enumerate() {
+        if i > start && bytes + part.meta.raw_bytes > READ_AHEAD_BYTES {
+            runs.push(&parts[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += part.meta.raw_bytes;
+    }
+    if start < parts.len() {
+        runs.push(&parts[start..]);
+    }
+    runs
+}
+
 /// Builds the intent's object into `path` from the events in `store`.
 pub fn build_segment(
     store: &dyn StateStore,
@@ -471,13 +495,19 @@ pub fn build_segment(
     let file = std::fs::File::create(path).map_err(io_err)?;
     let mut writer = SegmentWriter::new(io::BufWriter::with_capacity(1 << 20, file), intent);
     let reader = store.event_reader()?;
-    for part in &intent.parts {
-        let m = &part.meta;
-        writer.write_part(part, |sink| {
-            reader
-                .for_each_event(&m.tenant, &m.flow_id, m.part, sink)
-                .map_err(ArchiveError::from)
-        })?;
+    for run in read_ahead_runs(&intent.parts) {
+        let metas: Vec<&FlowMeta> = run.iter().map(|p| &p.meta).collect();
+        if metas.len() > 1 {
+            reader.read_ahead(&metas)?;
+        }
+        for part in run {
+            let m = &part.meta;
+            writer.write_part(part, |sink| {
+                reader
+                    .for_each_event(&m.tenant, &m.flow_id, m.part, sink)
+                    .map_err(ArchiveError::from)
+            })?;
+        }
     }
     let (buffered, uploaded) = writer.finish()?;
     // No fsync: the spool file is only read back by this process for the upload, and

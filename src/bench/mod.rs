@@ -11,6 +11,7 @@ pub mod api;
 pub mod kafka;
 pub mod measure;
 pub mod nats;
+pub mod state;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -54,6 +55,11 @@ pub struct BenchArgs {
     /// flows, index build and rebuild rates.
     #[arg(long, conflicts_with_all = ["kafka", "nats"])]
     pub api: bool,
+    /// Measure the PostgreSQL state backend on this server
+    /// (`postgres://user:pass@host:port/db`), next to the embedded one and to `psql`
+    /// COPY of the same event rows. Creates and drops a database of its own there.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["kafka", "nats", "api"])]
+    pub state: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -104,19 +110,30 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
             tmp.path().to_path_buf()
         }
     };
+    measure(args, &dir, |_| {}).await
+}
+
+/// Generates the workload in `dir`, ingests and archives it with the configuration
+/// rooted there (changed by `configure`), and measures every figure.
+pub(crate) async fn measure(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut Config),
+) -> Result<BenchReport, PipelineError> {
     let input = dir.join("events.jsonl");
     let now_ms = chrono::Utc::now().timestamp_millis();
     let spec = WorkloadSpec::bench(args.flows, args.events, now_ms, "bench");
-    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
     let file = std::fs::File::create(&input).map_err(|e| io_err("events.jsonl", e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let workload = generate(&spec, &mut out).map_err(|e| io_err("events.jsonl", e))?;
     drop(out);
 
-    let mut config = Config::rooted_at(&dir);
+    let mut config = Config::rooted_at(dir);
     if let Some(n) = args.batch_size {
         config.input.batch_size = n;
     }
+    configure(&mut config);
     let hour = Retention::After(std::time::Duration::from_secs(3600));
     let r = &mut config.retention;
     (r.completed, r.failed, r.error, r.cancelled, r.timed_out) = (hour, hour, hour, hour, hour);

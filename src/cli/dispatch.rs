@@ -305,6 +305,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             use crate::bench;
             if args.api {
                 print_report(&bench::api::run(&args).await?, args.json)?;
+            } else if let Some(url) = &args.state {
+                print_report(&bench::state::run(&args, url).await?, args.json)?;
             } else if let Some(url) = &args.nats {
                 print_report(&bench::nats::run(&args, url).await?, args.json)?;
             } else if let Some(brokers) = &args.kafka {

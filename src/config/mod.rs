@@ -238,6 +238,9 @@ impl Config {
         redact(&mut shown.nats.password);
         redact(&mut shown.nats.token);
         redact(&mut shown.api.admin_token);
+        if shown.state.url.is_some() {
+            shown.state.url = Some(shown.state.redacted_url());
+        }
         for token in shown.api.tenant_tokens.values_mut() {
             *token = REDACTED.into();
         }

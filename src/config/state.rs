@@ -68,6 +68,17 @@ impl Default for StateConfig {
     }
 }
 
+/// The `sslmode` values of libpq that the postgres backend honours (`allow` is taken
+/// as `prefer`).
+const SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 impl StateConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.journal_file_bytes < 4096 {
@@ -95,7 +106,24 @@ impl StateConfig {
                         "write it as postgres://user:password@host:5432/db",
                     ))
                 }
-                Some(_) => {}
+                Some(url) => {
+                    let parsed = url::Url::parse(url).map_err(|e| {
+                        invalid(
+                            "state.url",
+                            format!("cannot be parsed: {e}"),
+                            "write it as postgres://user:password@host:5432/db (percent-encode special characters in the password)",
+                        )
+                    })?;
+                    if let Some((_, mode)) = parsed.query_pairs().find(|(k, _)| k == "sslmode") {
+                        if !SSL_MODES.contains(&mode.as_ref()) {
+                            return Err(invalid(
+                                "state.url",
+                                format!("sslmode={mode} is not a mode"),
+                                format!("use one of {}", SSL_MODES.join(", ")),
+                            ));
+                        }
+                    }
+                }
             }
             if self.pool_size < 2 {
                 return Err(invalid(

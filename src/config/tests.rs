@@ -228,3 +228,59 @@ fn nats_section_is_validated() {
     assert_eq!(c.nats.subjects, ["a.>", "b.*"]);
     assert_eq!(c.publish.destination, Destination::Nats);
 }
+
+#[test]
+fn the_postgres_backend_names_its_url_and_keeps_its_password_out_of_sight() {
+    let postgres = "[state]\nbackend = \"postgres\"\n";
+    let missing = Config::from_sources(Some(postgres), &[]).unwrap_err();
+    assert!(missing.to_string().contains("state.url"), "{missing}");
+    assert!(missing.to_string().contains("DATABASE_URL"), "{missing}");
+
+    for (url, says) in [
+        ("mysql://u@db/x", "postgres://"),
+        ("postgres://u@db/x?sslmode=verfy-full", "verify-full"),
+        ("postgres://u@[db/x", "cannot be parsed"),
+    ] {
+        let text = format!("{postgres}url = \"{url}\"\n");
+        let error = Config::from_sources(Some(&text), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("state.url") && error.contains(says),
+            "{url}: {error}"
+        );
+    }
+
+    // DATABASE_URL fills an unset state.url; state.url wins over it.
+    let from_env = Config::from_sources(
+        Some(postgres),
+        &env(&[("DATABASE_URL", "postgres://a:s3cret@db:5432/flows")]),
+    )
+    .unwrap();
+    assert_eq!(
+        from_env.state.url.as_deref(),
+        Some("postgres://a:s3cret@db:5432/flows")
+    );
+    let text = format!("{postgres}url = \"postgres://b@other/x\"\n");
+    let both = Config::from_sources(
+        Some(&text),
+        &env(&[("DATABASE_URL", "postgres://a@db/flows")]),
+    )
+    .unwrap();
+    assert_eq!(both.state.url.as_deref(), Some("postgres://b@other/x"));
+
+    let shown = from_env.to_toml();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("postgres://a:***@db:5432/flows"), "{shown}");
+}
+
+#[test]
+fn kafka_partitions_are_listed_once() {
+    let error = Config::from_sources(Some("[kafka]\npartitions = [0, 1, 0]\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("kafka.partitions") && error.contains("twice"),
+        "{error}"
+    );
+}

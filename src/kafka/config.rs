@@ -127,6 +127,14 @@ impl KafkaConfig {
                 "list partition numbers from 0, e.g. [0, 1]",
             ));
         }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = k.partitions.iter().find(|p| !seen.insert(**p)) {
+            return Err(invalid(
+                "kafka.partitions",
+                format!("partition {twice} is listed twice"),
+                "list each partition once",
+            ));
+        }
         if k.group_id.trim().is_empty() {
             return Err(invalid(
                 "kafka.group_id",

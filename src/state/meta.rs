@@ -2,6 +2,8 @@
 //! backend, so the embedded store and PostgreSQL agree on status, labels, order and
 //! counts of the same history.
 
+use sha2::{Digest as _, Sha256};
+
 use super::FlowMeta;
 use crate::flow::{FlowEvent, Labels, Sequence};
 
@@ -67,4 +69,19 @@ pub fn apply_event(meta: &mut FlowMeta, event: &FlowEvent, now_ms: i64) -> Vec<u
         meta.tracestate = event.tracestate.clone();
     }
     order
+}
+
+/// The 16-byte digest of a pair of strings (a dedupe key's source and id, or a flow's
+/// tenant and id): SHA-256 of both, length-prefixed so that ("ab", "c") and ("a", "bc")
+/// differ. 128 bits make a collision among billions of keys negligible.
+pub fn digest(a: &str, b: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update((a.len() as u64).to_be_bytes());
+    h.update(a.as_bytes());
+    h.update((b.len() as u64).to_be_bytes());
+    h.update(b.as_bytes());
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }

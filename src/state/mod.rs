@@ -40,16 +40,32 @@ use crate::policy::RetentionPolicy;
 /// A backend's own error (redb's, a database driver's), kept whole for its message.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A backend error's message followed by its causes': a pool or a driver prints only
+/// its own layer ("error performing TLS handshake"), while the cause ("invalid peer
+/// certificate: UnknownIssuer") is what the operator acts on.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// What can go wrong in any state backend. Variants name what the operator must look
 /// at; a backend's own error travels inside [`StateError::Open`] or
 /// [`StateError::Storage`].
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state store at {path}: {source}")]
+    #[error("state store at {path}: {}", with_causes(.source.as_ref()))]
     Open { path: String, source: BackendError },
     #[error("state store at {path} is in use by another process (one flow-archiver per state.path: stop the other one, or give this one its own state.path)")]
     Locked { path: String },
-    #[error("state store: {0}")]
+    #[error("state store: {}", with_causes(.0.as_ref()))]
     Storage(BackendError),
     #[error("state store record {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
@@ -281,6 +297,13 @@ pub trait EventReader: Send {
         part: u32,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), StateError>;
+
+    /// A hint that these parts are read next, in this order: a backend that pays a
+    /// network round trip per read fetches them in one. Callers keep the parts' summed
+    /// `raw_bytes` small, since a backend may hold them in memory until read.
+    fn read_ahead(&self, _parts: &[&FlowMeta]) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// The state store seam (`docs/design.md`, "Pipeline"). Each method's contract is in

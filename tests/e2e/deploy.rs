@@ -113,7 +113,7 @@ fn argo_wiring_matches_its_archiver_config() {
     }
 }
 
-/// `docker-compose.yml` is valid for both profiles (Debian's docker-compose parses it
+/// `docker-compose.yml` is valid for every profile (Debian's docker-compose parses it
 /// without a daemon), every service starts after what it needs, and every archiver
 /// service's mounted configuration passes `config check` with the environment the
 /// compose file gives it.
@@ -122,7 +122,15 @@ fn compose_file_is_valid_and_its_archiver_configs_check() {
     let root = env!("CARGO_MANIFEST_DIR");
     let env = Env::new("");
     let out = std::process::Command::new("docker-compose")
-        .args(["--profile", "kafka", "--profile", "nats", "config"])
+        .args([
+            "--profile",
+            "kafka",
+            "--profile",
+            "nats",
+            "--profile",
+            "scale",
+            "config",
+        ])
         .current_dir(root)
         .env_remove("FLOW_ARCHIVER_ADMIN_TOKEN")
         .output()
@@ -150,6 +158,8 @@ fn compose_file_is_valid_and_its_archiver_configs_check() {
         "archiver-nats",
         "api-kafka",
         "api-nats",
+        "postgres",
+        "archiver-scale",
     ] {
         assert!(services.contains_key(name), "service {name}");
     }
@@ -168,6 +178,11 @@ fn compose_file_is_valid_and_its_archiver_configs_check() {
         "service_healthy"
     );
     assert_eq!(deps("minio-init")["minio"]["condition"], "service_healthy");
+    assert_eq!(
+        deps("archiver-scale")["postgres"]["condition"],
+        "service_healthy"
+    );
+    assert_eq!(services["archiver-scale"]["deploy"]["replicas"], 3);
     assert_eq!(
         deps("kafka-topics")["kafka"]["condition"],
         "service_healthy"
@@ -224,7 +239,10 @@ fn compose_file_is_valid_and_its_archiver_configs_check() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 4, "two archivers and two API services");
+    assert_eq!(
+        checked, 5,
+        "two single-node archivers, the replicated one and two API services"
+    );
 }
 
 /// Every manifest under `deploy/k8s/` validates offline against the Kubernetes schemas
@@ -297,9 +315,26 @@ fn kubernetes_manifests_validate_offline() {
     for step in ["run --until-idle", "sweep", "purge"] {
         assert!(command.contains(step), "the CronJob runs {step}: {command}");
     }
+    // The postgres overlay's Deployment: interchangeable replicas, no volume of its own.
+    let deployment = kind("Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let replica = &deployment["spec"]["template"]["spec"];
+    assert!(
+        replica["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "DATABASE_URL" && v["valueFrom"]["secretKeyRef"].is_object()),
+        "the database URL (with its password) comes from a Secret"
+    );
+    assert_eq!(
+        deployment["spec"]["selector"], sts["spec"]["selector"],
+        "the Service selects the replicas as it does the StatefulSet's pod"
+    );
     for pod in [
         &sts["spec"]["template"]["spec"],
         &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        replica,
     ] {
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         let container = &pod["containers"][0];
@@ -368,6 +403,10 @@ fn kubernetes_manifests_validate_offline() {
                         "FLOW_ARCHIVER__API__ADMIN_TOKEN",
                         "a-secret-from-kubernetes",
                     )
+                    .env(
+                        "DATABASE_URL",
+                        "postgres://archiver:from-a-secret@db:5432/flows",
+                    )
                     .output()
                     .unwrap();
                 assert!(
@@ -385,7 +424,7 @@ fn kubernetes_manifests_validate_offline() {
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        for overlay in ["kafka", "nats"] {
+        for overlay in ["kafka", "nats", "postgres"] {
             let out = std::process::Command::new("kubectl")
                 .args([
                     "kustomize",

@@ -248,6 +248,21 @@ fn produce(c: &Cluster, records: &[Value]) {
     ]);
 }
 
+/// [`produce`], one record per batch: for rebalances on the test broker (see its note).
+fn produce_one_per_batch(c: &Cluster, records: &[Value]) {
+    let spec = c.env.write(
+        "produce.json",
+        serde_json::to_string(records).unwrap().as_bytes(),
+    );
+    kafka_client(&[
+        "produce",
+        &c.broker.address(),
+        EVENTS,
+        spec.to_str().unwrap(),
+        "--one-per-batch",
+    ]);
+}
+
 /// Records produced but not yet acknowledged by the archiver's group.
 fn lag(c: &Cluster, produced: usize) -> i64 {
     let committed: i64 = kafka_client(&["committed", &c.broker.address(), "archiver", EVENTS])
@@ -664,15 +679,31 @@ fn records_read(stopped: &str) -> i64 {
         .expect("a count")
 }
 
+/// Two instances in one group on the shared (postgres) state: a rebalance hands each
+/// revoked partition over at its durable position. (On the embedded store the same
+/// rebalance is refused: `scale::embedded_instances_in_one_group_…`.)
 #[test]
 fn a_rebalance_hands_partitions_over_at_the_durable_position() {
-    let c = cluster("", "");
+    let mut c = cluster("", "");
+    let pg = PgServer::start();
+    let shared = vec![
+        (
+            "FLOW_ARCHIVER__STATE__BACKEND".to_string(),
+            "postgres".to_string(),
+        ),
+        (
+            "FLOW_ARCHIVER__STATE__URL".to_string(),
+            pg.create_database("archiver"),
+        ),
+    ];
+    c.env.vars.extend(shared.clone());
     let w = workload(80);
-    // A second instance with its own state, in the same group.
-    let other =
+    // A second instance in the same group.
+    let mut other =
         Env::new(&std::fs::read_to_string(c.env.path().join("flow-archiver.toml")).unwrap());
+    other.vars = shared;
     let (first, second) = w.records.split_at(w.records.len() / 3);
-    produce(&c, first);
+    produce_one_per_batch(&c, first);
     let a = c.env.spawn(&["run", "--source", "kafka"]);
     eventually(
         Duration::from_secs(60),
@@ -683,7 +714,7 @@ fn a_rebalance_hands_partitions_over_at_the_durable_position() {
     // its partitions are revoked mid-stream.
     let info = vec![("RUST_LOG".to_string(), "flow_archiver=info".to_string())];
     let b = other.spawn_env(&info, &["run", "--source", "kafka"]);
-    produce(&c, second);
+    produce_one_per_batch(&c, second);
     eventually(
         Duration::from_secs(60),
         "the second instance to get partitions",

@@ -25,5 +25,6 @@ mod round_trip;
 mod s3;
 mod scale;
 mod service;
+mod state_cli;
 mod state_store;
 mod traces;

@@ -151,8 +151,9 @@ fn workload(flows: usize, subject_of: impl Fn(usize, usize) -> String) -> Worklo
     }
 }
 
-/// Runs the independent decoder over `records` ({key, data} each).
-fn verify_independently(s: &Shared, w: &Workload, records: &[Value], dir: &std::path::Path) {
+/// Runs the independent decoder over `records` ({key, data} each) and the objects in
+/// `s3`'s bucket.
+fn verify_independently(s3: &S3Server, w: &Workload, records: &[Value], dir: &std::path::Path) {
     let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
     let records_file = dir.join("archived.jsonl");
     std::fs::write(&records_file, lines.join("\n")).unwrap();
@@ -163,7 +164,7 @@ fn verify_independently(s: &Shared, w: &Workload, records: &[Value], dir: &std::
         &[
             records_file.to_str().unwrap(),
             expected_file.to_str().unwrap(),
-            s.s3.root.path().join(BUCKET).to_str().unwrap(),
+            s3.root.path().join(BUCKET).to_str().unwrap(),
         ],
     );
     eprintln!("independent check: {summary}");
@@ -411,7 +412,7 @@ fn three_kafka_instances_on_postgres_lose_nothing_through_kills_and_scaling() {
         .iter()
         .map(|r| json!({"key": r["key"], "data": r["data"]}))
         .collect();
-    verify_independently(&s, &w, &records, envs[0].path());
+    verify_independently(&s.s3, &w, &records, envs[0].path());
     let dead = consume_topic(&broker, "flow.events.dlq", w.hostile, false);
     assert_eq!(
         dead.len(),
@@ -535,5 +536,111 @@ fn three_nats_instances_on_one_consumer_lose_nothing_through_kills_scaling_and_a
         json!({"key": r["subject"], "data": r["json"]["data"]})
     })
     .collect();
-    verify_independently(&s, &w, &archived, envs[0].path());
+    verify_independently(&s.s3, &w, &archived, envs[0].path());
+}
+
+/// What embedded instances run with: their own state, the shared S3 archive.
+fn embedded_vars(s3: &S3Server, retention: &str) -> Vec<(String, String)> {
+    let v = |k: &str, v: &str| (k.to_string(), v.to_string());
+    vec![
+        v("FLOW_ARCHIVER__ARCHIVE__BUCKET", BUCKET),
+        v("FLOW_ARCHIVER__ARCHIVE__ENDPOINT", &s3.endpoint),
+        v("FLOW_ARCHIVER__RETENTION__COMPLETED", retention),
+        v("FLOW_ARCHIVER__RETENTION__FAILED", retention),
+        v("AWS_ACCESS_KEY_ID", &s3.access_key),
+        v("AWS_SECRET_ACCESS_KEY", &s3.secret_key),
+        v("AWS_DEFAULT_REGION", "us-east-1"),
+    ]
+}
+
+/// Two instances with their own embedded stores in one group: the rebalance that hands
+/// the second one partitions the first has read from would split those flows, so
+/// the first stops with an error naming both fixes, before committing anything more.
+#[test]
+fn embedded_instances_in_one_group_fail_loudly_instead_of_splitting_flows() {
+    let s3 = S3Server::start(BUCKET);
+    let broker = kafka_broker(4);
+    let config = broker_config(Broker::Kafka {
+        brokers: &broker.address(),
+        section: &kafka_section(""),
+    });
+    let (first, second) = (Env::new(&config), Env::new(&config));
+    let w = workload(200, |f, _| format!("flow-{f}"));
+    let records: Vec<Value> = w.events.iter().map(|(k, v)| kafka_record(k, v)).collect();
+    let (early, late) = records.split_at(records.len() / 2);
+    produce_kafka(&broker, &first, early);
+    let vars = embedded_vars(&s3, "1d");
+    let a = first.spawn_env(&vars, &["run", "--source", "kafka"]);
+    eventually(Duration::from_secs(120), "the first to commit", || {
+        (committed(&broker) == early.len() as i64).then_some(())
+    });
+    let b = second.spawn_env(&vars, &["run", "--source", "kafka"]);
+    produce_kafka(&broker, &first, late);
+    let (status, stderr) = a.wait(Duration::from_secs(120));
+    assert!(!status.success(), "the first instance stops: {stderr}");
+    for fix in ["state.backend = \"postgres\"", "kafka.partitions"] {
+        assert!(stderr.contains(fix), "the error names {fix}: {stderr}");
+    }
+    assert!(stderr.contains("splitting their histories"), "{stderr}");
+    // The second one had read nothing before the rebalance: it goes on.
+    b.stop();
+}
+
+/// Embedded instances sharing a group safely: each is assigned its own partitions
+/// (`kafka.partitions`), flows are keyed so that a flow stays in one partition, and
+/// every terminal flow is archived once, whole, by the instance that owns it.
+#[test]
+fn embedded_instances_with_fixed_partitions_archive_every_flow_once() {
+    let s3 = S3Server::start(BUCKET);
+    let broker = kafka_broker(4);
+    let config = |partitions: &str| {
+        broker_config(Broker::Kafka {
+            brokers: &broker.address(),
+            section: &kafka_section(&format!("partitions = {partitions}")),
+        })
+    };
+    let envs = [Env::new(&config("[0, 1]")), Env::new(&config("[2, 3]"))];
+    let w = workload(300, |f, _| format!("flow-{f:05}"));
+    let records: Vec<Value> = w.events.iter().map(|(k, v)| kafka_record(k, v)).collect();
+    produce_kafka(&broker, &envs[0], &records);
+    let vars = embedded_vars(&s3, "1d");
+    let runs: Vec<Running> = envs
+        .iter()
+        .map(|e| e.spawn_env(&vars, &["run", "--source", "kafka"]))
+        .collect();
+    eventually(Duration::from_secs(180), "every record committed", || {
+        (committed(&broker) == records.len() as i64).then_some(())
+    });
+    let reads: Vec<i64> = runs
+        .into_iter()
+        .map(|r| {
+            let stopped = r.stop();
+            assert!(!stopped.contains("rebalance"), "{stopped}");
+            stopped
+                .split("stopped: read ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no summary: {stopped}"))
+        })
+        .collect();
+    assert_eq!(reads.iter().sum::<i64>(), records.len() as i64, "{reads:?}");
+    assert!(
+        reads.iter().all(|r| *r > 0),
+        "both read their partitions: {reads:?}"
+    );
+    let vars = embedded_vars(&s3, "1s");
+    let runs: Vec<Running> = envs
+        .iter()
+        .map(|e| e.spawn_env(&vars, &["run", "--source", "kafka"]))
+        .collect();
+    let archived = consume_topic(&broker, ARCHIVED, w.expected.len(), true);
+    for r in runs {
+        r.stop();
+    }
+    let records: Vec<Value> = archived
+        .iter()
+        .map(|r| json!({"key": r["key"], "data": r["data"]}))
+        .collect();
+    verify_independently(&s3, &w, &records, envs[0].path());
 }

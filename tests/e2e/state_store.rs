@@ -378,6 +378,19 @@ macro_rules! conformance {
                 assert_eq!(s.live_flow("t", "f").unwrap().unwrap().part, 2);
                 assert_eq!(events_of(&*s, "f", 2).len(), 1);
                 assert_eq!(s.stats().unwrap().live_flows, 2);
+                // Its dedupe keys went with it; another flow's equal key is untouched.
+                let again = s
+                    .ingest(
+                        &[
+                            event("f", "1", 1, FlowStatus::Running, 0),
+                            event("g", "1", 1, FlowStatus::Running, 0),
+                        ],
+                        &p,
+                        0,
+                        None,
+                    )
+                    .unwrap();
+                assert_eq!((again.stored, again.duplicates), (1, 1));
             }
 
             #[test]

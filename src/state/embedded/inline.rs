@@ -24,8 +24,6 @@
 //! Neither key can equal an individual entry's key: those carry at least a length
 //! prefix and an arrival number after the tag.
 
-use sha2::{Digest as _, Sha256};
-
 use super::journal::{EventPointer, POINTER_LEN};
 use super::keys::corrupt;
 use super::{FlowMeta, StateError};
@@ -42,18 +40,7 @@ pub(super) const DEDUPE_SPILLED: u8 = 1;
 
 pub(super) type DedupeDigest = [u8; 16];
 
-/// The 16-byte digest of a dedupe key.
-pub(super) fn digest(a: &str, b: &str) -> DedupeDigest {
-    let mut h = Sha256::new();
-    h.update((a.len() as u64).to_be_bytes());
-    h.update(a.as_bytes());
-    h.update((b.len() as u64).to_be_bytes());
-    h.update(b.as_bytes());
-    let full = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
-    out
-}
+pub(super) use crate::state::meta::digest;
 
 /// A flow's inline dedupe digests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -338,9 +338,10 @@ impl PostgresStore {
             )
             .await
             .map_err(storage)?;
+        let (first, last) = super::ingest::dedupe_range(tenant, flow_id);
         txn.execute(
-            "DELETE FROM dedupe WHERE tenant = $1 AND flow_id = $2",
-            &[&tenant, &flow_id],
+            "DELETE FROM dedupe WHERE key BETWEEN $1 AND $2",
+            &[&first, &last],
         )
         .await
         .map_err(storage)?;

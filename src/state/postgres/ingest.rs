@@ -1,6 +1,6 @@
 //! Ingest: one transaction per batch, a constant number of statements whatever its
 //! size (arrays through `unnest`): create the flows' rows that are new, lock every
-//! flow's row in key order, insert the dedupe keys (a conflict is a duplicate), fold
+//! flow's row in key order, insert the dedupe keys (digests; a conflict is a duplicate), fold
 //! the new events into the metas (shared with the embedded store,
 //! [`crate::state::meta`]), insert the events, update the metas and deadlines, store
 //! the checkpoint, commit. Also the recomputation of deadlines when the policy changes.
@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
-use crate::state::meta::{apply_event, new_meta};
+use crate::state::meta::{apply_event, digest, new_meta};
 
 /// A batch grouped by flow, in key order (the order rows are locked in).
 pub(super) struct Batch {
@@ -100,32 +100,27 @@ impl PostgresStore {
             }
 
             // Dedupe keys: the ones that were new come back.
-            let (mut dt, mut df, mut ds, mut di) = (vec![], vec![], vec![], vec![]);
-            for e in events {
-                if let Some((source, id)) = &e.dedupe_key {
-                    dt.push(e.tenant.as_str());
-                    df.push(e.flow_id.as_str());
-                    ds.push(source.as_str());
-                    di.push(id.as_str());
-                }
-            }
-            let mut fresh: HashSet<(String, String, String, String)> = HashSet::new();
-            if !dt.is_empty() {
+            let keys: Vec<Option<Vec<u8>>> = events
+                .iter()
+                .map(|e| {
+                    e.dedupe_key
+                        .as_ref()
+                        .map(|(source, id)| dedupe_key(&e.tenant, &e.flow_id, source, id))
+                })
+                .collect();
+            let wanted: Vec<&[u8]> = keys.iter().flatten().map(Vec::as_slice).collect();
+            let mut fresh: HashSet<Vec<u8>> = HashSet::new();
+            if !wanted.is_empty() {
                 let dedupe = txn
                     .prepare_cached(
-                        "INSERT INTO dedupe (tenant, flow_id, source, id)
-                         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                        "INSERT INTO dedupe (key) SELECT * FROM unnest($1::bytea[])
                          ON CONFLICT DO NOTHING
-                         RETURNING tenant, flow_id, source, id",
+                         RETURNING key",
                     )
                     .await
                     .map_err(storage)?;
-                for r in txn
-                    .query(&dedupe, &[&dt, &df, &ds, &di])
-                    .await
-                    .map_err(storage)?
-                {
-                    fresh.insert((r.get(0), r.get(1), r.get(2), r.get(3)));
+                for r in txn.query(&dedupe, &[&wanted]).await.map_err(storage)? {
+                    fresh.insert(r.get(0));
                 }
             }
 
@@ -143,15 +138,9 @@ impl PostgresStore {
                 let mut changed = false;
                 for &e in members {
                     let event = &events[e];
-                    if let Some((source, id)) = &event.dedupe_key {
+                    if let Some(k) = &keys[e] {
                         // The first of two equal keys in one batch is the one kept.
-                        let k = (
-                            key.0.clone(),
-                            key.1.clone(),
-                            source.to_string(),
-                            id.to_string(),
-                        );
-                        if !fresh.remove(&k) {
+                        if !fresh.remove(k) {
                             outcome.duplicates += 1;
                             continue;
                         }
@@ -310,3 +299,20 @@ impl PostgresStore {
 
 /// The advisory lock of deadline recomputation.
 const POLICY_LOCK: i64 = 0x666c_6f77_706f_6c69; // "flowpoli"
+
+/// A flow's dedupe keys share their first 16 bytes (see `migrations/0001_initial.sql`).
+pub(super) fn dedupe_key(tenant: &str, flow_id: &str, source: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32);
+    key.extend_from_slice(&digest(tenant, flow_id));
+    key.extend_from_slice(&digest(source, id));
+    key
+}
+
+/// The first and last possible dedupe key of a flow.
+pub(super) fn dedupe_range(tenant: &str, flow_id: &str) -> (Vec<u8>, Vec<u8>) {
+    let flow = digest(tenant, flow_id);
+    let (mut first, mut last) = (flow.to_vec(), flow.to_vec());
+    first.extend_from_slice(&[0; 16]);
+    last.extend_from_slice(&[0xff; 16]);
+    (first, last)
+}

@@ -128,11 +128,17 @@ fn pg_retryable(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED
         }
-        // No SQL state: the connection itself failed (refused, reset, timed out).
+        // No SQL state: the connection itself failed (refused, reset, timed out) —
+        // unless TLS refused the server: a certificate does not fix itself.
         None => {
-            std::error::Error::source(e)
-                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
-                || e.to_string().contains("connection")
+            let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+            if io.is_some_and(|io| {
+                io.get_ref()
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            }) {
+                return false;
+            }
+            io.is_some() || e.to_string().contains("connection")
         }
     }
 }

@@ -2,6 +2,8 @@
 //! arrive as the server sends them, so memory does not grow with a flow's size). A
 //! [`Snapshot`] reads many parts from one repeatable-read transaction.
 
+use std::cell::RefCell;
+
 use futures::{pin_mut, TryStreamExt};
 
 use super::*;
@@ -10,6 +12,10 @@ const OPEN_PART: &str =
     "SELECT meta FROM flows WHERE tenant = $1 AND flow_id = $2 AND meta IS NOT NULL";
 const PART_EVENTS: &str =
     "SELECT raw FROM events WHERE tenant = $1 AND flow_id = $2 AND part = $3 ORDER BY ord";
+const RUN_EVENTS: &str = "SELECT u.i, e.raw
+     FROM unnest($1::text[], $2::text[], $3::int4[]) WITH ORDINALITY AS u(t, id, p, i)
+     JOIN events e ON e.tenant = u.t AND e.flow_id = u.id AND e.part = u.p
+     ORDER BY u.i, e.ord";
 
 async fn open_part_on(
     client: &tokio_postgres::Client,
@@ -25,7 +31,7 @@ async fn open_part_on(
 }
 
 pub(super) async fn stream_part(
-    client: &tokio_postgres::Client,
+    client: &Object,
     tenant: &str,
     flow_id: &str,
     part: u32,
@@ -33,8 +39,9 @@ pub(super) async fn stream_part(
 ) -> Result<(), StateError> {
     let part = part as i32;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&tenant, &flow_id, &part];
+    let statement = client.prepare_cached(PART_EVENTS).await.map_err(storage)?;
     let rows = client
-        .query_raw(PART_EVENTS, params)
+        .query_raw(&statement, params)
         .await
         .map_err(storage)?;
     pin_mut!(rows);
@@ -68,14 +75,19 @@ impl PostgresStore {
         Ok(Snapshot {
             client: Some(client),
             handle: self.handle.clone(),
+            read_ahead: RefCell::new(HashMap::new()),
         })
     }
 }
+
+type PartKey = (String, String, u32);
 
 /// One repeatable-read transaction on a pooled connection, rolled back on drop.
 pub(super) struct Snapshot {
     client: Option<Object>,
     handle: tokio::runtime::Handle,
+    /// Events of the parts announced by `read_ahead` and not yet read.
+    read_ahead: RefCell<HashMap<PartKey, Vec<Vec<u8>>>>,
 }
 
 impl Snapshot {
@@ -118,7 +130,55 @@ impl EventReader for Snapshot {
         part: u32,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), StateError> {
+        let key = (tenant.to_string(), flow_id.to_string(), part);
+        let fetched = self.read_ahead.borrow_mut().remove(&key);
+        match fetched {
+            Some(events) => {
+                for event in &events {
+                    sink(event).map_err(|source| StateError::Stream {
+                        tenant: tenant.to_string(),
+                        flow_id: flow_id.to_string(),
+                        part,
+                        source,
+                    })?;
+                }
+                Ok(())
+            }
+            None => {
+                let client = self.client()?;
+                self.block(stream_part(client, tenant, flow_id, part, sink))
+            }
+        }
+    }
+
+    /// One query for the whole run, in place of a round trip per part.
+    fn read_ahead(&self, parts: &[&FlowMeta]) -> Result<(), StateError> {
         let client = self.client()?;
-        self.block(stream_part(client, tenant, flow_id, part, sink))
+        let mut keys: Vec<PartKey> = Vec::with_capacity(parts.len());
+        let (mut tenants, mut flow_ids, mut numbers) = (Vec::new(), Vec::new(), Vec::new());
+        for m in parts {
+            tenants.push(m.tenant.as_str());
+            flow_ids.push(m.flow_id.as_str());
+            numbers.push(m.part as i32);
+            keys.push((m.tenant.to_string(), m.flow_id.to_string(), m.part));
+        }
+        let rows = self.block(async {
+            let statement = client.prepare_cached(RUN_EVENTS).await.map_err(storage)?;
+            client
+                .query(&statement, &[&tenants, &flow_ids, &numbers])
+                .await
+                .map_err(storage)
+        })?;
+        let mut events: Vec<Vec<Vec<u8>>> = vec![Vec::new(); keys.len()];
+        for row in rows {
+            let index = row.get::<_, i64>(0) as usize;
+            if let Some(slot) = index.checked_sub(1).and_then(|i| events.get_mut(i)) {
+                slot.push(row.get::<_, &[u8]>(1).to_vec());
+            }
+        }
+        let mut cache = self.read_ahead.borrow_mut();
+        cache.clear();
+        cache.extend(keys.into_iter().zip(events));
+        Ok(())
     }
 }

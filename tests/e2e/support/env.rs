@@ -42,6 +42,7 @@ impl Env {
                 || k.starts_with("AWS_")
                 || k.starts_with("OTEL_")
                 || k == "FLOW_RETENTION_DAYS"
+                || k == "DATABASE_URL"
             {
                 cmd.env_remove(k);
             }

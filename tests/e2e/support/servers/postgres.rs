@@ -102,10 +102,22 @@ pub struct PgServer {
     pub dir: tempfile::TempDir,
     pub port: u16,
     running: bool,
+    /// With TLS on: the CA that signed the server's certificate (for 127.0.0.1).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl PgServer {
     pub fn start() -> PgServer {
+        Self::start_with(false)
+    }
+
+    /// A server that accepts TLS connections only, with a certificate for
+    /// `127.0.0.1` (and no other name) signed by a CA of its own ([`PgServer::tls_ca`]).
+    pub fn start_with_tls() -> PgServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PgServer {
         let dir = owned_dir();
         let data = dir.path().join("data");
         run(
@@ -120,7 +132,11 @@ impl PgServer {
             dir,
             port: free_port(),
             running: false,
+            tls_ca: None,
         };
+        if tls {
+            server.tls_ca = Some(server.make_certificates());
+        }
         server.launch();
         server
     }
@@ -129,12 +145,94 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
+    /// Writes `ca.pem` beside the cluster and `server.{crt,key}` into it (owned by
+    /// `postgres`, key mode 0600 as the server demands), and makes TCP connections
+    /// `hostssl` only; returns the CA's path.
+    fn make_certificates(&self) -> PathBuf {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let mut c = Command::new("openssl");
+            c.args(args).current_dir(dir);
+            run(c, "openssl")
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=flow-archiver test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        for file in ["server.crt", "server.key"] {
+            let target = self.data().join(file);
+            std::fs::copy(dir.join(file), &target).expect("certificate into the cluster");
+            let mut chown = Command::new("chown");
+            chown.arg("postgres:postgres").arg(&target);
+            run(chown, "chown");
+        }
+        let mut chmod = Command::new("chmod");
+        chmod.arg("600").arg(self.data().join("server.key"));
+        run(chmod, "chmod");
+        // TCP clients must use TLS.
+        let hba = self.data().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        let rules: String = rules
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, rules).expect("pg_hba.conf");
+        dir.join("ca.pem")
+    }
+
     fn launch(&mut self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200",
             self.port,
             self.data().display()
         );
+        if self.tls_ca.is_some() {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let mut c = as_postgres(&bin_dir().join("pg_ctl"));
         c.arg("-D")
             .arg(self.data())
