@@ -102,14 +102,8 @@ pub struct BenchReport {
 const MB: f64 = 1_000_000.0;
 
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, PipelineError> {
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     measure(args, &dir, |_| {}).await
 }
 

@@ -30,14 +30,8 @@ pub struct StateBenchReport {
 }
 
 pub async fn run(args: &BenchArgs, url: &str) -> Result<StateBenchReport, PipelineError> {
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let psql = find_psql()?;
     let database = format!("flow_archiver_bench_{}", std::process::id());
     let bench_url = with_database(url, &database)?;
@@ -221,7 +215,7 @@ impl fmt::Display for StateBenchReport {
                 p.archive_mb_per_sec, p.segment_p50_ms, p.segment_p99_ms, e.archive_mb_per_sec, self.archive_vs_embedded
             )?;
         }
-        write!(
+        writeln!(
             f,
             "  memory     peak RSS with postgres {:.1} MiB ({} live flows tracked after ingest)",
             p.peak_rss_bytes as f64 / (1024.0 * 1024.0),

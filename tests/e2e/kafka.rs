@@ -236,31 +236,23 @@ fn workload(flows: usize) -> Workload {
 }
 
 fn produce(c: &Cluster, records: &[Value]) {
-    let spec = c.env.write(
-        "produce.json",
-        serde_json::to_string(records).unwrap().as_bytes(),
-    );
-    kafka_client(&[
-        "produce",
-        &c.broker.address(),
-        EVENTS,
-        spec.to_str().unwrap(),
-    ]);
+    produce_with(c, records, &[]);
 }
 
 /// [`produce`], one record per batch: for rebalances on the test broker (see its note).
 fn produce_one_per_batch(c: &Cluster, records: &[Value]) {
+    produce_with(c, records, &["--one-per-batch"]);
+}
+
+fn produce_with(c: &Cluster, records: &[Value], options: &[&str]) {
     let spec = c.env.write(
         "produce.json",
         serde_json::to_string(records).unwrap().as_bytes(),
     );
-    kafka_client(&[
-        "produce",
-        &c.broker.address(),
-        EVENTS,
-        spec.to_str().unwrap(),
-        "--one-per-batch",
-    ]);
+    let address = c.broker.address();
+    let mut args = vec!["produce", &address, EVENTS, spec.to_str().unwrap()];
+    args.extend_from_slice(options);
+    kafka_client(&args);
 }
 
 /// Records produced but not yet acknowledged by the archiver's group.

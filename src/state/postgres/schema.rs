@@ -60,7 +60,7 @@ impl std::fmt::Display for SchemaStatus {
         writeln!(f, "archive intents   {}", self.sealed_intents)?;
         writeln!(f, "purge intents     {}", self.purge_intents)?;
         writeln!(f, "erase intents     {}", self.erase_intents)?;
-        write!(f, "holds             {}", self.holds)
+        writeln!(f, "holds             {}", self.holds)
     }
 }
 
