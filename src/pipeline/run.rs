@@ -116,6 +116,14 @@ impl Pipeline {
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 let mut ticks = Ticks::every(this.config.scheduler.interval);
+                // The gauge of tracked flows: the embedded store keeps the count, a
+                // shared database counts rows, so every instance asking every tick
+                // would scan the live set once a second each.
+                let count_every = match this.config.state.backend {
+                    crate::config::StateBackend::Embedded => std::time::Duration::ZERO,
+                    crate::config::StateBackend::Postgres => std::time::Duration::from_secs(30),
+                };
+                let mut counted: Option<std::time::Instant> = None;
                 while ticks.next(&cancel).await {
                     // Intents no live instance works on: at start, those a stopped run
                     // left; with a shared store, also those of an instance whose lease
@@ -132,9 +140,12 @@ impl Pipeline {
                     let due = blocking(move || store.due_flows(now_ms, batch)).await?;
                     let metrics = crate::telemetry::metrics();
                     metrics.timers_due.set(due.len() as i64);
-                    let store = this.store.clone();
-                    if let Ok(stats) = blocking(move || store.stats()).await {
-                        metrics.flows_tracked.set(stats.live_flows as i64);
+                    if counted.is_none_or(|at| at.elapsed() >= count_every) {
+                        counted = Some(std::time::Instant::now());
+                        let store = this.store.clone();
+                        if let Ok(stats) = blocking(move || store.stats()).await {
+                            metrics.flows_tracked.set(stats.live_flows as i64);
+                        }
                     }
                     let mut sealing = this.seal_due(due, now_ms);
                     while let Some(sealed) = sealing.next().await? {
