@@ -10,8 +10,8 @@ use flow_archiver::config::{Compression, Config, Retention, StateConfig};
 use flow_archiver::flow::{FlowEvent, FlowStatus, Sequence};
 use flow_archiver::policy::RetentionPolicy;
 use flow_archiver::state::{
-    ArchiveIntent, EmbeddedStore, IntentStage, PostgresStore, SealedPart, StateError, StateStore,
-    VerifiedObject,
+    ArchiveIntent, EmbeddedStore, EraseIntent, IntentStage, PostgresStore, PurgeIntent, SealedPart,
+    StateError, StateStore, VerifiedObject,
 };
 
 use crate::support::database_for;
@@ -902,6 +902,63 @@ fn postgres_intents_of_a_dead_instance_are_taken_over_and_the_late_one_is_fenced
     b.complete("i1").unwrap();
     assert!(events_of(&a, "f", 1).is_empty());
     assert!(b.intents().unwrap().is_empty());
+}
+
+/// Purges and erasures in progress resume like archivals: the owner's own at its next
+/// pass, another instance's once its lease has expired, never while it is alive.
+#[test]
+fn postgres_purges_and_erasures_of_a_dead_instance_are_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_for(dir.path());
+    let lease = Duration::from_secs(3);
+    let a = PostgresStore::open(&pg_config(&url, lease)).unwrap();
+    let b = PostgresStore::open(&pg_config(&url, lease)).unwrap();
+    let purge = PurgeIntent {
+        object_key: "flows/t/o1.zst".into(),
+        object_uri: "file:///archive/flows/t/o1.zst".into(),
+        segment_id: "o1".into(),
+        reason: "retention".into(),
+        actor: None,
+        at_ms: 1,
+        parts: vec![("t".into(), "f".into(), 1)],
+    };
+    let erase = EraseIntent {
+        tenant: "t".into(),
+        flow_id: "g".into(),
+        old_key: "flows/t/o2.zst".into(),
+        old_uri: "file:///archive/flows/t/o2.zst".into(),
+        old_segment_id: "o2".into(),
+        rewrite: None,
+        erased_parts: vec![1],
+        reason: "request 7".into(),
+        actor: "admin".into(),
+        at_ms: 2,
+    };
+    a.begin_purge(&purge).unwrap();
+    a.begin_erase(&erase).unwrap();
+    assert!(
+        b.purge_intents().unwrap().is_empty(),
+        "a live owner's purge"
+    );
+    assert!(
+        b.erase_intents().unwrap().is_empty(),
+        "a live owner's erasure"
+    );
+    assert_eq!(a.purge_intents().unwrap(), vec![purge.clone()], "its own");
+    assert_eq!(a.erase_intents().unwrap(), vec![erase.clone()], "its own");
+
+    crate::support::shared_pg().psql(
+        url.rsplit('/').next().unwrap().split('?').next().unwrap(),
+        "UPDATE purge_intents SET lease_until = now() - interval '1 second';
+         UPDATE erase_intents SET lease_until = now() - interval '1 second'",
+    );
+    assert_eq!(b.purge_intents().unwrap(), vec![purge.clone()]);
+    assert_eq!(b.erase_intents().unwrap(), vec![erase.clone()]);
+    assert!(a.purge_intents().unwrap().is_empty(), "now b's");
+    b.finish_purge(&purge.object_key).unwrap();
+    b.finish_erase(&erase.old_key).unwrap();
+    assert!(b.purge_intents().unwrap().is_empty());
+    assert!(b.erase_intents().unwrap().is_empty());
 }
 
 /// Three instances starting at once on an empty database: the migrations run once.
