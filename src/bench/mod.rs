@@ -90,6 +90,9 @@ pub struct BenchReport {
     /// `zstd -3 -T1 | sha256sum` over the same input, MB/s (None when the tools are missing).
     pub reference_mb_per_sec: Option<f64>,
     pub archive_vs_reference: Option<f64>,
+    /// Compressed/raw of `zstd -3 -T1` over the whole input as one stream: what
+    /// compression allows, next to `stored_ratio`.
+    pub whole_stream_ratio: Option<f64>,
     /// The format's own floor: each archived part compressed again as its own frame
     /// (reused context, the configured level) and hashed as the format requires, on
     /// one core, MB/s of raw history. Reading and decompressing are not timed.
@@ -158,10 +161,10 @@ pub(crate) async fn measure(
         (ms, Some(sweep))
     };
     let archive_cpu = crate::bench::measure::cpu_seconds() - cpu_before_archive;
-    let reference = if args.ingest_only {
-        None
+    let (reference, whole_stream_ratio) = if args.ingest_only {
+        (None, None)
     } else {
-        reference_mb_per_sec(&input)
+        (reference_mb_per_sec(&input), whole_stream_ratio(&input))
     };
     let part_frames = match &sweep {
         Some(s) if s.flow_parts > 0 => {
@@ -200,6 +203,7 @@ pub(crate) async fn measure(
         segment_p99_ms: percentile(&mut segment_ms, 99.0),
         reference_mb_per_sec: reference,
         archive_vs_reference: reference.map(|r| archive_mb_per_sec / r),
+        whole_stream_ratio,
         part_frames_mb_per_sec: part_frames,
         peak_rss_bytes: peak_rss_bytes(),
         machine: machine(),
@@ -268,6 +272,20 @@ fn reference_mb_per_sec(input: &std::path::Path) -> Option<f64> {
     status
         .success()
         .then(|| size as f64 / MB / started.elapsed().as_secs_f64())
+}
+
+/// Compressed/raw of `zstd -3 -T1 -c FILE` (untimed).
+fn whole_stream_ratio(input: &std::path::Path) -> Option<f64> {
+    let size = std::fs::metadata(input).ok()?.len();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("zstd -3 -T1 -q -c \"$1\" | wc -c")
+        .arg("sh")
+        .arg(input)
+        .output()
+        .ok()?;
+    let compressed: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && size > 0).then(|| compressed as f64 / size as f64)
 }
 
 /// Compresses every archived part again as its own zstd frame and hashes it the way
@@ -361,13 +379,21 @@ impl fmt::Display for BenchReport {
                 "  steps      build {:.2}s, upload {:.2}s, verify {:.2}s, record {:.2}s, publish {:.2}s, delete {:.2}s (summed over concurrent segments)",
                 t.build, t.upload, t.verify, t.record, t.publish, t.delete
             )?;
-            writeln!(
+            write!(
                 f,
                 "  stored     {:.1} MiB of {:.1} MiB raw (ratio {:.3})",
                 mib(self.archive_stored_bytes),
                 mib(self.archive_raw_bytes),
                 self.stored_ratio
             )?;
+            match self.whole_stream_ratio {
+                Some(w) if w > 0.0 => writeln!(
+                    f,
+                    "; whole-stream zstd -3 -T1: {w:.3}, the archive is {:.2}× it",
+                    self.stored_ratio / w
+                )?,
+                _ => writeln!(f)?,
+            }
         }
         if let (Some(r), Some(ratio)) = (self.reference_mb_per_sec, self.archive_vs_reference) {
             writeln!(
