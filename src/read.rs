@@ -263,6 +263,8 @@ pub async fn archived_flow(
             first_event_time: p.first_event_time.clone(),
             last_event_time: p.last_event_time.clone(),
             purge_at: p.purge_at.clone(),
+            plain_offset: p.plain_offset,
+            plain_length: p.plain_length,
             traceparent: None,
         };
         let contents = crate::archive::read_part(objects, &p.object_key, &manifest_part)

@@ -31,12 +31,14 @@ pub(crate) use reader::compression_of;
 pub use reader::{
     read_manifest, read_part, verify_object, Manifest, ManifestPart, PartContents, VerifyProblem,
 };
-pub use rewrite::rewrite_segment;
+pub use rewrite::{rewrite_segment, Framing};
 pub use segment::{build_segment, SegmentWriter, FOOTER_MAGIC};
 pub use store::ArchiveStore;
 
 /// The format identifier written in headers and manifests.
-pub const FORMAT: &str = "flow-archive/v1";
+pub const FORMAT: &str = "flow-archive/v2";
+/// The first format: one frame per part. Read, verified and rewritten forever.
+pub const FORMAT_V1: &str = "flow-archive/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -63,7 +65,7 @@ pub enum ArchiveError {
         expected: String,
         actual: String,
     },
-    #[error("object {key} is not a {FORMAT} object: {detail}")]
+    #[error("object {key} is not a {FORMAT_V1} or {FORMAT} object: {detail}")]
     Format { key: String, detail: String },
     #[error("flow {tenant}/{flow_id} part {part}: the store holds {found} events, its metadata says {expected}")]
     Inconsistent {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::segment::{GZIP_FOOTER_LEN, ZSTD_FOOTER_LEN, ZSTD_SKIPPABLE_MAGIC};
-use super::{hex_sha256, ArchiveError, ArchiveStore, FOOTER_MAGIC, FORMAT};
+use super::{hex_sha256, ArchiveError, ArchiveStore, FOOTER_MAGIC, FORMAT, FORMAT_V1};
 use crate::config::Compression;
 use crate::flow::Labels;
 use compact_str::CompactString;
@@ -37,6 +37,12 @@ pub struct ManifestPart {
     pub purge_at: String,
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// v2: where the part's lines lie in the decompressed frame, in bytes, when its
+    /// frame holds several parts. Absent: the part is the whole frame (always in v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_length: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,7 +163,7 @@ pub async fn read_manifest(store: &ArchiveStore, key: &str) -> Result<Manifest, 
     let text = decompress(key, compression, &frame)?;
     let mut manifest: Manifest = serde_json::from_slice(text.trim_ascii_end())
         .map_err(|e| format_err(key, format!("manifest is not valid: {e}")))?;
-    if manifest.format != FORMAT {
+    if manifest.format != FORMAT && manifest.format != FORMAT_V1 {
         return Err(format_err(key, format!("format {:?}", manifest.format)));
     }
     manifest.manifest_offset = manifest_offset;
@@ -192,7 +198,29 @@ pub(crate) fn decode_part(
             actual,
         });
     }
-    let text = decompress(key, compression_of(key), frame)?;
+    let whole = decompress(key, compression_of(key), frame)?;
+    let text = match (part.plain_offset, part.plain_length) {
+        (None, None) => &whole[..],
+        (Some(start), Some(length)) => usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(length).ok())
+            .and_then(|(start, length)| whole.get(start..start.checked_add(length)?))
+            .ok_or_else(|| {
+                format_err(
+                    key,
+                    format!(
+                        "{flow}: plain range {start}+{length} is outside its frame of {} bytes",
+                        whole.len()
+                    ),
+                )
+            })?,
+        _ => {
+            return Err(format_err(
+                key,
+                format!("{flow}: plain_offset and plain_length go together"),
+            ))
+        }
+    };
     let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
@@ -267,9 +295,14 @@ pub async fn verify_object(
         Err(e) => return Ok((0, vec![problem(None, e.to_string())])),
     };
     let mut expected_offset = 0;
+    // The frame last fetched: the parts packed into one frame (v2) follow each other
+    // and share it.
+    let mut frame: Option<((u64, u64), bytes::Bytes)> = None;
     for part in &manifest.parts {
         let flow = format!("{}/{} part {}", part.tenant, part.flow_id, part.part);
-        if part.offset != expected_offset {
+        let place = (part.offset, part.length);
+        let shared = frame.as_ref().is_some_and(|(at, _)| *at == place);
+        if !shared && part.offset != expected_offset {
             problems.push(problem(
                 Some(flow.clone()),
                 format!(
@@ -279,7 +312,23 @@ pub async fn verify_object(
             ));
         }
         expected_offset = part.offset + part.length;
-        if let Err(e) = read_part(store, key, part).await {
+        let bytes = match &frame {
+            Some((at, bytes)) if *at == place => bytes.clone(),
+            _ => match store
+                .get_range(key, part.offset..part.offset + part.length)
+                .await
+            {
+                Ok(bytes) => {
+                    frame = Some((place, bytes.clone()));
+                    bytes
+                }
+                Err(e) => {
+                    problems.push(problem(Some(flow), e.to_string()));
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = decode_part(key, part, &bytes) {
             problems.push(problem(Some(flow), e.to_string()));
         }
     }

@@ -16,6 +16,14 @@ use super::{ArchiveError, ArchiveStore, Manifest, ManifestPart, PartContents, Se
 use crate::flow::FlowStatus;
 use crate::state::{ArchiveIntent, FlowMeta, IntentStage, Rewrite, SealedPart, UploadedSegment};
 
+/// How a rewritten object is compressed: `archive.zstd_level` and
+/// `archive.frame_target_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Framing {
+    pub zstd_level: i32,
+    pub frame_target: u64,
+}
+
 /// Writes into `path` the segment `to` holding the parts of `manifest` (the object at
 /// `old_key`) that `keep` accepts, in their order.
 pub async fn rewrite_segment(
@@ -24,9 +32,13 @@ pub async fn rewrite_segment(
     manifest: &Manifest,
     keep: impl Fn(&ManifestPart) -> bool,
     to: &Rewrite,
-    zstd_level: i32,
+    framing: Framing,
     path: &Path,
 ) -> Result<UploadedSegment, ArchiveError> {
+    let Framing {
+        zstd_level,
+        frame_target,
+    } = framing;
     let io_err = |source| ArchiveError::Io {
         path: path.display().to_string(),
         source,
@@ -45,13 +57,27 @@ pub async fn rewrite_segment(
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
     let file = std::fs::File::create(path).map_err(io_err)?;
-    let mut writer = SegmentWriter::new(BufWriter::with_capacity(1 << 20, file), &intent);
+    let mut writer = SegmentWriter::new(
+        BufWriter::with_capacity(1 << 20, file),
+        &intent,
+        frame_target,
+    );
+    // One frame in memory at a time (the largest frame bounds memory), fetched once
+    // for the parts it holds.
+    let mut frame: Option<((u64, u64), bytes::Bytes)> = None;
     for part in manifest.parts.iter().filter(|p| keep(p)) {
-        // One part in memory at a time: the largest part bounds memory.
-        let frame = objects
-            .get_range(old_key, part.offset..part.offset + part.length)
-            .await?;
-        let contents = decode_part(old_key, part, &frame)?;
+        let place = (part.offset, part.length);
+        let bytes = match &frame {
+            Some((at, bytes)) if *at == place => bytes.clone(),
+            _ => {
+                let bytes = objects
+                    .get_range(old_key, part.offset..part.offset + part.length)
+                    .await?;
+                frame = Some((place, bytes.clone()));
+                bytes
+            }
+        };
+        let contents = decode_part(old_key, part, &bytes)?;
         let sealed = sealed_part(old_key, part, &contents)?;
         writer.write_part(&sealed, |sink| {
             for event in &contents.events {
@@ -198,21 +224,9 @@ mod tests {
                     parts: keep.iter().map(|i| parts[*i].0.clone()).collect(),
                     stage: IntentStage::Pending,
                 };
-                let mut w = SegmentWriter::new(Vec::new(), &intent);
-                for i in keep {
-                    let (sealed, events) = &parts[*i];
-                    w.write_part(sealed, |sink| {
-                        for e in events {
-                            sink(e.as_bytes()).map_err(|source| ArchiveError::Io {
-                                path: String::new(),
-                                source,
-                            })?;
-                        }
-                        Ok(())
-                    })
-                    .unwrap();
-                }
-                w.finish().unwrap().0
+                // Every part in one frame (zstd): the rewrite repacks what stays.
+                let events: Vec<&[&str]> = keep.iter().map(|i| parts[*i].1.as_slice()).collect();
+                crate::archive::segment::tests::write_object(&intent, &events, 1 << 20).0
             };
             let old_key = format!("t/purge=1970-01-02/old.{ext}");
             let new_key = format!("t/purge=1970-01-02/new.{ext}");
@@ -234,7 +248,10 @@ mod tests {
                     segment_id: "new".into(),
                     object_key: new_key.clone(),
                 },
-                3,
+                Framing {
+                    zstd_level: 3,
+                    frame_target: 1 << 20,
+                },
                 &out,
             )
             .await

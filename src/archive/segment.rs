@@ -111,6 +111,11 @@ pub struct SegmentWriter<W: Write> {
     plain: Vec<u8>,
     /// The compressed frame, reused like `plain`.
     frame: Vec<u8>,
+    /// Raw bytes after which a frame of packed parts is closed; 0 frames every part
+    /// on its own.
+    frame_target: u64,
+    /// Parts whose lines are in `plain`, waiting for their frame to be written.
+    waiting: Vec<(ManifestPart, PartLocation)>,
 }
 
 /// Parts up to this much raw history are framed in memory with a reused compressor
@@ -118,7 +123,9 @@ pub struct SegmentWriter<W: Write> {
 pub(crate) const IN_MEMORY_PART_BYTES: u64 = 4 << 20;
 
 impl<W: Write> SegmentWriter<W> {
-    pub fn new(out: W, intent: &ArchiveIntent) -> Self {
+    /// A writer that packs consecutive parts into frames of about `frame_target` raw
+    /// bytes (0: a frame per part).
+    pub fn new(out: W, intent: &ArchiveIntent, frame_target: u64) -> Self {
         SegmentWriter {
             out: Hashing {
                 inner: out,
@@ -136,6 +143,8 @@ impl<W: Write> SegmentWriter<W> {
             compressor: None,
             plain: Vec::new(),
             frame: Vec::new(),
+            frame_target,
+            waiting: Vec::new(),
         }
     }
 
@@ -156,25 +165,24 @@ impl<W: Write> SegmentWriter<W> {
         self.out.write_all(&self.frame)
     }
 
-    /// Writes one part's frame. `events` streams the part's events (without newlines)
-    /// into the sink it is given, in order.
+    /// Writes one part. `events` streams the part's events (without newlines) into
+    /// the sink it is given, in order. A small zstd part joins the frame being packed;
+    /// a large one, or any gzip part, gets a frame of its own.
     pub fn write_part(
         &mut self,
         part: &SealedPart,
         events: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<(), ArchiveError>,
-    ) -> Result<PartLocation, ArchiveError> {
+    ) -> Result<(), ArchiveError> {
         let m = &part.meta;
         let segment_id = self.segment_id.clone();
         let io_err = |source| ArchiveError::Io {
             path: format!("segment {segment_id}"),
             source,
         };
-        let offset = self.out.position;
-        self.out.frame = Sha256::new();
         let header = HeaderRecord {
             record: "header",
             format: FORMAT,
-            segment_id: &self.segment_id,
+            segment_id: &segment_id,
             tenant: &m.tenant,
             flow_id: &m.flow_id,
             part: m.part,
@@ -186,22 +194,41 @@ impl<W: Write> SegmentWriter<W> {
             archived_at: rfc3339_ms(self.archived_at_ms),
             purge_at: rfc3339_ms(part.purge_at_ms),
         };
-        let small = self.compression == crate::config::Compression::Zstd
+        let packed = self.compression == crate::config::Compression::Zstd
             && m.raw_bytes <= IN_MEMORY_PART_BYTES;
-        let tally = if small {
+        if packed {
+            let start = self.plain.len() as u64;
             let mut plain = std::mem::take(&mut self.plain);
-            plain.clear();
-            let tally = write_frame_content(&mut plain, &header, part, events, &io_err)?;
+            let tally = write_frame_content(&mut plain, &header, part, events, &io_err);
             self.plain = plain;
-            self.write_small_zstd_frame().map_err(io_err)?;
-            tally
+            let tally = tally?;
+            let length = self.plain.len() as u64 - start;
+            self.wait_for_frame(part, tally, Some((start, length)))?;
+            if self.plain.len() as u64 >= self.frame_target {
+                self.write_packed_frame().map_err(io_err)?;
+            }
         } else {
+            self.write_packed_frame().map_err(io_err)?;
+            let offset = self.out.position;
+            self.out.frame = Sha256::new();
             let mut enc =
                 FrameEncoder::new(&mut self.out, self.compression, self.level).map_err(io_err)?;
             let tally = write_frame_content(&mut enc, &header, part, events, &io_err)?;
             enc.finish().map_err(io_err)?;
-            tally
-        };
+            self.wait_for_frame(part, tally, None)?;
+            self.place_waiting(offset);
+        }
+        Ok(())
+    }
+
+    /// Records a written part until its frame's place and checksum are known.
+    fn wait_for_frame(
+        &mut self,
+        part: &SealedPart,
+        tally: FrameTally,
+        plain: Option<(u64, u64)>,
+    ) -> Result<(), ArchiveError> {
+        let m = &part.meta;
         let FrameTally {
             count,
             raw_bytes,
@@ -217,22 +244,24 @@ impl<W: Write> SegmentWriter<W> {
             });
         }
         let location = PartLocation {
-            offset,
-            length: self.out.position - offset,
-            frame_sha256: hex_sha256(self.out.frame.clone().finalize()),
+            offset: 0,
+            length: 0,
+            frame_sha256: String::new(),
             events_sha256,
             event_count: count,
             raw_bytes,
+            plain_offset: plain.map(|p| p.0),
+            plain_length: plain.map(|p| p.1),
         };
-        self.manifest.push(ManifestPart {
+        let entry = ManifestPart {
             tenant: m.tenant.clone(),
             flow_id: m.flow_id.clone(),
             part: m.part,
             status: part.archive_status.as_str().to_string(),
             labels: m.labels.clone(),
-            offset: location.offset,
-            length: location.length,
-            frame_sha256: location.frame_sha256.clone(),
+            offset: 0,
+            length: 0,
+            frame_sha256: String::new(),
             events_sha256: location.events_sha256.clone(),
             event_count: location.event_count,
             raw_bytes: location.raw_bytes,
@@ -240,9 +269,38 @@ impl<W: Write> SegmentWriter<W> {
             last_event_time: rfc3339_ms(m.last_event_ms),
             purge_at: rfc3339_ms(part.purge_at_ms),
             traceparent: m.traceparent.clone(),
-        });
-        self.locations.push(location.clone());
-        Ok(location)
+            plain_offset: location.plain_offset,
+            plain_length: location.plain_length,
+        };
+        self.waiting.push((entry, location));
+        Ok(())
+    }
+
+    /// Compresses the packed parts' lines as one frame, if there are any.
+    fn write_packed_frame(&mut self) -> io::Result<()> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        let offset = self.out.position;
+        self.out.frame = Sha256::new();
+        self.write_small_zstd_frame()?;
+        self.plain.clear();
+        self.place_waiting(offset);
+        Ok(())
+    }
+
+    /// Gives the waiting parts the frame just written from `offset`.
+    fn place_waiting(&mut self, offset: u64) {
+        let length = self.out.position - offset;
+        let frame_sha256 = hex_sha256(self.out.frame.clone().finalize());
+        for (mut entry, mut location) in self.waiting.drain(..) {
+            (entry.offset, entry.length) = (offset, length);
+            (location.offset, location.length) = (offset, length);
+            entry.frame_sha256.clone_from(&frame_sha256);
+            location.frame_sha256.clone_from(&frame_sha256);
+            self.manifest.push(entry);
+            self.locations.push(location);
+        }
     }
 
     /// Writes the manifest frame and the footer; returns the sink and the checksums.
@@ -252,6 +310,7 @@ impl<W: Write> SegmentWriter<W> {
             path: format!("segment {segment_id}"),
             source,
         };
+        self.write_packed_frame().map_err(io_err)?;
         let manifest_offset = self.out.position;
         let manifest = ManifestRecord {
             record: "manifest",
@@ -483,6 +542,7 @@ fn read_ahead_runs(parts: &[SealedPart]) -> Vec<&[SealedPart]> {
 pub fn build_segment(
     store: &dyn StateStore,
     intent: &ArchiveIntent,
+    frame_target: u64,
     path: &Path,
 ) -> Result<UploadedSegment, ArchiveError> {
     let io_err = |source| ArchiveError::Io {
@@ -493,7 +553,11 @@ pub fn build_segment(
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
     let file = std::fs::File::create(path).map_err(io_err)?;
-    let mut writer = SegmentWriter::new(io::BufWriter::with_capacity(1 << 20, file), intent);
+    let mut writer = SegmentWriter::new(
+        io::BufWriter::with_capacity(1 << 20, file),
+        intent,
+        frame_target,
+    );
     let reader = store.event_reader()?;
     for run in read_ahead_runs(&intent.parts) {
         let metas: Vec<&FlowMeta> = run.iter().map(|p| &p.meta).collect();
@@ -518,12 +582,35 @@ pub fn build_segment(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
     use crate::archive::reader::{decode_part, parse_footer};
     use crate::state::{FlowMeta, IntentStage};
+
+    /// Writes `intent`'s parts, with these events each, into an object in memory.
+    pub(crate) fn write_object<E: AsRef<str>>(
+        intent: &ArchiveIntent,
+        events: &[&[E]],
+        frame_target: u64,
+    ) -> (Vec<u8>, UploadedSegment) {
+        let mut writer = SegmentWriter::new(Vec::new(), intent, frame_target);
+        for (part, events) in intent.parts.iter().zip(events) {
+            writer
+                .write_part(part, |sink| {
+                    for e in events.iter() {
+                        sink(e.as_ref().as_bytes()).map_err(|source| ArchiveError::Io {
+                            path: String::new(),
+                            source,
+                        })?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        writer.finish().unwrap()
+    }
 
     fn sealed(flow: usize, events: &[String]) -> SealedPart {
         SealedPart {
@@ -571,12 +658,67 @@ mod tests {
         out
     }
 
+    /// A manifest whose ranges are damaged or hostile is an error naming the part,
+    /// never another part's events or a panic.
+    #[test]
+    fn packed_parts_with_bad_ranges_are_errors() {
+        let parts: Vec<Vec<String>> = vec![vec!["{\"a\":1}".into()], vec!["{\"b\":2}".into()]];
+        let intent = ArchiveIntent {
+            id: "seg".into(),
+            tenant: "t".into(),
+            object_key: "k".into(),
+            archived_at_ms: 5,
+            compression: Compression::Zstd,
+            zstd_level: 3,
+            parts: parts
+                .iter()
+                .enumerate()
+                .map(|(i, e)| sealed(i, e))
+                .collect(),
+            stage: IntentStage::Pending,
+        };
+        let events: Vec<&[String]> = parts.iter().map(Vec::as_slice).collect();
+        let (bytes, _) = write_object(&intent, &events, 1 << 20);
+        let at = parse_footer(
+            "k",
+            Compression::Zstd,
+            &bytes[bytes.len() - ZSTD_FOOTER_LEN..],
+        )
+        .unwrap();
+        let text = decompress_all(
+            Compression::Zstd,
+            &bytes[at as usize..bytes.len() - ZSTD_FOOTER_LEN],
+        );
+        let manifest: crate::archive::Manifest =
+            serde_json::from_slice(text.trim_ascii_end()).unwrap();
+        let good = &manifest.parts[1];
+        assert_eq!(good.offset, manifest.parts[0].offset, "one frame");
+        let frame = &bytes[good.offset as usize..(good.offset + good.length) as usize];
+        assert!(decode_part("k.zst", good, frame).is_ok());
+        let other = &manifest.parts[0];
+        for (offset, length, says) in [
+            (Some(u64::MAX), Some(1), "outside its frame"),
+            (Some(0), Some(u64::MAX), "outside its frame"),
+            (Some(10_000), Some(10), "outside its frame"),
+            (Some(0), None, "go together"),
+            (None, Some(5), "go together"),
+            // The neighbour's lines under this part's name: its checksum says no.
+            (other.plain_offset, other.plain_length, "events_sha256"),
+        ] {
+            let mut bad = good.clone();
+            (bad.plain_offset, bad.plain_length) = (offset, length);
+            let error = decode_part("k.zst", &bad, frame).unwrap_err().to_string();
+            assert!(error.contains(says), "{offset:?}+{length:?}: {error}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
         fn any_parts_round_trip_through_frames_manifest_and_footer(
             parts in prop::collection::vec(prop::collection::vec("\\PC{0,120}", 0..12), 1..6),
             gzip in any::<bool>(),
+            frame_target in prop_oneof![Just(0u64), 1u64..2000, Just(1u64 << 20)],
         ) {
             let compression = if gzip { Compression::Gzip } else { Compression::Zstd };
             let intent = ArchiveIntent {
@@ -589,7 +731,7 @@ mod tests {
                 parts: parts.iter().enumerate().map(|(i, e)| sealed(i, e)).collect(),
                 stage: IntentStage::Pending,
             };
-            let mut writer = SegmentWriter::new(Vec::new(), &intent);
+            let mut writer = SegmentWriter::new(Vec::new(), &intent, frame_target);
             for (part, events) in intent.parts.iter().zip(&parts) {
                 writer.write_part(part, |sink| {
                     for e in events {
@@ -610,9 +752,17 @@ mod tests {
             prop_assert_eq!(manifest.parts.len(), parts.len());
 
             let mut end = 0;
+            let mut frames = 0;
             for ((m, loc), events) in manifest.parts.iter().zip(&uploaded.locations).zip(&parts) {
-                prop_assert_eq!(m.offset, end, "frames tile the object");
+                if m.offset != end {
+                    // A part packed into the previous part's frame.
+                    prop_assert_eq!(m.offset + m.length, end, "a part shares the previous frame");
+                    prop_assert!(m.plain_offset.is_some_and(|o| o > 0));
+                } else {
+                    frames += 1;
+                }
                 prop_assert_eq!((m.offset, m.length), (loc.offset, loc.length));
+                prop_assert_eq!((m.plain_offset, m.plain_length), (loc.plain_offset, loc.plain_length));
                 end = m.offset + m.length;
                 let frame = &bytes[m.offset as usize..end as usize];
                 let decoded = decode_part(if gzip { "k.gz" } else { "k.zst" }, m, frame).unwrap();
@@ -621,6 +771,13 @@ mod tests {
                 prop_assert_eq!(&decoded.trailer["events_sha256"], &serde_json::json!(m.events_sha256));
             }
             prop_assert_eq!(end, manifest_at);
+            match (gzip, frame_target) {
+                // gzip, and a target every part reaches: a frame per part.
+                (true, _) | (false, 0) => prop_assert_eq!(frames, parts.len()),
+                // A target no part reaches: one frame for all of them.
+                (false, t) if t >= 1 << 20 => prop_assert_eq!(frames, 1),
+                _ => prop_assert!(frames >= 1 && frames <= parts.len()),
+            }
 
             // The whole object decodes as one stream: parts' lines, then the manifest.
             let all = decompress_all(compression, &bytes);

@@ -312,18 +312,55 @@ async fn part_frames_mb_per_sec(
         let manifest = crate::archive::read_manifest(objects, &key).await?;
         let object = objects.get_range(&key, 0..manifest.object_size).await?;
         let mut object_hash = Sha256::new();
+        // Frame by frame (a v2 frame holds consecutive parts), each part's lines hashed.
+        struct Frame {
+            offset: u64,
+            length: u64,
+            ranges: Vec<(u64, u64)>,
+            raw: u64,
+        }
+        let mut frames: Vec<Frame> = Vec::new();
         for part in &manifest.parts {
-            let frame = &object[part.offset as usize..(part.offset + part.length) as usize];
+            let range = part.plain_offset.zip(part.plain_length);
+            match frames.last_mut() {
+                Some(f) if (f.offset, f.length) == (part.offset, part.length) => {
+                    f.ranges.extend(range);
+                    f.raw += part.raw_bytes;
+                }
+                _ => frames.push(Frame {
+                    offset: part.offset,
+                    length: part.length,
+                    ranges: range.into_iter().collect(),
+                    raw: part.raw_bytes,
+                }),
+            }
+        }
+        for Frame {
+            offset,
+            length,
+            ranges,
+            raw: part_raw,
+        } in frames
+        {
+            let frame = &object[offset as usize..(offset + length) as usize];
             plain.clear();
             zstd::stream::copy_decode(frame, &mut plain).map_err(|e| io_err(&key, e))?;
             let started = Instant::now();
             let compressed = compressor.compress(&plain).map_err(|e| io_err("zstd", e))?;
             let frame_hash = Sha256::digest(&compressed);
             object_hash.update(&compressed);
-            let events_hash = Sha256::digest(&plain);
+            if ranges.is_empty() {
+                std::hint::black_box(Sha256::digest(&plain));
+            }
+            for (start, len) in ranges {
+                let lines = plain
+                    .get(start as usize..(start + len) as usize)
+                    .unwrap_or_default();
+                std::hint::black_box(Sha256::digest(lines));
+            }
             timed += started.elapsed();
-            std::hint::black_box((frame_hash, events_hash));
-            raw += part.raw_bytes;
+            std::hint::black_box(frame_hash);
+            raw += part_raw;
         }
         std::hint::black_box(object_hash.finalize());
     }
@@ -405,7 +442,7 @@ impl fmt::Display for BenchReport {
         if let Some(p) = self.part_frames_mb_per_sec {
             write!(
                 f,
-                "  format     one zstd frame + hashes per part, one core: {p:.1} MB/s"
+                "  format     the frames and hashes alone, one core: {p:.1} MB/s"
             )?;
             match self.reference_mb_per_sec {
                 Some(r) => writeln!(f, " = {:.0}% of the reference", p / r * 100.0)?,

@@ -58,6 +58,10 @@ pub struct ArchiveConfig {
     pub compression: Compression,
     /// zstd level, 1–19. Default 3.
     pub zstd_level: i32,
+    /// Consecutive small flow parts share a zstd frame until it holds this many raw
+    /// bytes (`flow-archive/v2`): one frame per part costs far more bytes than the
+    /// compression allows. A single-flow read decompresses one frame. Default 128 KiB.
+    pub frame_target_bytes: u64,
     /// `segment` (default) or `per-flow`.
     pub layout: Layout,
     /// A segment closes once the raw history it holds reaches this many bytes. Default 64 MiB.
@@ -85,6 +89,7 @@ impl Default for ArchiveConfig {
             virtual_hosted_style: false,
             compression: Compression::Zstd,
             zstd_level: 3,
+            frame_target_bytes: 128 << 10,
             layout: Layout::Segment,
             segment_max_bytes: 64 << 20,
             segment_max_flows: 1000,
@@ -99,6 +104,14 @@ impl Default for ArchiveConfig {
 impl ArchiveConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let a = self;
+        // A frame is built in memory and a single-flow read decompresses all of it.
+        if a.frame_target_bytes > 16 << 20 {
+            return Err(invalid(
+                "archive.frame_target_bytes",
+                format!("{} bytes is too large", a.frame_target_bytes),
+                "use at most 16777216 (16 MiB); 131072 (128 KiB) is the default",
+            ));
+        }
         if a.concurrency == 0 || a.concurrency > 256 {
             return Err(invalid(
                 "archive.concurrency",

@@ -101,6 +101,12 @@ pub struct IndexedPart {
     pub events_sha256: String,
     pub object_sha256: String,
     pub held: bool,
+    /// `flow-archive/v2`: the part's place in its decompressed frame, when the frame
+    /// holds several parts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain_offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain_length: Option<u64>,
 }
 
 /// Filters of `list`.
@@ -290,6 +296,8 @@ CREATE TABLE IF NOT EXISTS parts (
     events_sha256 TEXT NOT NULL,
     object_sha256 TEXT NOT NULL,
     held INTEGER NOT NULL DEFAULT 0,
+    plain_offset INTEGER,
+    plain_length INTEGER,
     PRIMARY KEY (tenant, flow_id, part)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS parts_by_time ON parts (archived_at, tenant, flow_id, part);
@@ -316,7 +324,7 @@ CREATE TABLE IF NOT EXISTS positions (
 const COLUMNS: &str = "tenant, flow_id, part, status, labels, archived_at, purge_at, \
     first_event_time, last_event_time, event_count, raw_bytes, stored_bytes, object_uri, \
     object_key, segment_id, compression, offset, length, frame_sha256, events_sha256, \
-    object_sha256, held";
+    object_sha256, held, plain_offset, plain_length";
 
 fn micros_text(us: i64) -> String {
     crate::time::rfc3339_ms(us.div_euclid(1000))
@@ -347,6 +355,8 @@ fn row_to_part(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedPart> {
         events_sha256: row.get(19)?,
         object_sha256: row.get(20)?,
         held: row.get::<_, i64>(21)? != 0,
+        plain_offset: row.get::<_, Option<i64>>(22)?.map(|o| o as u64),
+        plain_length: row.get::<_, Option<i64>>(23)?.map(|l| l as u64),
     })
 }
 
@@ -366,6 +376,22 @@ impl Index {
         }
         let conn = Connection::open(path).map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        // An index made before flow-archive/v2 gains the part's place in its frame.
+        let has_range: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('parts') WHERE name = 'plain_offset'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql)?
+            > 0;
+        if !has_range {
+            conn.execute_batch(
+                "ALTER TABLE parts ADD COLUMN plain_offset INTEGER;
+                 ALTER TABLE parts ADD COLUMN plain_length INTEGER;",
+            )
+            .map_err(sql)?;
+        }
         Ok(Index {
             path: name,
             conn: Mutex::new(conn),
@@ -412,7 +438,7 @@ impl Index {
                         &format!(
                             "INSERT INTO parts ({COLUMNS}) VALUES \
                              (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21, \
-                              EXISTS (SELECT 1 FROM holds WHERE tenant = ?1 AND flow_id = ?2)) \
+                              EXISTS (SELECT 1 FROM holds WHERE tenant = ?1 AND flow_id = ?2), ?22, ?23) \
                              ON CONFLICT (tenant, flow_id, part) DO UPDATE SET \
                              status=excluded.status, labels=excluded.labels, archived_at=excluded.archived_at, \
                              purge_at=excluded.purge_at, first_event_time=excluded.first_event_time, \
@@ -422,7 +448,8 @@ impl Index {
                              segment_id=excluded.segment_id, compression=excluded.compression, \
                              offset=excluded.offset, length=excluded.length, \
                              frame_sha256=excluded.frame_sha256, events_sha256=excluded.events_sha256, \
-                             object_sha256=excluded.object_sha256"
+                             object_sha256=excluded.object_sha256, \
+                             plain_offset=excluded.plain_offset, plain_length=excluded.plain_length"
                         ),
                     )
                     .and_then(|mut stmt| stmt.execute(params![
@@ -447,6 +474,8 @@ impl Index {
                             d.frame_sha256,
                             d.events_sha256,
                             d.object_sha256,
+                            d.plain_offset,
+                            d.plain_length,
                         ]))
                     .map_err(|e| self.err(e))?;
                     tx.prepare_cached(

@@ -82,6 +82,8 @@ pub struct Archiver {
     pub(crate) objects: ArchiveStore,
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) spool_dir: PathBuf,
+    /// `archive.frame_target_bytes`.
+    pub(crate) frame_target: u64,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
 }
 
@@ -185,10 +187,12 @@ impl Archiver {
                 // Shared, not copied: an intent holds every part's metadata.
                 let for_build = intent.clone();
                 let path = spool.clone();
-                let upload =
-                    tokio::task::spawn_blocking(move || build_segment(&*store, &for_build, &path))
-                        .instrument(tracing::info_span!("build segment"))
-                        .await??;
+                let frame_target = self.frame_target;
+                let upload = tokio::task::spawn_blocking(move || {
+                    build_segment(&*store, &for_build, frame_target, &path)
+                })
+                .instrument(tracing::info_span!("build segment"))
+                .await??;
                 steps.build = lap(&mut step);
                 self.objects
                     .upload(&key, &spool, &upload.object_sha256)
@@ -335,6 +339,8 @@ impl Archiver {
                     events_sha256: m.events_sha256.clone(),
                     event_count: m.event_count,
                     raw_bytes: m.raw_bytes,
+                    plain_offset: m.plain_offset,
+                    plain_length: m.plain_length,
                 })
                 .collect(),
         })

@@ -272,7 +272,10 @@ impl Pipeline {
                         &old,
                         |p| !(p.tenant == intent.tenant && p.flow_id == intent.flow_id),
                         rewrite,
-                        self.config.archive.zstd_level,
+                        crate::archive::Framing {
+                            zstd_level: self.config.archive.zstd_level,
+                            frame_target: self.config.archive.frame_target_bytes,
+                        },
                         &spool,
                     )
                     .await?;

@@ -181,6 +181,7 @@ impl Pipeline {
             objects: self.objects.clone(),
             publisher: self.publisher.clone(),
             spool_dir: self.config.archive.spool_dir.clone(),
+            frame_target: self.config.archive.frame_target_bytes,
             audit: self.audit.clone(),
         }
     }

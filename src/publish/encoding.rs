@@ -11,6 +11,9 @@ use super::{EventData, FlowArchived, FlowHold, FlowPurged, PublishError};
 use crate::config::DataEncoding;
 
 pub const FLOW_ARCHIVED_AVSC: &str = include_str!("../../schemas/flow_archived.avsc");
+/// The schema records were written with before `flow-archive/v2`: read and resolved
+/// to the current one (its new fields take their defaults).
+pub const FLOW_ARCHIVED_V1_AVSC: &str = include_str!("../../schemas/flow_archived.v1.avsc");
 pub const FLOW_PURGED_AVSC: &str = include_str!("../../schemas/flow_purged.avsc");
 pub const FLOW_HOLD_AVSC: &str = include_str!("../../schemas/flow_hold.avsc");
 
@@ -33,6 +36,7 @@ impl Compiled {
 /// The schemas of everything published, by kind.
 struct Schemas {
     archived: Compiled,
+    archived_v1: Compiled,
     purged: Compiled,
     hold: Compiled,
 }
@@ -41,6 +45,7 @@ impl Schemas {
     fn new() -> Result<Schemas, PublishError> {
         Ok(Schemas {
             archived: Compiled::new("flow_archived.avsc", FLOW_ARCHIVED_AVSC)?,
+            archived_v1: Compiled::new("flow_archived.v1.avsc", FLOW_ARCHIVED_V1_AVSC)?,
             purged: Compiled::new("flow_purged.avsc", FLOW_PURGED_AVSC)?,
             hold: Compiled::new("flow_hold.avsc", FLOW_HOLD_AVSC)?,
         })
@@ -111,6 +116,17 @@ impl DataDecoder {
         if let Some(v) = read(&s.archived) {
             return Ok(EventData::Archived(
                 apache_avro::from_value::<FlowArchived>(&v?).map_err(avro_err)?,
+            ));
+        }
+        if let Some(body) = bytes.strip_prefix(s.archived_v1.header.as_slice()) {
+            let v = apache_avro::from_avro_datum(
+                &s.archived_v1.schema,
+                &mut &body[..],
+                Some(&s.archived.schema),
+            )
+            .map_err(avro_err)?;
+            return Ok(EventData::Archived(
+                apache_avro::from_value::<FlowArchived>(&v).map_err(avro_err)?,
             ));
         }
         if let Some(v) = read(&s.purged) {
@@ -189,6 +205,8 @@ mod tests {
             events_sha256: "cd".repeat(32),
             object_sha256: "ef".repeat(32),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            plain_offset: Some(4096),
+            plain_length: Some(1500),
         }
     }
 
@@ -199,7 +217,7 @@ mod tests {
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
         // Cross-checked with Python: fastavro.schema.fingerprint(
         //   to_parsing_canonical_form(schema), "CRC-64-AVRO").
-        assert_eq!(hex::encode(&bytes[2..10]), "611b9163b73f556c");
+        assert_eq!(hex::encode(&bytes[2..10]), "6c627a929c3d772c");
         let schema = Schema::parse_str(FLOW_ARCHIVED_AVSC).unwrap();
         let value = apache_avro::from_avro_datum(&schema, &mut &bytes[10..], None).unwrap();
         let Value::Record(fields) = value else {
@@ -212,6 +230,24 @@ mod tests {
             Value::TimestampMicros(1_800_000_000_000_000)
         );
         assert!(matches!(get("traceparent"), Value::Union(1, _)));
+    }
+
+    #[test]
+    fn records_written_with_the_first_schema_read_with_the_ranges_absent() {
+        let v1 = Compiled::new("v1", FLOW_ARCHIVED_V1_AVSC).unwrap();
+        assert_eq!(hex::encode(&v1.header[2..]), "611b9163b73f556c");
+        let mut old = sample();
+        (old.plain_offset, old.plain_length) = (None, None);
+        let value = apache_avro::to_value(&old)
+            .unwrap()
+            .resolve(&v1.schema)
+            .unwrap();
+        let mut bytes = v1.header.clone();
+        bytes.extend(apache_avro::to_avro_datum(&v1.schema, value).unwrap());
+        assert_eq!(
+            DataDecoder::new().unwrap().decode(&bytes).unwrap(),
+            EventData::Archived(old)
+        );
     }
 
     #[test]

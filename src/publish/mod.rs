@@ -79,6 +79,12 @@ pub struct FlowArchived {
     pub events_sha256: String,
     pub object_sha256: String,
     pub traceparent: Option<String>,
+    /// `flow-archive/v2`: the part's place in its decompressed frame, when the frame
+    /// holds several parts; absent in records written before v2.
+    #[serde(default)]
+    pub plain_offset: Option<i64>,
+    #[serde(default)]
+    pub plain_length: Option<i64>,
 }
 
 impl FlowArchived {
@@ -121,6 +127,8 @@ impl FlowArchived {
             events_sha256: part.events_sha256.clone(),
             object_sha256: object_sha256.to_string(),
             traceparent: part.traceparent.clone(),
+            plain_offset: part.plain_offset.map(|o| o as i64),
+            plain_length: part.plain_length.map(|l| l as i64),
         }
     }
 }
@@ -263,6 +271,8 @@ impl PublishedEvent {
                         events_sha256: loc.events_sha256.clone(),
                         object_sha256: upload.object_sha256.clone(),
                         traceparent: m.traceparent.clone(),
+                        plain_offset: loc.plain_offset.map(|o| o as i64),
+                        plain_length: loc.plain_length.map(|l| l as i64),
                     }),
                 }
             })

@@ -141,12 +141,17 @@ pub struct SealedPart {
 /// Where one sealed part landed in its uploaded object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartLocation {
+    /// The part's frame: `[offset, offset + length)` of the object.
     pub offset: u64,
     pub length: u64,
     pub frame_sha256: String,
     pub events_sha256: String,
     pub event_count: u64,
     pub raw_bytes: u64,
+    /// Where the part lies in its decompressed frame when the frame holds several
+    /// parts (`flow-archive/v2`); `None` when the part is the whole frame.
+    pub plain_offset: Option<u64>,
+    pub plain_length: Option<u64>,
 }
 
 /// A verified upload: the object's checksum and each part's location, index-aligned
