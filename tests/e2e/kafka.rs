@@ -346,7 +346,7 @@ fn check_archived(c: &Cluster, w: &Workload, archived: &[Value]) {
         assert_eq!(sha256_hex(&object), d["object_sha256"]);
         let frame = frame_of(&object, d);
         assert_eq!(sha256_hex(frame), d["frame_sha256"]);
-        let text = String::from_utf8(pipe(&["zstd", "-dc"], frame)).unwrap();
+        let text = part_text(&["zstd", "-dc"], &object, d);
         let events: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())

@@ -16,6 +16,7 @@ mod deploy;
 mod dev_stack;
 mod durability;
 mod erase;
+mod format;
 mod kafka;
 mod layout;
 mod nats;

@@ -267,7 +267,7 @@ fn check_archived(roots: &[std::path::PathBuf], w: &Workload, archived: &[Value]
             .find_map(|root| std::fs::read(root.join(d["object_key"].as_str().unwrap())).ok())
             .expect("object exists");
         assert_eq!(sha256_hex(frame_of(&object, d)), d["frame_sha256"]);
-        let text = String::from_utf8(pipe(&["zstd", "-dc"], frame_of(&object, d))).unwrap();
+        let text = part_text(&["zstd", "-dc"], &object, d);
         let got: Vec<String> = text
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())

@@ -108,6 +108,18 @@ pub fn frame_of<'a>(object: &'a [u8], data: &Value) -> &'a [u8] {
     &object[offset..offset + length]
 }
 
+/// The part's lines as a stock tool decodes them: the frame through `decompress`
+/// (`zstd -dc`, `gzip -dc`), then, for a part packed with others into one frame
+/// (`flow-archive/v2`), the bytes the record's `plain_offset`/`plain_length` name.
+pub fn part_text(decompress: &[&str], object: &[u8], data: &Value) -> String {
+    let plain = pipe(decompress, frame_of(object, data));
+    let lines = match (data["plain_offset"].as_u64(), data["plain_length"].as_u64()) {
+        (Some(start), Some(length)) => plain[start as usize..(start + length) as usize].to_vec(),
+        _ => plain,
+    };
+    String::from_utf8(lines).expect("the part's lines are UTF-8")
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
