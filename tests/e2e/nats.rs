@@ -569,7 +569,7 @@ fn two_instances_split_the_stream_by_subject() {
 }
 
 #[test]
-fn consumers_ack_cumulatively_or_per_message_and_never_not_at_all() {
+fn consumer_ack_policies_are_checked_and_a_shared_consumer_never_acks_cumulatively() {
     let server = NatsServer::start();
     let env = Env::new(&config(&server, ""));
     prepare(&server, &env, "flow-archiver");
@@ -618,6 +618,24 @@ fn consumers_ack_cumulatively_or_per_message_and_never_not_at_all() {
         || drained(&server, "flow-archiver").then_some(()),
     );
     run.stop();
+
+    // Instances sharing their state share the consumer: a cumulative one is refused
+    // (one instance's ack would cover another's messages), and left as it was.
+    let mut shared = Env::new(&config(&server, ""));
+    let url = database_for(shared.path());
+    shared.vars.extend([
+        (
+            "FLOW_ARCHIVER__STATE__BACKEND".to_string(),
+            "postgres".to_string(),
+        ),
+        ("DATABASE_URL".to_string(), url),
+    ]);
+    let out = shared.run(&["run", "--source", "nats"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("acks cumulatively"), "{stderr}");
+    assert!(stderr.contains("Delete the consumer"), "{stderr}");
+    assert_eq!(policy("flow-archiver"), "all", "left as it was");
 }
 
 #[test]
