@@ -4,7 +4,9 @@
 //! `confirm_claim`, `complete`). Also erasing a live flow.
 
 use super::*;
-use crate::state::IntentStage;
+use std::collections::HashSet;
+
+use crate::state::{IntentStage, SealedPart};
 
 /// The columns that identify a flow part across `unnest` arrays.
 #[derive(Default)]
@@ -104,56 +106,52 @@ impl PostgresStore {
                 return Ok(Some(stored));
             }
         }
-        let mut wanted = Parts::default();
-        for part in &intent.parts {
-            wanted.push(&part.meta);
+        // One statement locks and seals the parts whose stored meta is still the one
+        // read at the claim (byte for byte: the encoding is deterministic); a flow
+        // that changed since keeps its open part. In key order, as ingest locks.
+        let mut order: Vec<&SealedPart> = intent.parts.iter().collect();
+        order.sort_by(|a, b| {
+            (&a.meta.tenant, &a.meta.flow_id).cmp(&(&b.meta.tenant, &b.meta.flow_id))
+        });
+        let (mut tenants, mut flow_ids, mut metas) = (vec![], vec![], vec![]);
+        for part in order {
+            tenants.push(part.meta.tenant.as_str());
+            flow_ids.push(part.meta.flow_id.as_str());
+            metas.push(encode("flow meta", &part.meta)?);
         }
-        let lock = txn
+        let seal = txn
             .prepare_cached(
-                "SELECT f.tenant, f.flow_id, f.meta
-                 FROM flows f JOIN unnest($1::text[], $2::text[]) AS u(t, id)
-                   ON f.tenant = u.t AND f.flow_id = u.id
-                 WHERE f.meta IS NOT NULL
-                 ORDER BY f.tenant, f.flow_id
-                 FOR UPDATE OF f",
+                "UPDATE flows f SET meta = NULL, deadline_ms = NULL, claimed_until = NULL,
+                                    part = f.part + 1
+                 FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(t, id, m)
+                 WHERE f.tenant = u.t AND f.flow_id = u.id AND f.meta = u.m
+                 RETURNING f.tenant, f.flow_id",
             )
             .await
             .map_err(storage)?;
-        let mut current = HashMap::new();
+        let mut sealed_flows = HashSet::new();
         for row in txn
-            .query(&lock, &[&wanted.tenants, &wanted.flow_ids])
+            .query(&seal, &[&tenants, &flow_ids, &metas])
             .await
             .map_err(storage)?
         {
-            let meta: FlowMeta = decode("flow meta", row.get::<_, &[u8]>(2))?;
-            current.insert((row.get::<_, String>(0), row.get::<_, String>(1)), meta);
+            sealed_flows.insert((row.get::<_, String>(0), row.get::<_, String>(1)));
         }
-        let mut sealed = ArchiveIntent {
-            parts: Vec::with_capacity(intent.parts.len()),
+        let sealed = ArchiveIntent {
+            parts: intent
+                .parts
+                .iter()
+                .filter(|p| {
+                    sealed_flows.contains(&(p.meta.tenant.to_string(), p.meta.flow_id.to_string()))
+                })
+                .cloned()
+                .collect(),
             stage: IntentStage::Pending,
             ..intent.clone()
         };
-        let mut chosen = Parts::default();
-        for part in &intent.parts {
-            let key = (part.meta.tenant.to_string(), part.meta.flow_id.to_string());
-            if current.get(&key) == Some(&part.meta) {
-                chosen.push(&part.meta);
-                sealed.parts.push(part.clone());
-            }
-        }
         if sealed.parts.is_empty() {
             return Ok(None);
         }
-        // The next event of each flow opens the next part.
-        txn.execute(
-            "UPDATE flows f SET meta = NULL, deadline_ms = NULL, claimed_until = NULL,
-                                part = f.part + 1
-             FROM unnest($1::text[], $2::text[]) AS u(t, id)
-             WHERE f.tenant = u.t AND f.flow_id = u.id",
-            &[&chosen.tenants, &chosen.flow_ids],
-        )
-        .await
-        .map_err(storage)?;
         txn.execute(
             "INSERT INTO intents (id, body, owner, fence, lease_until)
              VALUES ($1, $2, $3, 1, now() + $4::int8 * interval '1 millisecond')",

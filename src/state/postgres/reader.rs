@@ -12,10 +12,11 @@ const OPEN_PART: &str =
     "SELECT meta FROM flows WHERE tenant = $1 AND flow_id = $2 AND meta IS NOT NULL";
 const PART_EVENTS: &str =
     "SELECT raw FROM events WHERE tenant = $1 AND flow_id = $2 AND part = $3 ORDER BY ord";
-const RUN_EVENTS: &str = "SELECT u.i, e.raw
+/// Unsorted: the rows are put in flow order here (they usually arrive in it), which
+/// spares the database a sort that spilled to disk for a 4 MiB run.
+const RUN_EVENTS: &str = "SELECT u.i, e.ord, e.raw
      FROM unnest($1::text[], $2::text[], $3::int4[]) WITH ORDINALITY AS u(t, id, p, i)
-     JOIN events e ON e.tenant = u.t AND e.flow_id = u.id AND e.part = u.p
-     ORDER BY u.i, e.ord";
+     JOIN events e ON e.tenant = u.t AND e.flow_id = u.id AND e.part = u.p";
 
 async fn open_part_on(
     client: &tokio_postgres::Client,
@@ -169,13 +170,22 @@ impl EventReader for Snapshot {
                 .await
                 .map_err(storage)
         })?;
-        let mut events: Vec<Vec<Vec<u8>>> = vec![Vec::new(); keys.len()];
+        let mut ordered: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); keys.len()];
         for row in rows {
             let index = row.get::<_, i64>(0) as usize;
-            if let Some(slot) = index.checked_sub(1).and_then(|i| events.get_mut(i)) {
-                slot.push(row.get::<_, &[u8]>(1).to_vec());
+            if let Some(slot) = index.checked_sub(1).and_then(|i| ordered.get_mut(i)) {
+                slot.push((
+                    row.get::<_, &[u8]>(1).to_vec(),
+                    row.get::<_, &[u8]>(2).to_vec(),
+                ));
             }
         }
+        let events = ordered.into_iter().map(|mut part| {
+            if !part.is_sorted_by(|a, b| a.0 <= b.0) {
+                part.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            }
+            part.into_iter().map(|(_, raw)| raw).collect::<Vec<_>>()
+        });
         let mut cache = self.read_ahead.borrow_mut();
         cache.clear();
         cache.extend(keys.into_iter().zip(events));
