@@ -392,7 +392,7 @@ fn three_kafka_instances_on_postgres_lose_nothing_through_kills_and_scaling() {
         r.stop();
     }
     assert_eq!(
-        s.pg.psql("archiver", "SELECT count(*) FROM events"),
+        s.pg.psql("archiver", "SELECT coalesce(sum(n), 0) FROM event_runs"),
         (w.events_per_flow * (w.expected.len() + w.running)).to_string(),
         "every distinct event stored once"
     );
@@ -450,7 +450,7 @@ fn nats_pending(server: &NatsServer) -> (i64, i64) {
 
 /// Events in the shared store; -1 while PostgreSQL restarts.
 fn stored_events(s: &Shared) -> i64 {
-    s.pg.try_psql("archiver", "SELECT count(*) FROM events")
+    s.pg.try_psql("archiver", "SELECT coalesce(sum(n), 0) FROM event_runs")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(-1)

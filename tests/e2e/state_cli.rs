@@ -33,7 +33,7 @@ fn state_migrate_and_status_work_from_database_url() {
     assert!(before.contains("archiver:***@"), "{before}");
 
     let first = env.ok(&["state", "migrate"]);
-    assert!(first.contains("applied migration(s) [1]"), "{first}");
+    assert!(first.contains("applied migration(s) [1, 2]"), "{first}");
     let again = env.ok(&["state", "migrate"]);
     assert!(again.contains("nothing to apply"), "{again}");
 
@@ -57,8 +57,8 @@ fn state_migrate_and_status_work_from_database_url() {
         .wait(Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
     let json: Value = serde_json::from_str(&env.ok(&["state", "status", "--json"])).unwrap();
-    assert_eq!(json["version"], 1, "{json}");
-    assert_eq!(json["known"], 1, "{json}");
+    assert_eq!(json["version"], 2, "{json}");
+    assert_eq!(json["known"], 2, "{json}");
     assert_eq!(json["stats"]["live_flows"], 1, "{json}");
     assert_eq!(json["stats"]["stored_events"], 3, "{json}");
     assert!(!json.to_string().contains("pw-never-shown"), "{json}");

@@ -82,6 +82,73 @@ macro_rules! conformance {
                 ($open)(dir)
             }
 
+            /// A flow's events spread over batches whose sequences interleave, with
+            /// batches holding several events of it (one row of a run on PostgreSQL)
+            /// and events large enough to close a run: read singly and read ahead,
+            /// they come back in sequence order, counted one by one.
+            #[test]
+            fn batches_with_interleaved_sequences_read_back_in_flow_order() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                let big = |id: &str, seq: u64| {
+                    let mut e = event("f", id, seq, FlowStatus::Running, seq as i64);
+                    e.raw = format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}", "x".repeat(150_000))
+                        .into_bytes();
+                    e
+                };
+                let batches = [
+                    vec![
+                        event("f", "7", 7, FlowStatus::Running, 7),
+                        event("f", "1", 1, FlowStatus::Running, 1),
+                        event("f", "4", 4, FlowStatus::Running, 4),
+                    ],
+                    vec![
+                        event("f", "8", 8, FlowStatus::Running, 8),
+                        event("f", "2", 2, FlowStatus::Running, 2),
+                        event("g", "x", 1, FlowStatus::Completed, 1),
+                        event("f", "5", 5, FlowStatus::Running, 5),
+                        event("f", "2", 2, FlowStatus::Running, 2),
+                    ],
+                    vec![big("3", 3), big("6", 6), big("9", 9)],
+                    vec![event("f", "10", 10, FlowStatus::Completed, 10)],
+                ];
+                let mut stored = 0;
+                for batch in &batches {
+                    stored += s.ingest(batch, &p, 0, None).unwrap().stored;
+                }
+                assert_eq!(stored, 11, "one duplicate");
+                let ids = |events: Vec<String>| -> Vec<String> {
+                    events
+                        .iter()
+                        .map(|e| {
+                            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+                            v["id"].as_str().unwrap().to_string()
+                        })
+                        .collect()
+                };
+                let expected: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
+                assert_eq!(ids(events_of(&*s, "f", 1)), expected);
+                let reader = s.event_reader().unwrap();
+                let meta = reader.live_flow("t", "f").unwrap().unwrap();
+                let other = reader.live_flow("t", "g").unwrap().unwrap();
+                reader.read_ahead(&[&other, &meta]).unwrap();
+                let mut ahead = Vec::new();
+                reader
+                    .for_each_event("t", "f", 1, &mut |b| {
+                        ahead.push(String::from_utf8_lossy(b).into_owned());
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(ids(ahead), expected);
+                drop(reader);
+                assert_eq!(s.stats().unwrap().stored_events, 11);
+                assert_eq!(meta.event_count, 10);
+                let erased = s.erase_live("t", "f").unwrap();
+                assert_eq!(erased.events, 10);
+                assert_eq!(s.stats().unwrap().stored_events, 1);
+            }
+
             #[test]
             fn events_come_back_in_sequence_order_without_duplicates() {
                 let dir = tempfile::tempdir().unwrap();
@@ -848,6 +915,42 @@ fn postgres_due_flows_are_claimed_by_one_instance() {
     other.id = "ib".into();
     assert!(a.seal(one).unwrap().is_some());
     assert!(b.seal(other).unwrap().is_none(), "sealed once only");
+
+    // Rows that moved after the claim: a late event (the claimed meta is stale, so
+    // that part is not sealed) and a table rewrite (the meta is still current, so it
+    // is sealed all the same), beside a row that stayed where the claim left it.
+    let claimed = |flow: &str| got_a.iter().find(|m| m.flow_id == flow).unwrap().clone();
+    let (late, moved, stayed) = (claimed("f01"), claimed("f02"), claimed("f03"));
+    b.ingest(
+        &[event("f01", "2", 2, FlowStatus::Completed, 1)],
+        &p,
+        0,
+        None,
+    )
+    .unwrap();
+    let pg = crate::support::shared_pg();
+    let where_f02 = "SELECT ctid FROM flows WHERE flow_id = 'f02'";
+    let before = pg.psql(&db_name(&url), where_f02);
+    pg.psql(&db_name(&url), "VACUUM FULL flows");
+    assert_ne!(pg.psql(&db_name(&url), where_f02), before, "the row moved");
+    let mut intent = intent_for(&a, "ic", &["f03"]);
+    intent.parts = [late, moved, stayed]
+        .into_iter()
+        .map(|meta| SealedPart {
+            meta,
+            archive_status: FlowStatus::Completed,
+            purge_at_ms: 0,
+        })
+        .collect();
+    let sealed = a.seal(intent).unwrap().expect("sealed");
+    let flows: Vec<&str> = sealed
+        .parts
+        .iter()
+        .map(|p| p.meta.flow_id.as_str())
+        .collect();
+    assert_eq!(flows, vec!["f02", "f03"]);
+    assert_eq!(a.live_flow("t", "f01").unwrap().unwrap().event_count, 2);
+    assert!(a.live_flow("t", "f02").unwrap().is_none());
 }
 
 /// An instance that stops renewing its lease is fenced off its intent: another takes
@@ -988,8 +1091,145 @@ fn postgres_migrations_apply_once_when_instances_start_together() {
         .to_string();
     assert_eq!(
         crate::support::shared_pg().psql(&db, "SELECT count(*) FROM flow_archiver_migrations"),
-        "1"
+        crate::support::shared_pg().psql(&db, "SELECT max(version) FROM flow_archiver_migrations"),
+        "each migration once"
     );
+}
+
+/// The database name in a `database_for` URL.
+fn db_name(url: &str) -> String {
+    let path = url.rsplit('/').next().unwrap();
+    path.split('?').next().unwrap().to_string()
+}
+
+/// A database written by schema version 1 (one row per event in `events`) is
+/// migrated at open, and its flows read back and archive as they were.
+#[test]
+fn postgres_a_version_1_database_is_migrated_with_its_events() {
+    let pg = crate::support::shared_pg();
+    let p = policy();
+    // The rows version 1 would have written: metas from a current store, events one
+    // per row (single-event batches write exactly that).
+    let source = tempfile::tempdir().unwrap();
+    let source_db = db_name(&database_for(source.path()));
+    let s = PostgresStore::open(&pg_config(
+        &database_for(source.path()),
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    for (seq, id) in [(2, "b"), (1, "a"), (3, "c")] {
+        let status = if seq == 3 {
+            FlowStatus::Completed
+        } else {
+            FlowStatus::Running
+        };
+        s.ingest(&[event("old", id, seq, status, seq as i64)], &p, 0, None)
+            .unwrap();
+    }
+    drop(s);
+    let rows = |sql: &str| -> Vec<String> {
+        pg.psql(&source_db, sql)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let flows = rows(
+        "SELECT format('(%L, %L, %s, %L::bytea, %s)', tenant, flow_id, part,
+                       '\\x' || encode(meta, 'hex'), coalesce(deadline_ms::text, 'NULL'))
+         FROM flows",
+    );
+    let events = rows(
+        "SELECT format('(%L, %L, %s, %L::bytea, %L::bytea)', tenant, flow_id, part,
+                       '\\x' || encode(ord, 'hex'), '\\x' || encode(raw, 'hex'))
+         FROM event_runs",
+    );
+    assert_eq!(events.len(), 3, "single-event rows");
+    let dedupe = rows("SELECT format('(%L::bytea)', '\\x' || encode(key, 'hex')) FROM dedupe");
+
+    let old = tempfile::tempdir().unwrap();
+    let url = database_for(old.path());
+    let db = db_name(&url);
+    pg.psql(&db, include_str!("../../migrations/0001_initial.sql"));
+    pg.psql(
+        &db,
+        &format!(
+            "CREATE TABLE flow_archiver_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                                    applied_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO flow_archiver_migrations (version, name) VALUES (1, 'initial');
+             INSERT INTO flows (tenant, flow_id, part, meta, deadline_ms) VALUES {};
+             INSERT INTO events (tenant, flow_id, part, ord, raw) VALUES {};
+             INSERT INTO dedupe (key) VALUES {};",
+            flows.join(", "),
+            events.join(", "),
+            dedupe.join(", ")
+        ),
+    );
+
+    let s = PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).unwrap();
+    assert_eq!(s.status().unwrap().version, 2);
+    assert_eq!(
+        events_of(&s, "old", 1),
+        vec![
+            r#"{"id":"a","seq":1}"#,
+            r#"{"id":"b","seq":2}"#,
+            r#"{"id":"c","seq":3}"#
+        ]
+    );
+    // New events join the old rows' part, deduplicated against the old keys.
+    let out = s
+        .ingest(
+            &[
+                event("old", "a", 1, FlowStatus::Running, 1),
+                event("old", "d", 4, FlowStatus::Completed, 4),
+                event("old", "e", 5, FlowStatus::Completed, 5),
+            ],
+            &p,
+            0,
+            None,
+        )
+        .unwrap();
+    assert_eq!((out.stored, out.duplicates), (2, 1));
+    assert_eq!(events_of(&s, "old", 1).len(), 5);
+    assert_eq!(s.stats().unwrap().stored_events, 5);
+    archive_now(&s, "i-old", &["old"]);
+    assert_eq!(s.stats().unwrap().stored_events, 0);
+    // The old table name is gone: a binary of version 1 fails instead of misreading.
+    assert!(pg.try_psql(&db, "SELECT count(*) FROM events").is_err());
+}
+
+/// A damaged row of events is an error that names the flow part, never a wrong
+/// history: the count disagrees with the frames, or the frames are cut.
+#[test]
+fn postgres_a_damaged_event_run_is_an_error_naming_the_flow_part() {
+    let pg = crate::support::shared_pg();
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_for(dir.path());
+    let db = db_name(&url);
+    let s = PostgresStore::open(&pg_config(&url, Duration::from_secs(30))).unwrap();
+    let p = policy();
+    let batch: Vec<FlowEvent> = (1..=3)
+        .map(|i| event("dmg", &i.to_string(), i, FlowStatus::Running, i as i64))
+        .collect();
+    s.ingest(&batch, &p, 0, None).unwrap();
+    assert_eq!(pg.psql(&db, "SELECT n FROM event_runs"), "3");
+    for damage in [
+        "UPDATE event_runs SET n = 4",
+        "UPDATE event_runs SET n = 3, raw = substring(raw from 1 for length(raw) - 2)",
+        "UPDATE event_runs SET raw = '\\xffffffff00'::bytea",
+        "UPDATE event_runs SET n = 0",
+    ] {
+        pg.psql(&db, damage);
+        let mut sink = |_: &[u8]| Ok(());
+        let err = s.for_each_event("t", "dmg", 1, &mut sink).unwrap_err();
+        assert!(
+            matches!(err, StateError::Corrupt { .. }) && err.to_string().contains("t/dmg part 1"),
+            "{damage}: {err}"
+        );
+        let reader = s.event_reader().unwrap();
+        let meta = reader.live_flow("t", "dmg").unwrap().unwrap();
+        let err = reader.read_ahead(&[&meta]).unwrap_err();
+        assert!(err.to_string().contains("t/dmg part 1"), "{damage}: {err}");
+    }
 }
 
 /// Instances ingesting events of the same flows at the same moment: every event is

@@ -36,27 +36,37 @@ impl PostgresStore {
         let claim = client
             .prepare_cached(
                 "UPDATE flows f SET claimed_until = now() + $3::int8 * interval '1 millisecond'
-                 FROM (SELECT tenant, flow_id FROM flows
+                 FROM (SELECT ctid FROM flows
                        WHERE deadline_ms <= $1
                          AND (claimed_until IS NULL OR claimed_until < now())
                        ORDER BY deadline_ms
                        LIMIT $2
                        FOR UPDATE SKIP LOCKED) AS due
-                 WHERE f.tenant = due.tenant AND f.flow_id = due.flow_id
-                 RETURNING f.meta",
+                 WHERE f.ctid = due.ctid
+                 RETURNING f.meta, f.ctid::text",
             )
             .await
             .map_err(storage)?;
         let limit = limit.min(i64::MAX as usize) as i64;
-        let mut due = Vec::new();
-        for row in client
+        let rows = client
             .query(&claim, &[&now_ms, &limit, &self.lease_ms()])
             .await
-            .map_err(storage)?
-        {
+            .map_err(storage)?;
+        let mut due = Vec::with_capacity(rows.len());
+        let mut claimed = self.claimed_rows.lock().unwrap_or_else(|p| p.into_inner());
+        if claimed.len() > 4 * rows.len().max(10_000) {
+            // Claims that were never sealed (a flow that changed, a sweep that stopped).
+            claimed.clear();
+        }
+        for row in rows {
             let bytes: Option<&[u8]> = row.get(0);
             let bytes = bytes.ok_or_else(|| corrupt("deadline", "a timer without an open part"))?;
-            due.push(decode::<FlowMeta>("flow meta", bytes)?);
+            let meta: FlowMeta = decode("flow meta", bytes)?;
+            claimed.insert(
+                (meta.tenant.to_string(), meta.flow_id.to_string()),
+                row.get(1),
+            );
+            due.push(meta);
         }
         due.sort_by_key(|m| m.deadline_ms);
         Ok(due)
@@ -106,36 +116,38 @@ impl PostgresStore {
                 return Ok(Some(stored));
             }
         }
-        // One statement locks and seals the parts whose stored meta is still the one
-        // read at the claim (byte for byte: the encoding is deterministic); a flow
-        // that changed since keeps its open part. In key order, as ingest locks.
+        // The parts whose stored meta is still the one read at the claim (byte for
+        // byte: the encoding is deterministic) are sealed; a flow that changed since
+        // keeps its open part. Rows are locked in key order, as ingest locks them.
         let mut order: Vec<&SealedPart> = intent.parts.iter().collect();
         order.sort_by(|a, b| {
             (&a.meta.tenant, &a.meta.flow_id).cmp(&(&b.meta.tenant, &b.meta.flow_id))
         });
-        let (mut tenants, mut flow_ids, mut metas) = (vec![], vec![], vec![]);
-        for part in order {
-            tenants.push(part.meta.tenant.as_str());
-            flow_ids.push(part.meta.flow_id.as_str());
-            metas.push(encode("flow meta", &part.meta)?);
-        }
-        let seal = txn
-            .prepare_cached(
-                "UPDATE flows f SET meta = NULL, deadline_ms = NULL, claimed_until = NULL,
-                                    part = f.part + 1
-                 FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(t, id, m)
-                 WHERE f.tenant = u.t AND f.flow_id = u.id AND f.meta = u.m
-                 RETURNING f.tenant, f.flow_id",
-            )
-            .await
-            .map_err(storage)?;
+        // Where this instance's claim left the rows: by that hint when every part has
+        // one (the claim's own pass), else by key. A row the hint misses (it moved: a
+        // late event, another instance's claim, a VACUUM FULL) is looked up by key
+        // after the others; that rare second statement may meet ingest's locks in
+        // another order, and a deadlock is retried like any lost transaction.
+        let hints: Option<Vec<String>> = {
+            let mut claimed = self.claimed_rows.lock().unwrap_or_else(|p| p.into_inner());
+            let hints: Vec<Option<String>> = order
+                .iter()
+                .map(|p| claimed.remove(&(p.meta.tenant.to_string(), p.meta.flow_id.to_string())))
+                .collect();
+            hints.into_iter().collect()
+        };
         let mut sealed_flows = HashSet::new();
-        for row in txn
-            .query(&seal, &[&tenants, &flow_ids, &metas])
-            .await
-            .map_err(storage)?
-        {
-            sealed_flows.insert((row.get::<_, String>(0), row.get::<_, String>(1)));
+        if let Some(hints) = hints {
+            sealed_flows = seal_rows(&txn, &order, Some(&hints)).await?;
+        }
+        let missed: Vec<&SealedPart> = order
+            .into_iter()
+            .filter(|p| {
+                !sealed_flows.contains(&(p.meta.tenant.to_string(), p.meta.flow_id.to_string()))
+            })
+            .collect();
+        if !missed.is_empty() {
+            sealed_flows.extend(seal_rows(&txn, &missed, None).await?);
         }
         let sealed = ArchiveIntent {
             parts: intent
@@ -297,7 +309,7 @@ impl PostgresStore {
         // Sealed parts take no new events (they go to the next part), so these rows
         // are exactly what was archived.
         txn.execute(
-            "DELETE FROM events e USING unnest($1::text[], $2::text[], $3::int4[]) AS u(t, id, p)
+            "DELETE FROM event_runs e USING unnest($1::text[], $2::text[], $3::int4[]) AS u(t, id, p)
              WHERE e.tenant = u.t AND e.flow_id = u.id AND e.part = u.p",
             &[&parts.tenants, &parts.flow_ids, &parts.parts],
         )
@@ -329,13 +341,16 @@ impl PostgresStore {
         )
         .await
         .map_err(storage)?;
-        let events = txn
-            .execute(
-                "DELETE FROM events WHERE tenant = $1 AND flow_id = $2",
+        let events: i64 = txn
+            .query_one(
+                "WITH erased AS (DELETE FROM event_runs WHERE tenant = $1 AND flow_id = $2
+                                 RETURNING n)
+                 SELECT coalesce(sum(n), 0)::int8 FROM erased",
                 &[&tenant, &flow_id],
             )
             .await
-            .map_err(storage)?;
+            .map_err(storage)?
+            .get(0);
         let (first, last) = super::ingest::dedupe_range(tenant, flow_id);
         txn.execute(
             "DELETE FROM dedupe WHERE key BETWEEN $1 AND $2",
@@ -346,7 +361,7 @@ impl PostgresStore {
         txn.commit().await.map_err(storage)?;
         Ok(ErasedLive {
             open_part: open,
-            events,
+            events: events as u64,
         })
     }
 }
@@ -358,4 +373,58 @@ fn with_stage(body: &[u8], verified: Option<&[u8]>) -> Result<ArchiveIntent, Sta
         intent.stage = IntentStage::Verified(decode("verified record", v)?);
     }
     Ok(intent)
+}
+
+/// Seals the parts (in key order) whose row still holds the given meta, found at
+/// `hints` (their `ctid`s) or by key; returns the flows sealed.
+async fn seal_rows(
+    txn: &deadpool_postgres::Transaction<'_>,
+    parts: &[&SealedPart],
+    hints: Option<&[String]>,
+) -> Result<HashSet<(String, String)>, StateError> {
+    let (mut tenants, mut flow_ids, mut metas) = (vec![], vec![], vec![]);
+    for part in parts {
+        tenants.push(part.meta.tenant.as_str());
+        flow_ids.push(part.meta.flow_id.as_str());
+        metas.push(encode("flow meta", &part.meta)?);
+    }
+    macro_rules! seal {
+        ($from_where:literal) => {
+            concat!(
+                "UPDATE flows f SET meta = NULL, deadline_ms = NULL, claimed_until = NULL,
+                                    part = f.part + 1 ",
+                $from_where,
+                " RETURNING f.tenant, f.flow_id"
+            )
+        };
+    }
+    let rows = match hints {
+        Some(hints) => {
+            let statement = txn
+                .prepare_cached(seal!(
+                    "FROM unnest($4::text[]::tid[], $1::text[], $2::text[], $3::bytea[])
+                       AS u(c, t, id, m)
+                     WHERE f.ctid = u.c AND f.tenant = u.t AND f.flow_id = u.id AND f.meta = u.m"
+                ))
+                .await
+                .map_err(storage)?;
+            txn.query(&statement, &[&tenants, &flow_ids, &metas, &hints])
+                .await
+        }
+        None => {
+            let statement = txn
+                .prepare_cached(seal!(
+                    "FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(t, id, m)
+                     WHERE f.tenant = u.t AND f.flow_id = u.id AND f.meta = u.m"
+                ))
+                .await
+                .map_err(storage)?;
+            txn.query(&statement, &[&tenants, &flow_ids, &metas]).await
+        }
+    }
+    .map_err(storage)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
 }

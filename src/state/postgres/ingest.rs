@@ -1,12 +1,14 @@
 //! Ingest: one transaction per batch, a constant number of statements whatever its
 //! size (arrays through `unnest`): create the flows' rows that are new, lock every
-//! flow's row in key order, insert the dedupe keys (digests; a conflict is a duplicate), fold
-//! the new events into the metas (shared with the embedded store,
-//! [`crate::state::meta`]), insert the events, update the metas and deadlines, store
-//! the checkpoint, commit. Also the recomputation of deadlines when the policy changes.
+//! flow's row in key order, insert the dedupe keys (digests; a conflict is a
+//! duplicate), fold the new events into the metas (shared with the embedded store,
+//! [`crate::state::meta`]), insert the events (a run per flow part,
+//! [`super::runs`]), update the metas and deadlines, store the checkpoint, commit.
+//! Also the recomputation of deadlines when the policy changes.
 
 use std::collections::{HashMap, HashSet};
 
+use super::runs::{build_runs, RunBytes};
 use super::*;
 use crate::state::meta::{apply_event, digest, new_meta};
 
@@ -40,6 +42,37 @@ impl Batch {
             batch.members.push(members);
         }
         batch
+    }
+}
+
+/// The `event_runs` rows of a batch, as `unnest` arrays.
+#[derive(Default)]
+struct Runs<'a> {
+    tenants: Vec<&'a str>,
+    flow_ids: Vec<&'a str>,
+    parts: Vec<i32>,
+    keys: Vec<Vec<u8>>,
+    raws: Vec<RunBytes<'a>>,
+    counts: Vec<i32>,
+}
+
+impl<'a> Runs<'a> {
+    /// Adds a flow part's events of this batch, in flow order.
+    fn push(
+        &mut self,
+        tenant: &'a str,
+        flow_id: &'a str,
+        part: u32,
+        events: &[(Vec<u8>, &'a [u8])],
+    ) {
+        for (key, raw, n) in build_runs(events) {
+            self.tenants.push(tenant);
+            self.flow_ids.push(flow_id);
+            self.parts.push(part as i32);
+            self.keys.push(key);
+            self.raws.push(raw);
+            self.counts.push(n);
+        }
     }
 }
 
@@ -124,7 +157,7 @@ impl PostgresStore {
                 }
             }
 
-            let (mut et, mut ef, mut ep, mut eo, mut er) = (vec![], vec![], vec![], vec![], vec![]);
+            let mut runs = Runs::default();
             let (mut ut, mut uf, mut um, mut ud) = (vec![], vec![], vec![], vec![]);
             for (i, members) in batch.members.iter().enumerate() {
                 let key = (batch.tenants[i].clone(), batch.flow_ids[i].clone());
@@ -136,6 +169,7 @@ impl PostgresStore {
                 };
                 let mut meta = row.meta;
                 let mut changed = false;
+                let mut stored: Vec<(Vec<u8>, &[u8])> = Vec::new();
                 for &e in members {
                     let event = &events[e];
                     if let Some(k) = &keys[e] {
@@ -153,17 +187,18 @@ impl PostgresStore {
                     });
                     let order = apply_event(m, event, now_ms);
                     changed = true;
-                    et.push(event.tenant.as_str());
-                    ef.push(event.flow_id.as_str());
-                    ep.push(m.part as i32);
-                    eo.push(order);
-                    er.push(event.raw.as_slice());
+                    stored.push((order, event.raw.as_slice()));
                     outcome.stored += 1;
                 }
                 let Some(mut meta) = meta.filter(|_| changed) else {
                     // Every event was a duplicate.
                     continue;
                 };
+                // A run is in flow order; arrival order is it unless sequences disagree.
+                if !stored.is_sorted_by(|a, b| a.0 <= b.0) {
+                    stored.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                runs.push(&batch.tenants[i], &batch.flow_ids[i], meta.part, &stored);
                 meta.deadline_ms = policy
                     .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
                     .deadline_ms;
@@ -172,17 +207,29 @@ impl PostgresStore {
                 um.push(encode("flow meta", &meta)?);
                 ud.push(meta.deadline_ms);
             }
-            if !et.is_empty() {
+            if !runs.tenants.is_empty() {
                 let insert = txn
                     .prepare_cached(
-                        "INSERT INTO events (tenant, flow_id, part, ord, raw)
-                         SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::bytea[], $5::bytea[])",
+                        "INSERT INTO event_runs (tenant, flow_id, part, ord, raw, n)
+                         SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::bytea[],
+                                              $5::bytea[], $6::int4[])",
                     )
                     .await
                     .map_err(storage)?;
-                txn.execute(&insert, &[&et, &ef, &ep, &eo, &er])
-                    .await
-                    .map_err(storage)?;
+                let raws: Vec<&[u8]> = runs.raws.iter().map(RunBytes::as_slice).collect();
+                txn.execute(
+                    &insert,
+                    &[
+                        &runs.tenants,
+                        &runs.flow_ids,
+                        &runs.parts,
+                        &runs.keys,
+                        &raws,
+                        &runs.counts,
+                    ],
+                )
+                .await
+                .map_err(storage)?;
             }
             if !ut.is_empty() {
                 let update = txn

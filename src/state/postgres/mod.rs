@@ -22,6 +22,7 @@ mod archival;
 mod ingest;
 mod reader;
 mod records;
+mod runs;
 mod schema;
 mod tls;
 
@@ -54,6 +55,10 @@ pub struct PostgresStore {
     retry_for: Duration,
     /// The fencing token this instance holds for each intent it works on.
     fences: Arc<Mutex<HashMap<String, i64>>>,
+    /// Where `due_flows` left the rows it claimed (`ctid`), so that their seal finds
+    /// them without an index lookup. Only a hint: the seal still checks the key and
+    /// the meta, and a row that moved since is simply not sealed this time.
+    claimed_rows: Mutex<HashMap<(String, String), String>>,
     /// Where the store is, for errors (the URL without its password).
     url: String,
 }
@@ -204,6 +209,7 @@ impl PostgresStore {
             lease: config.lease,
             retry_for: config.retry_for,
             fences: Default::default(),
+            claimed_rows: Default::default(),
             url: url.clone(),
         };
         // Fail at start, with the URL, rather than at the first batch.

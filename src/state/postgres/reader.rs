@@ -1,22 +1,43 @@
-//! Reads: a live flow's open part, and a part's events streamed in flow order (rows
-//! arrive as the server sends them, so memory does not grow with a flow's size). A
+//! Reads: a live flow's open part, and a part's events in flow order. A part's rows
+//! are runs ([`super::runs`]), each in flow order and listed by their first event: a
+//! single part is streamed with a merge that holds only the events a later run may
+//! still precede (usually one run), so memory does not grow with a flow's size. A
 //! [`Snapshot`] reads many parts from one repeatable-read transaction.
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use futures::{pin_mut, TryStreamExt};
+use tokio_postgres::Row;
 
+use super::runs::{split_run, EventAt};
 use super::*;
 
 const OPEN_PART: &str =
     "SELECT meta FROM flows WHERE tenant = $1 AND flow_id = $2 AND meta IS NOT NULL";
-const PART_EVENTS: &str =
-    "SELECT raw FROM events WHERE tenant = $1 AND flow_id = $2 AND part = $3 ORDER BY ord";
-/// Unsorted: the rows are put in flow order here (they usually arrive in it), which
+const PART_RUNS: &str = "SELECT ord, raw, n FROM event_runs
+     WHERE tenant = $1 AND flow_id = $2 AND part = $3 ORDER BY ord";
+/// Unsorted: the events are put in flow order here (runs usually arrive in it), which
 /// spares the database a sort that spilled to disk for a 4 MiB run.
-const RUN_EVENTS: &str = "SELECT u.i, e.ord, e.raw
+const RUN_EVENTS: &str = "SELECT u.i, e.ord, e.raw, e.n
      FROM unnest($1::text[], $2::text[], $3::int4[]) WITH ORDINALITY AS u(t, id, p, i)
-     JOIN events e ON e.tenant = u.t AND e.flow_id = u.id AND e.part = u.p";
+     JOIN event_runs e ON e.tenant = u.t AND e.flow_id = u.id AND e.part = u.p";
+
+/// The name of a flow part in errors.
+fn part_name(tenant: &str, flow_id: &str, part: u32) -> String {
+    format!("{tenant}/{flow_id} part {part}")
+}
+
+/// An event of a row: its key and bytes, as slices of the row's `ord` and `raw` columns
+/// (`ord_column` and `ord_column + 1`).
+fn event_of<'r>(row: &'r Row, ord_column: usize, at: &EventAt) -> (&'r [u8], &'r [u8]) {
+    let raw: &[u8] = row.get(ord_column + 1);
+    match at {
+        EventAt::Whole => (row.get(ord_column), raw),
+        EventAt::Framed { key, raw: event } => (&raw[key.clone()], &raw[event.clone()]),
+    }
+}
 
 async fn open_part_on(
     client: &tokio_postgres::Client,
@@ -38,21 +59,42 @@ pub(super) async fn stream_part(
     part: u32,
     sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<(), StateError> {
-    let part = part as i32;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&tenant, &flow_id, &part];
-    let statement = client.prepare_cached(PART_EVENTS).await.map_err(storage)?;
+    let number = part as i32;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&tenant, &flow_id, &number];
+    let statement = client.prepare_cached(PART_RUNS).await.map_err(storage)?;
     let rows = client
         .query_raw(&statement, params)
         .await
         .map_err(storage)?;
     pin_mut!(rows);
-    while let Some(row) = rows.try_next().await.map_err(storage)? {
-        sink(row.get::<_, &[u8]>(0)).map_err(|source| StateError::Stream {
+    let what = || part_name(tenant, flow_id, part);
+    let mut emit = |raw: &[u8]| {
+        sink(raw).map_err(|source| StateError::Stream {
             tenant: tenant.to_string(),
             flow_id: flow_id.to_string(),
-            part: part as u32,
+            part,
             source,
-        })?;
+        })
+    };
+    // Events read but not yet emitted, smallest key first. Runs come by first key, so
+    // every event keyed below the next run's first key is final.
+    let mut pending: BinaryHeap<Reverse<(Vec<u8>, Vec<u8>)>> = BinaryHeap::new();
+    while let Some(row) = rows.try_next().await.map_err(storage)? {
+        let first: &[u8] = row.get(0);
+        while let Some(Reverse((key, raw))) = pending.peek() {
+            if key.as_slice() >= first {
+                break;
+            }
+            emit(raw)?;
+            pending.pop();
+        }
+        for at in split_run(row.get(1), row.get(2), &what())? {
+            let (key, raw) = event_of(&row, 0, &at);
+            pending.push(Reverse((key.to_vec(), raw.to_vec())));
+        }
+    }
+    while let Some(Reverse((_, raw))) = pending.pop() {
+        emit(&raw)?;
     }
     Ok(())
 }
@@ -83,12 +125,27 @@ impl PostgresStore {
 
 type PartKey = (String, String, u32);
 
+/// A part's rows from a read-ahead, and its events in flow order as positions in them.
+#[derive(Default)]
+struct PartEvents {
+    rows: Vec<Row>,
+    /// (row index, where the event is in that row).
+    order: Vec<(usize, EventAt)>,
+}
+
+impl PartEvents {
+    fn event(&self, (row, at): &(usize, EventAt)) -> (&[u8], &[u8]) {
+        // Read-ahead rows hold (i, ord, raw, n).
+        event_of(&self.rows[*row], 1, at)
+    }
+}
+
 /// One repeatable-read transaction on a pooled connection, rolled back on drop.
 pub(super) struct Snapshot {
     client: Option<Object>,
     handle: tokio::runtime::Handle,
     /// Events of the parts announced by `read_ahead` and not yet read.
-    read_ahead: RefCell<HashMap<PartKey, Vec<Vec<u8>>>>,
+    read_ahead: RefCell<HashMap<PartKey, PartEvents>>,
 }
 
 impl Snapshot {
@@ -135,8 +192,8 @@ impl EventReader for Snapshot {
         let fetched = self.read_ahead.borrow_mut().remove(&key);
         match fetched {
             Some(events) => {
-                for event in &events {
-                    sink(event).map_err(|source| StateError::Stream {
+                for position in &events.order {
+                    sink(events.event(position).1).map_err(|source| StateError::Stream {
                         tenant: tenant.to_string(),
                         flow_id: flow_id.to_string(),
                         part,
@@ -170,22 +227,31 @@ impl EventReader for Snapshot {
                 .await
                 .map_err(storage)
         })?;
-        let mut ordered: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); keys.len()];
+        let mut parts: Vec<PartEvents> = Vec::new();
+        parts.resize_with(keys.len(), PartEvents::default);
         for row in rows {
             let index = row.get::<_, i64>(0) as usize;
-            if let Some(slot) = index.checked_sub(1).and_then(|i| ordered.get_mut(i)) {
-                slot.push((
-                    row.get::<_, &[u8]>(1).to_vec(),
-                    row.get::<_, &[u8]>(2).to_vec(),
-                ));
+            let Some(part) = index.checked_sub(1).and_then(|i| parts.get_mut(i)) else {
+                continue;
+            };
+            let (tenant, flow_id, number) = &keys[index - 1];
+            let events = split_run(row.get(2), row.get(3), &part_name(tenant, flow_id, *number))?;
+            let at = part.rows.len();
+            part.order.extend(events.into_iter().map(|e| (at, e)));
+            part.rows.push(row);
+        }
+        for part in &mut parts {
+            let sorted = part
+                .order
+                .windows(2)
+                .all(|w| part.event(&w[0]).0 <= part.event(&w[1]).0);
+            if !sorted {
+                let mut order = std::mem::take(&mut part.order);
+                order.sort_by(|a, b| part.event(a).0.cmp(part.event(b).0));
+                part.order = order;
             }
         }
-        let events = ordered.into_iter().map(|mut part| {
-            if !part.is_sorted_by(|a, b| a.0 <= b.0) {
-                part.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            }
-            part.into_iter().map(|(_, raw)| raw).collect::<Vec<_>>()
-        });
+        let events = parts;
         let mut cache = self.read_ahead.borrow_mut();
         cache.clear();
         cache.extend(keys.into_iter().zip(events));

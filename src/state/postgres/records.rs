@@ -167,7 +167,7 @@ impl PostgresStore {
         let row = client
             .query_one(
                 "SELECT (SELECT count(*) FROM flows WHERE meta IS NOT NULL),
-                        (SELECT count(*) FROM events),
+                        (SELECT coalesce(sum(n), 0)::int8 FROM event_runs),
                         (SELECT count(*) FROM intents),
                         (SELECT count(*) FROM flows WHERE deadline_ms IS NOT NULL)",
                 &[],

@@ -8,11 +8,18 @@ use super::*;
 
 /// `(version, name, SQL)`, in order. A released migration never changes; a change of
 /// schema is a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "event_runs",
+        include_str!("../../../migrations/0002_event_runs.sql"),
+    ),
+];
 
 /// Any constant shared by every flow-archiver: the advisory lock of migrations.
 const MIGRATION_LOCK: i64 = 0x666c_6f77_6172_6368; // "flowarch"
