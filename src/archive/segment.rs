@@ -181,18 +181,9 @@ impl<W: Write> SegmentWriter<W> {
         };
         let header = HeaderRecord {
             record: "header",
-            format: FORMAT,
-            segment_id: &segment_id,
             tenant: &m.tenant,
             flow_id: &m.flow_id,
             part: m.part,
-            status: part.archive_status,
-            labels: &m.labels,
-            event_count: m.event_count,
-            first_event_time: rfc3339_ms(m.first_event_ms),
-            last_event_time: rfc3339_ms(m.last_event_ms),
-            archived_at: rfc3339_ms(self.archived_at_ms),
-            purge_at: rfc3339_ms(part.purge_at_ms),
         };
         let packed = self.compression == crate::config::Compression::Zstd
             && m.raw_bytes <= IN_MEMORY_PART_BYTES;
@@ -383,11 +374,7 @@ fn write_frame_content(
     })?;
     let events_sha256 = hex_sha256(hash.finalize());
     line.clear();
-    write_line(
-        &mut line,
-        &trailer_record(part, count, raw_bytes, &events_sha256),
-    )
-    .map_err(io_err)?;
+    write_line(&mut line, &trailer_record(part, count, raw_bytes)).map_err(io_err)?;
     out.write_all(&line).map_err(io_err)?;
     Ok(FrameTally {
         count,
@@ -396,21 +383,12 @@ fn write_frame_content(
     })
 }
 
-fn trailer_record<'a>(
-    part: &'a SealedPart,
-    count: u64,
-    raw_bytes: u64,
-    events_sha256: &str,
-) -> TrailerRecord<'a> {
+fn trailer_record(part: &SealedPart, count: u64, raw_bytes: u64) -> TrailerRecord<'_> {
     let m = &part.meta;
     TrailerRecord {
         record: "trailer",
-        tenant: &m.tenant,
-        flow_id: &m.flow_id,
-        part: m.part,
         event_count: count,
         raw_bytes,
-        events_sha256: events_sha256.to_string(),
         snapshot: SnapshotRecord {
             status: part.archive_status,
             last_status: m.status,
@@ -426,33 +404,24 @@ fn trailer_record<'a>(
     }
 }
 
-// The records of a frame, field order as in schemas/ARCHIVE_FORMAT.md.
+// The records of a frame, field order as in schemas/ARCHIVE_FORMAT.md. Each fact is
+// written once per part: the header names the part, the trailer holds what was read
+// (count, size, snapshot), the manifest holds the checksums and where things are.
+// At 3 events per flow, the digest and the fields v1 repeated here cost about as much
+// as the events themselves (docs/performance.md, "Where the stored bytes went").
 #[derive(Serialize)]
 struct HeaderRecord<'a> {
     record: &'static str,
-    format: &'static str,
-    segment_id: &'a str,
     tenant: &'a str,
     flow_id: &'a str,
     part: u32,
-    status: FlowStatus,
-    labels: &'a Labels,
-    event_count: u64,
-    first_event_time: String,
-    last_event_time: String,
-    archived_at: String,
-    purge_at: String,
 }
 
 #[derive(Serialize)]
 struct TrailerRecord<'a> {
     record: &'static str,
-    tenant: &'a str,
-    flow_id: &'a str,
-    part: u32,
     event_count: u64,
     raw_bytes: u64,
-    events_sha256: String,
     snapshot: SnapshotRecord<'a>,
 }
 
@@ -768,7 +737,11 @@ pub(crate) mod tests {
                 let decoded = decode_part(if gzip { "k.gz" } else { "k.zst" }, m, frame).unwrap();
                 let want: Vec<Vec<u8>> = events.iter().map(|e| e.as_bytes().to_vec()).collect();
                 prop_assert_eq!(decoded.events, want);
-                prop_assert_eq!(&decoded.trailer["events_sha256"], &serde_json::json!(m.events_sha256));
+                // Each fact once: the header names the part, the trailer counts it, and
+                // its digest is the manifest's alone.
+                prop_assert_eq!(&decoded.header["flow_id"], &serde_json::json!(m.flow_id));
+                prop_assert_eq!(&decoded.trailer["event_count"], &serde_json::json!(m.event_count));
+                prop_assert!(decoded.trailer.get("events_sha256").is_none());
             }
             prop_assert_eq!(end, manifest_at);
             match (gzip, frame_target) {

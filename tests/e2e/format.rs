@@ -92,9 +92,10 @@ fn a_store_of_v1_and_v2_objects_reads_verifies_indexes_replays_and_erases_both()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(records.len(), 3 * (1 + 4 + 1) + 1, "every line, stock zstd");
-    assert_eq!(records[0]["format"], "flow-archive/v2");
+    assert_eq!(records[0]["record"], "header");
     let manifest = records.last().unwrap();
     assert_eq!(manifest["record"], "manifest");
+    assert_eq!(manifest["format"], "flow-archive/v2");
     let parts = manifest["parts"].as_array().unwrap();
     assert!(
         parts.windows(2).any(|w| w[0]["offset"] == w[1]["offset"]),
