@@ -1,10 +1,13 @@
 //! Rewriting an object without some of its parts (erasure).
 //!
-//! Each kept part is read back with its checksums verified, then framed again into a
-//! new segment exactly as the archiver would have written it — same header, events,
-//! trailer, `archived_at` and `purge_at`; only the segment id differs — so readers
-//! cannot tell a rewritten object from an original one. A removed part's bytes are
-//! never copied: they are not read at all.
+//! A frame that holds no removed part is copied byte for byte once its `frame_sha256`
+//! is checked: a frame's bytes depend only on the parts in it, so the copy is what the
+//! archiver would write for them. (Frames of writers that named the segment in each
+//! header, `v1` and the first `v2`, are framed again instead, so no header names the
+//! old object.) In a frame that holds a removed part, each kept part is read back with
+//! its checksums verified and framed again exactly as the archiver would have written
+//! it — same header, events, trailer and `purge_at` — so readers cannot tell a
+//! rewritten object from an original one. A removed part's events are never copied.
 
 use std::io::BufWriter;
 use std::path::Path;
@@ -63,28 +66,38 @@ pub async fn rewrite_segment(
         frame_target,
     );
     // One frame in memory at a time (the largest frame bounds memory), fetched once
-    // for the parts it holds.
-    let mut frame: Option<((u64, u64), bytes::Bytes)> = None;
-    for part in manifest.parts.iter().filter(|p| keep(p)) {
-        let place = (part.offset, part.length);
-        let bytes = match &frame {
-            Some((at, bytes)) if *at == place => bytes.clone(),
-            _ => {
-                let bytes = objects
-                    .get_range(old_key, part.offset..part.offset + part.length)
-                    .await?;
-                frame = Some((place, bytes.clone()));
-                bytes
-            }
-        };
-        let contents = decode_part(old_key, part, &bytes)?;
-        let sealed = sealed_part(old_key, part, &contents)?;
-        writer.write_part(&sealed, |sink| {
-            for event in &contents.events {
-                sink(event).map_err(io_err)?;
-            }
-            Ok(())
-        })?;
+    // for the parts it holds. Consecutive entries with the same place share a frame.
+    let mut at = 0;
+    while at < manifest.parts.len() {
+        let place = (manifest.parts[at].offset, manifest.parts[at].length);
+        let end = at
+            + manifest.parts[at..]
+                .iter()
+                .take_while(|p| (p.offset, p.length) == place)
+                .count();
+        let group = &manifest.parts[at..end];
+        at = end;
+        if !group.iter().any(&keep) {
+            continue;
+        }
+        let bytes = objects
+            .get_range(old_key, place.0..place.0 + place.1)
+            .await?;
+        let first = decode_part(old_key, &group[0], &bytes)?;
+        if group.iter().all(&keep) && first.header.get("segment_id").is_none() {
+            writer.copy_frame(&bytes, group)?;
+            continue;
+        }
+        for part in group.iter().filter(|p| keep(p)) {
+            let contents = decode_part(old_key, part, &bytes)?;
+            let sealed = sealed_part(old_key, part, &contents)?;
+            writer.write_part(&sealed, |sink| {
+                for event in &contents.events {
+                    sink(event).map_err(io_err)?;
+                }
+                Ok(())
+            })?;
+        }
     }
     let (buffered, uploaded) = writer.finish()?;
     let file = buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
@@ -277,5 +290,106 @@ mod tests {
                 vec![b"{\"n\":1}".to_vec(), b"{\"n\":2}".to_vec()]
             );
         }
+    }
+
+    /// Frames without the erased part are copied byte for byte; the one holding it is
+    /// framed again without it, and the result reads back part by part.
+    #[tokio::test]
+    async fn frames_without_the_erased_part_are_copied_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            dir: dir.path().join("archive"),
+            ..ArchiveConfig::default()
+        };
+        let objects = ArchiveStore::from_config(&cfg).unwrap();
+        let flows = ["a", "b", "gone", "c", "d", "e"];
+        let events: Vec<Vec<String>> = flows
+            .iter()
+            .map(|f| {
+                (0..20)
+                    .map(|i| {
+                        format!(
+                            "{{\"flow\":\"{f}\",\"i\":{i},\"pad\":\"{}\"}}",
+                            "x".repeat(40)
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let intent = ArchiveIntent {
+            id: "old".into(),
+            tenant: "t".into(),
+            object_key: "t/old.jsonl.zst".into(),
+            archived_at_ms: 5_000,
+            compression: Compression::Zstd,
+            zstd_level: 3,
+            parts: flows
+                .iter()
+                .zip(&events)
+                .map(|(f, e)| {
+                    let refs: Vec<&str> = e.iter().map(String::as_str).collect();
+                    part(f, &refs)
+                })
+                .collect(),
+            stage: IntentStage::Pending,
+        };
+        // ~1.4 KB per part: frames of two parts each, [a b] [gone c] [d e].
+        let refs: Vec<&[String]> = events.iter().map(Vec::as_slice).collect();
+        let (old, _) = crate::archive::segment::tests::write_object(&intent, &refs, 2000);
+        let old_key = "t/old.jsonl.zst";
+        std::fs::create_dir_all(dir.path().join("archive/t")).unwrap();
+        std::fs::write(dir.path().join("archive").join(old_key), &old).unwrap();
+        let manifest = crate::archive::read_manifest(&objects, old_key)
+            .await
+            .unwrap();
+        let frames: Vec<(u64, u64)> = manifest
+            .parts
+            .iter()
+            .map(|p| (p.offset, p.length))
+            .collect();
+        assert_eq!(
+            (frames[0], frames[2], frames[4]),
+            (frames[1], frames[3], frames[5])
+        );
+
+        let out = dir.path().join("new");
+        rewrite_segment(
+            &objects,
+            old_key,
+            &manifest,
+            |p| p.flow_id != "gone",
+            &Rewrite {
+                segment_id: "new".into(),
+                object_key: "t/new.jsonl.zst".into(),
+            },
+            Framing {
+                zstd_level: 3,
+                frame_target: 2000,
+            },
+            &out,
+        )
+        .await
+        .unwrap();
+        let new = std::fs::read(&out).unwrap();
+        let frame =
+            |(offset, length): (u64, u64)| &old[offset as usize..(offset + length) as usize];
+        let contains = |needle: &[u8]| new.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(frame(frames[0])), "[a b] copied");
+        assert!(contains(frame(frames[4])), "[d e] copied");
+        assert!(!contains(frame(frames[2])), "[gone c] framed again");
+        std::fs::write(dir.path().join("archive/t/new.jsonl.zst"), &new).unwrap();
+        let m = crate::archive::read_manifest(&objects, "t/new.jsonl.zst")
+            .await
+            .unwrap();
+        let kept: Vec<&str> = m.parts.iter().map(|p| p.flow_id.as_str()).collect();
+        assert_eq!(kept, vec!["a", "b", "c", "d", "e"]);
+        for (p, flow) in m.parts.iter().zip(["a", "b", "c", "d", "e"]) {
+            let back = read_part(&objects, "t/new.jsonl.zst", p).await.unwrap();
+            let i = flows.iter().position(|f| *f == flow).unwrap();
+            let want: Vec<Vec<u8>> = events[i].iter().map(|e| e.as_bytes().to_vec()).collect();
+            assert_eq!(back.events, want, "{flow}");
+        }
+        let whole = String::from_utf8(zstd::decode_all(&new[..]).unwrap()).unwrap();
+        assert!(!whole.contains("\"gone\""));
     }
 }

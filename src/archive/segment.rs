@@ -212,6 +212,47 @@ impl<W: Write> SegmentWriter<W> {
         Ok(())
     }
 
+    /// Appends `frame`, a whole frame of another object holding exactly `parts` (its
+    /// manifest entries there), byte for byte: erasure keeps the frames it does not
+    /// touch. The frame must hash to the entries' `frame_sha256`.
+    pub fn copy_frame(&mut self, frame: &[u8], parts: &[ManifestPart]) -> Result<(), ArchiveError> {
+        let segment_id = self.segment_id.clone();
+        let io_err = |source| ArchiveError::Io {
+            path: format!("segment {segment_id}"),
+            source,
+        };
+        self.write_packed_frame().map_err(io_err)?;
+        let offset = self.out.position;
+        self.out.frame = Sha256::new();
+        self.out.write_all(frame).map_err(io_err)?;
+        for part in parts {
+            let location = PartLocation {
+                offset: 0,
+                length: 0,
+                frame_sha256: String::new(),
+                events_sha256: part.events_sha256.clone(),
+                event_count: part.event_count,
+                raw_bytes: part.raw_bytes,
+                plain_offset: part.plain_offset,
+                plain_length: part.plain_length,
+            };
+            self.waiting.push((part.clone(), location));
+        }
+        let expected = parts.first().map(|p| p.frame_sha256.clone());
+        self.place_waiting(offset);
+        match (expected, self.manifest.last()) {
+            (Some(expected), Some(placed)) if placed.frame_sha256 != expected => {
+                Err(ArchiveError::Corrupted {
+                    key: format!("segment {}", self.segment_id),
+                    what: format!("copied frame of {}/{}", placed.tenant, placed.flow_id),
+                    expected,
+                    actual: placed.frame_sha256.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Records a written part until its frame's place and checksum are known.
     fn wait_for_frame(
         &mut self,
