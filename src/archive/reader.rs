@@ -275,6 +275,22 @@ pub(crate) fn decode_part(
     })
 }
 
+/// Why a manifest entry cannot name a flow part, if it cannot: an identifier that
+/// input validation would have refused (traversal, invisible characters, …), or a
+/// tenant other than the object's. Such an entry is never indexed.
+pub fn entry_problem(manifest: &Manifest, part: &ManifestPart) -> Option<String> {
+    let checks = crate::flow::validate_identifier("tenant", &part.tenant)
+        .and_then(|()| crate::flow::validate_identifier("flow_id", &part.flow_id));
+    match checks {
+        Err(e) => Some(format!("manifest entry with an invalid id: {e}")),
+        Ok(()) if part.tenant != manifest.tenant => Some(format!(
+            "manifest entry of tenant {:?} in an object of tenant {:?}",
+            part.tenant, manifest.tenant
+        )),
+        Ok(()) => None,
+    }
+}
+
 /// Checks everything checkable about one object: footer, manifest, that frames tile
 /// the object, every frame and events checksum, event counts, and the object SHA-256
 /// when the store kept it (S3 metadata) or the caller knows it. Returns the problems
@@ -300,6 +316,9 @@ pub async fn verify_object(
     let mut frame: Option<((u64, u64), bytes::Bytes)> = None;
     for part in &manifest.parts {
         let flow = format!("{}/{} part {}", part.tenant, part.flow_id, part.part);
+        if let Some(why) = entry_problem(&manifest, part) {
+            problems.push(problem(Some(flow.escape_default().to_string()), why));
+        }
         let place = (part.offset, part.length);
         let shared = frame.as_ref().is_some_and(|(at, _)| *at == place);
         if !shared && part.offset != expected_offset {

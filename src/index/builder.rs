@@ -420,9 +420,17 @@ pub async fn from_archive(
         if actual != kept {
             tracing::warn!(key = %key, "Object does not match its recorded SHA-256; indexed anyway (run verify).");
         }
-        let records: Vec<IndexRecord> = manifest
-            .parts
-            .iter()
+        let parts = manifest.parts.iter().filter(|p| {
+            match crate::archive::entry_problem(&manifest, p) {
+                Some(why) => {
+                    tracing::warn!(key = %key, problem = %why, "Manifest entry not indexed (run verify).");
+                    report.skipped += 1;
+                    false
+                }
+                None => true,
+            }
+        });
+        let records: Vec<IndexRecord> = parts
             .map(|p| {
                 IndexRecord::Archived(Box::new(FlowArchived::from_manifest(
                     &manifest,

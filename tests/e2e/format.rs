@@ -228,3 +228,171 @@ fn flow_archived_records_of_either_schema_read_with_either_schema() {
         .iter()
         .all(|r| r["flow_id"] == v1_record.flow_id.as_str()));
 }
+
+/// A v2 object whose manifest is rewritten with `edit` (the frames untouched): the
+/// manifest frame is re-compressed with stock `zstd` and the footer kept.
+fn rewrite_manifest(original: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let footer = &original[original.len() - 24..];
+    let at = u64::from_le_bytes(footer[16..24].try_into().unwrap()) as usize;
+    let plain = pipe(&["zstd", "-dc"], &original[at..original.len() - 24]);
+    let mut manifest: Value = serde_json::from_slice(&plain).unwrap();
+    edit(&mut manifest);
+    let mut line = serde_json::to_vec(&manifest).unwrap();
+    line.push(b'\n');
+    let mut out = original[..at].to_vec();
+    out.extend_from_slice(&pipe(&["zstd", "-3", "-c"], &line));
+    out.extend_from_slice(footer);
+    out
+}
+
+/// Hostile manifests of v2 objects: part ranges outside their frame or pointing at a
+/// neighbour's lines, half a range, a frame inside the manifest, ids that climb out of
+/// the store or carry invisible characters. `verify` names the part and the problem,
+/// an index rebuilt from such a manifest serves an error for the part, never another
+/// part's events, and nothing panics.
+#[test]
+fn hostile_v2_manifests_are_errors_naming_the_part_never_wrong_events() {
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+    let env = Env::new(&format!("{CONFIG}[api]\nadmin_token = \"{ADMIN}\"\n"));
+    let lines: Vec<String> = (0..4)
+        .flat_map(|f| {
+            (1..=3).map(move |seq| {
+                let kind = if seq == 3 { "completed" } else { "step" };
+                ce(
+                    "acme",
+                    &format!("h-{f}"),
+                    &format!("h-{f}-{seq}"),
+                    seq,
+                    kind,
+                    &format!("2026-01-01T00:00:0{seq}Z"),
+                )
+            })
+        })
+        .collect();
+    env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
+    env.ok(&["ingest", "events.jsonl"]);
+    env.ok(&["sweep", "--now", "2026-06-01T00:00:00Z"]);
+    let object = objects(&env).pop().unwrap();
+    let original = std::fs::read(&object).unwrap();
+    let manifest: Value = {
+        let at = u64::from_le_bytes(original[original.len() - 8..].try_into().unwrap()) as usize;
+        serde_json::from_slice(&pipe(&["zstd", "-dc"], &original[at..original.len() - 24])).unwrap()
+    };
+    let parts = manifest["parts"].as_array().unwrap().clone();
+    assert_eq!(
+        parts[0]["offset"], parts[1]["offset"],
+        "h-0 and h-1 share a frame"
+    );
+    let manifest_at = u64::from_le_bytes(original[original.len() - 8..].try_into().unwrap());
+    let records = env.path().join("data/events/archived.jsonl");
+    let kept = env.path().join("archived.jsonl.kept");
+    assert!(records.exists());
+
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "range past the frame",
+            Box::new(|m| m["parts"][0]["plain_offset"] = 1_000_000_000_000u64.into()),
+            "outside its frame",
+        ),
+        (
+            "length of 2^64 - 1",
+            Box::new(|m| m["parts"][0]["plain_length"] = u64::MAX.into()),
+            "outside its frame",
+        ),
+        (
+            "the neighbour's lines",
+            Box::new(move |m| {
+                let next = m["parts"][1]["plain_offset"].clone();
+                m["parts"][0]["plain_offset"] = next;
+            }),
+            "events_sha256",
+        ),
+        (
+            "half a range",
+            Box::new(|m| {
+                m["parts"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("plain_length");
+            }),
+            "go together",
+        ),
+        (
+            "a frame inside the manifest",
+            Box::new(move |m| {
+                m["parts"][0]["offset"] = manifest_at.into();
+                m["parts"][0]["length"] = 8.into();
+            }),
+            "h-0",
+        ),
+    ];
+    for (name, edit, says) in cases {
+        std::fs::write(&object, rewrite_manifest(&original, |m| edit(m))).unwrap();
+        let out = env.run(&["verify"]);
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{name}: {report}");
+        assert!(
+            report.contains("h-0") && report.contains(says),
+            "{name}: verify names the part and says {says:?}: {report}"
+        );
+        // With the records gone, an index rebuilt from this manifest serves an error
+        // for the part, never another part's events; the other parts still read.
+        std::fs::rename(&records, &kept).unwrap();
+        env.ok(&["index", "rebuild", "--from-archive"]);
+        {
+            let (_api, base) = serve_api(&env);
+            let (status, body) = http_get(&format!("{base}/flows/acme/h-0"), ADMIN);
+            assert!(status >= 500, "{name}: {status} {body}");
+            assert!(!body.to_string().contains("h-1-1"), "{name}: {body}");
+            let (status, body) = http_get(&format!("{base}/flows/acme/h-2"), ADMIN);
+            assert_eq!(status, 200, "{name}: {body}");
+            assert_eq!(event_ids(&body), vec!["h-2-1", "h-2-2", "h-2-3"]);
+        }
+        std::fs::rename(&kept, &records).unwrap();
+    }
+
+    // Ids that climb out of the store or hide characters: the rebuild refuses the
+    // entry by name and indexes the rest.
+    for hostile in ["../../etc/passwd", "h-0\u{202e}", "a/b"] {
+        let hostile = hostile.to_string();
+        std::fs::write(
+            &object,
+            rewrite_manifest(&original, |m| {
+                m["parts"][0]["flow_id"] = hostile.clone().into()
+            }),
+        )
+        .unwrap();
+        let out = env.run(&["index", "rebuild", "--from-archive"]);
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.code() != Some(101), "no panic: {report}");
+        let verify = env.run(&["verify"]);
+        let said = String::from_utf8_lossy(&verify.stdout).into_owned()
+            + &String::from_utf8_lossy(&verify.stderr);
+        assert_eq!(verify.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("invalid id"),
+            "verify names the entry: {said}"
+        );
+        let listed = env.ok(&["list", "--json", "--limit", "100"]);
+        assert!(
+            !listed.contains("passwd") && !listed.contains('\u{202e}'),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("h-3"),
+            "the other parts are indexed: {listed}"
+        );
+        assert!(!env.path().join("etc").exists());
+    }
+    std::fs::write(&object, &original).unwrap();
+    env.ok(&["verify"]);
+}
