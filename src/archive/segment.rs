@@ -1,5 +1,7 @@
-//! Writing segments: one compressed frame per flow part, then the manifest frame and
-//! the footer (layout in the parent module and `schemas/ARCHIVE_FORMAT.md`).
+//! Writing segments: flow parts packed into compressed frames (a frame holds whole
+//! parts; a large part has its own), then the manifest frame and the footer (layout in
+//! the parent module and `schemas/ARCHIVE_FORMAT.md`). Each frame's plaintext is
+//! written by [`super::frame`].
 //!
 //! The writer streams: events go from the state store through the compressor to the
 //! output one at a time, so a flow larger than memory is fine. Output bytes are a pure
@@ -9,13 +11,13 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::frame::{write_frame_content, write_line, FrameTally, HeaderRecord, ManifestRecord};
 use super::ManifestPart;
 use super::{hex_sha256, ArchiveError, FORMAT};
 use crate::config::Compression;
-use crate::flow::{FlowStatus, Labels};
+
 use crate::state::{
     ArchiveIntent, FlowMeta, PartLocation, SealedPart, StateStore, UploadedSegment,
 };
@@ -381,121 +383,6 @@ impl<W: Write> SegmentWriter<W> {
     }
 }
 
-/// What a frame's events added up to.
-struct FrameTally {
-    count: u64,
-    raw_bytes: u64,
-    events_sha256: String,
-}
-
-/// Writes a frame's plaintext — header, the streamed events, trailer — to `out`,
-/// hashing and counting the events on the way.
-fn write_frame_content(
-    out: &mut dyn Write,
-    header: &HeaderRecord<'_>,
-    part: &SealedPart,
-    events: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<(), ArchiveError>,
-    io_err: &dyn Fn(io::Error) -> ArchiveError,
-) -> Result<FrameTally, ArchiveError> {
-    let mut hash = Sha256::new();
-    let (mut count, mut raw_bytes) = (0u64, 0u64);
-    // The records are built in a buffer and written once: serializing straight into
-    // `out` made a dynamic call per key and string piece.
-    let mut line = Vec::with_capacity(1024);
-    write_line(&mut line, header).map_err(io_err)?;
-    out.write_all(&line).map_err(io_err)?;
-    events(&mut |event: &[u8]| {
-        out.write_all(event)?;
-        out.write_all(b"\n")?;
-        hash.update(event);
-        hash.update(b"\n");
-        count += 1;
-        raw_bytes += event.len() as u64;
-        Ok(())
-    })?;
-    let events_sha256 = hex_sha256(hash.finalize());
-    line.clear();
-    write_line(&mut line, &trailer_record(part, count, raw_bytes)).map_err(io_err)?;
-    out.write_all(&line).map_err(io_err)?;
-    Ok(FrameTally {
-        count,
-        raw_bytes,
-        events_sha256,
-    })
-}
-
-fn trailer_record(part: &SealedPart, count: u64, raw_bytes: u64) -> TrailerRecord<'_> {
-    let m = &part.meta;
-    TrailerRecord {
-        record: "trailer",
-        event_count: count,
-        raw_bytes,
-        snapshot: SnapshotRecord {
-            status: part.archive_status,
-            last_status: m.status,
-            last_event_type: &m.event_type,
-            labels: &m.labels,
-            first_event_time: rfc3339_ms(m.first_event_ms),
-            last_event_time: rfc3339_ms(m.last_event_ms),
-            first_ingest_time: rfc3339_ms(m.first_ingest_ms),
-            last_ingest_time: rfc3339_ms(m.last_ingest_ms),
-            traceparent: m.traceparent.as_deref(),
-            tracestate: m.tracestate.as_deref(),
-        },
-    }
-}
-
-// The records of a frame, field order as in schemas/ARCHIVE_FORMAT.md. Each fact is
-// written once per part: the header names the part, the trailer holds what was read
-// (count, size, snapshot), the manifest holds the checksums and where things are.
-// At 3 events per flow, the digest and the fields v1 repeated here cost about as much
-// as the events themselves (docs/performance.md, "Where the stored bytes went").
-#[derive(Serialize)]
-struct HeaderRecord<'a> {
-    record: &'static str,
-    tenant: &'a str,
-    flow_id: &'a str,
-    part: u32,
-}
-
-#[derive(Serialize)]
-struct TrailerRecord<'a> {
-    record: &'static str,
-    event_count: u64,
-    raw_bytes: u64,
-    snapshot: SnapshotRecord<'a>,
-}
-
-#[derive(Serialize)]
-struct SnapshotRecord<'a> {
-    status: FlowStatus,
-    last_status: FlowStatus,
-    last_event_type: &'a str,
-    labels: &'a Labels,
-    first_event_time: String,
-    last_event_time: String,
-    first_ingest_time: String,
-    last_ingest_time: String,
-    traceparent: Option<&'a str>,
-    tracestate: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct ManifestRecord<'a> {
-    record: &'static str,
-    format: &'static str,
-    segment_id: &'a str,
-    tenant: &'a str,
-    compression: &'static str,
-    archived_at: String,
-    parts: &'a [ManifestPart],
-}
-
-fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")
-}
-
 /// The footer pointing at the manifest frame (see the parent module).
 pub(crate) fn footer_bytes(compression: Compression, manifest_offset: u64) -> Vec<u8> {
     let mut payload = Vec::with_capacity(16);
@@ -597,6 +484,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::archive::reader::{decode_part, parse_footer};
+    use crate::flow::FlowStatus;
     use crate::state::{FlowMeta, IntentStage};
 
     /// Writes `intent`'s parts, with these events each, into an object in memory.
