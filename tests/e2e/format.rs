@@ -39,6 +39,29 @@ fn objects(env: &Env) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Ingests `flows` flows of tenant `acme` named `{prefix}-{n}`, each of `events` events
+/// (the last one completes it), and archives them.
+fn archive_flows(env: &Env, prefix: &str, flows: usize, events: u64) {
+    let lines: Vec<String> = (0..flows)
+        .flat_map(|f| {
+            (1..=events).map(move |seq| {
+                let kind = if seq == events { "completed" } else { "step" };
+                ce(
+                    "acme",
+                    &format!("{prefix}-{f}"),
+                    &format!("{prefix}-{f}-{seq}"),
+                    seq,
+                    kind,
+                    &format!("2026-01-01T00:00:0{seq}Z"),
+                )
+            })
+        })
+        .collect();
+    env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
+    env.ok(&["ingest", "events.jsonl"]);
+    env.ok(&["sweep", "--now", "2026-06-01T00:00:00Z"]);
+}
+
 fn event_ids(flow: &Value) -> Vec<String> {
     flow["events"]
         .as_array()
@@ -62,24 +85,7 @@ fn a_store_of_v1_and_v2_objects_reads_verifies_indexes_replays_and_erases_both()
     .unwrap();
 
     // New flows archived by this build: a v2 object beside the v1 one.
-    let lines: Vec<String> = (0..3)
-        .flat_map(|f| {
-            (1..=4).map(move |seq| {
-                let kind = if seq == 4 { "completed" } else { "step" };
-                ce(
-                    "acme",
-                    &format!("new-{f}"),
-                    &format!("new-{f}-{seq}"),
-                    seq,
-                    kind,
-                    &format!("2026-01-01T00:00:0{seq}Z"),
-                )
-            })
-        })
-        .collect();
-    env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
-    env.ok(&["ingest", "events.jsonl"]);
-    env.ok(&["sweep", "--now", "2026-06-01T00:00:00Z"]);
+    archive_flows(&env, "new", 3, 4);
     let objects_before = objects(&env);
     assert_eq!(objects_before.len(), 2, "{objects_before:?}");
     let v2 = objects_before
@@ -254,24 +260,7 @@ fn rewrite_manifest(original: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 fn hostile_v2_manifests_are_errors_naming_the_part_never_wrong_events() {
     const ADMIN: &str = "admin-token-0123456789abcdef";
     let env = Env::new(&format!("{CONFIG}[api]\nadmin_token = \"{ADMIN}\"\n"));
-    let lines: Vec<String> = (0..4)
-        .flat_map(|f| {
-            (1..=3).map(move |seq| {
-                let kind = if seq == 3 { "completed" } else { "step" };
-                ce(
-                    "acme",
-                    &format!("h-{f}"),
-                    &format!("h-{f}-{seq}"),
-                    seq,
-                    kind,
-                    &format!("2026-01-01T00:00:0{seq}Z"),
-                )
-            })
-        })
-        .collect();
-    env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
-    env.ok(&["ingest", "events.jsonl"]);
-    env.ok(&["sweep", "--now", "2026-06-01T00:00:00Z"]);
+    archive_flows(&env, "h", 4, 3);
     let object = objects(&env).pop().unwrap();
     let original = std::fs::read(&object).unwrap();
     let manifest: Value = {
