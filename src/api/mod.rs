@@ -88,16 +88,51 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, ApiEr
                 "a bearer token is required".into(),
             )
         })?;
-    if state.auth.admin_token.as_deref() == Some(token) {
-        return Ok(None);
+    match token_owner(&state.auth, token) {
+        Some(Owner::Admin) => Ok(None),
+        Some(Owner::Tenant(tenant)) => Ok(Some(tenant)),
+        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown token".into())),
     }
-    state
-        .auth
-        .tenant_tokens
+}
+
+/// Whose token a caller presented.
+#[derive(Debug, PartialEq)]
+enum Owner {
+    Admin,
+    Tenant(String),
+}
+
+/// Finds the owner of `presented` without telling, by the time it takes, which token
+/// matched or how much of one did: SHA-256 digests (fixed length, so a token's length
+/// does not leak either) are compared in constant time against every configured
+/// token, with no early exit. Config load refuses duplicate tokens, so at most one
+/// matches.
+fn token_owner(auth: &crate::config::ApiConfig, presented: &str) -> Option<Owner> {
+    use sha2::{Digest, Sha256};
+    use subtle::{ConditionallySelectable, ConstantTimeEq};
+    let digest = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
+    let wanted = digest(presented);
+    let candidates = auth
+        .admin_token
         .iter()
-        .find(|(_, t)| t.as_str() == token)
-        .map(|(tenant, _)| Some(tenant.clone()))
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))
+        .chain(auth.tenant_tokens.values())
+        .map(|t| digest(t));
+    // 0 = none; i + 1 = the i-th candidate.
+    let mut found = 0u64;
+    for (i, candidate) in candidates.enumerate() {
+        found.conditional_assign(&(i as u64 + 1), wanted.ct_eq(&candidate));
+    }
+    let index = usize::try_from(found).ok()?.checked_sub(1)?;
+    match (&auth.admin_token, index) {
+        (Some(_), 0) => Some(Owner::Admin),
+        (Some(_), i) => auth
+            .tenant_tokens
+            .keys()
+            .nth(i - 1)
+            .cloned()
+            .map(Owner::Tenant),
+        (None, i) => auth.tenant_tokens.keys().nth(i).cloned().map(Owner::Tenant),
+    }
 }
 
 fn allow(scope: &Option<String>, tenant: &str) -> Result<(), ApiError> {
@@ -361,4 +396,42 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_matched_whole_and_only_to_their_owner() {
+        let admin = "admin-token-0123456789abcdef";
+        let mut auth = crate::config::ApiConfig {
+            admin_token: Some(admin.into()),
+            ..Default::default()
+        };
+        auth.tenant_tokens
+            .insert("acme".into(), "acme-token-0123456789".into());
+        auth.tenant_tokens
+            .insert("beta".into(), "beta-token-0123456789".into());
+        assert_eq!(token_owner(&auth, admin), Some(Owner::Admin));
+        assert_eq!(
+            token_owner(&auth, "beta-token-0123456789"),
+            Some(Owner::Tenant("beta".into()))
+        );
+        for wrong in [
+            "",
+            "admin-token-0123456789abcde",
+            "admin-token-0123456789abcdefX",
+            "ACME-TOKEN-0123456789",
+            "acme-token-0123456789 ",
+        ] {
+            assert_eq!(token_owner(&auth, wrong), None, "{wrong:?}");
+        }
+        auth.admin_token = None;
+        assert_eq!(
+            token_owner(&auth, "acme-token-0123456789"),
+            Some(Owner::Tenant("acme".into()))
+        );
+        assert_eq!(token_owner(&auth, admin), None);
+    }
 }

@@ -64,6 +64,79 @@ impl ApiConfig {
                 "use a long random token, e.g. `openssl rand -hex 32`",
             ));
         }
+        // A token names one caller: shared, it would read with whichever scope the
+        // lookup met first.
+        let mut owners: std::collections::BTreeMap<&str, String> = Default::default();
+        let named = self
+            .admin_token
+            .iter()
+            .map(|t| (t.as_str(), "api.admin_token".to_string()))
+            .chain(
+                self.tenant_tokens
+                    .iter()
+                    .map(|(tenant, t)| (t.as_str(), format!("api.tenant_tokens.{tenant}"))),
+            );
+        for (token, key) in named {
+            if let Some(first) = owners.insert(token, key.clone()) {
+                return Err(invalid(
+                    "api.tenant_tokens",
+                    format!("{first} and {key} have the same token"),
+                    "give every caller a token of its own",
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(admin: Option<&str>, tenants: &[(&str, &str)]) -> ApiConfig {
+        ApiConfig {
+            listen: None,
+            admin_token: admin.map(str::to_string),
+            tenant_tokens: tenants
+                .iter()
+                .map(|(t, k)| (t.to_string(), k.to_string()))
+                .collect(),
+        }
+    }
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbb";
+
+    /// Every refusal of `[api]`, each naming its key.
+    #[test]
+    fn every_refusal_names_its_key() {
+        let refused = |c: ApiConfig, key: &str, says: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{e}");
+        };
+        refused(api(Some("short"), &[]), "api.admin_token", "16");
+        refused(api(None, &[("acme", "short")]), "api.tenant_tokens", "16");
+        refused(api(None, &[("../x", A)]), "api.tenant_tokens", "..");
+        refused(
+            api(None, &[("acme", A), ("beta", A)]),
+            "api.tenant_tokens",
+            "same token",
+        );
+        refused(
+            api(Some(A), &[("acme", A)]),
+            "api.admin_token",
+            "same token",
+        );
+        let mut open = api(None, &[]);
+        open.listen = Some("0.0.0.0:8080".into());
+        refused(open.clone(), "api.listen", "no tokens");
+        open.listen = Some("localhost:8080".into());
+        refused(open.clone(), "api.listen", "not an address");
+        // Loopback needs no token; any address does once tokens exist.
+        open.listen = Some("127.0.0.1:8080".into());
+        open.validate().unwrap();
+        let mut guarded = api(Some(A), &[("acme", B)]);
+        guarded.listen = Some("0.0.0.0:8080".into());
+        guarded.validate().unwrap();
     }
 }
