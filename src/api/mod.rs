@@ -12,6 +12,8 @@
 //!   API that `run` serves (it owns the state store the purge and erase consult);
 //!   `serve` answers 503 and names the way that works.
 
+mod tls;
+
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -387,15 +389,31 @@ pub async fn serve(
     addr: std::net::SocketAddr,
     cancel: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let tls = match state.auth.tls_files() {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
     if state.auth.has_tokens() {
-        tracing::info!(%addr, "API listening; bearer tokens required.");
+        tracing::info!(%addr, tls = tls.is_some(), "API listening; bearer tokens required.");
     } else {
         tracing::warn!(%addr, "API listening on loopback WITHOUT tokens: anyone on this host can read every tenant.");
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let app = router(state);
+    let shutdown = async move { cancel.cancelled().await };
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::bind(addr, config).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 #[cfg(test)]

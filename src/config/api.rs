@@ -14,11 +14,24 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// tenant → bearer token that reads only that tenant.
     pub tenant_tokens: std::collections::BTreeMap<String, String>,
+    /// PEM certificate chain and private key: the API serves HTTPS (rustls).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Allows plain HTTP on a non-loopback address, for a TLS-terminating proxy or mesh
+    /// in front. Without it, such an address needs the TLS files.
+    pub insecure_plaintext: bool,
 }
 
 impl ApiConfig {
     pub fn has_tokens(&self) -> bool {
         self.admin_token.is_some() || !self.tenant_tokens.is_empty()
+    }
+
+    /// The certificate and key files when the API serves TLS.
+    pub fn tls_files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        self.tls_cert_file
+            .as_deref()
+            .zip(self.tls_key_file.as_deref())
     }
 }
 
@@ -38,11 +51,36 @@ pub fn check_listen(api: &ApiConfig, listen: &str) -> Result<std::net::SocketAdd
             "set api.admin_token and/or api.tenant_tokens, or listen on 127.0.0.1",
         ));
     }
+    if api.tls_files().is_none() && !api.insecure_plaintext && !addr.ip().is_loopback() {
+        return Err(invalid(
+            "api.listen",
+            format!("{addr} is reachable from other hosts over plain HTTP, bearer tokens included"),
+            "set api.tls_cert_file and api.tls_key_file, or api.insecure_plaintext = true \
+             when a proxy or mesh in front terminates TLS",
+        ));
+    }
     Ok(addr)
 }
 
 impl ApiConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "api.tls_key_file",
+                    "is missing while api.tls_cert_file is set",
+                    "set both, or neither",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "api.tls_cert_file",
+                    "is missing while api.tls_key_file is set",
+                    "set both, or neither",
+                ))
+            }
+            _ => {}
+        }
         if let Some(listen) = &self.listen {
             check_listen(self, listen)?;
         }
@@ -95,12 +133,12 @@ mod tests {
 
     fn api(admin: Option<&str>, tenants: &[(&str, &str)]) -> ApiConfig {
         ApiConfig {
-            listen: None,
             admin_token: admin.map(str::to_string),
             tenant_tokens: tenants
                 .iter()
                 .map(|(t, k)| (t.to_string(), k.to_string()))
                 .collect(),
+            ..ApiConfig::default()
         }
     }
 
@@ -135,8 +173,18 @@ mod tests {
         // Loopback needs no token; any address does once tokens exist.
         open.listen = Some("127.0.0.1:8080".into());
         open.validate().unwrap();
+        // Beyond loopback, tokens travel only over TLS, unless a proxy in front says so.
         let mut guarded = api(Some(A), &[("acme", B)]);
         guarded.listen = Some("0.0.0.0:8080".into());
+        refused(guarded.clone(), "api.listen", "plain HTTP");
+        guarded.tls_cert_file = Some("cert.pem".into());
+        refused(guarded.clone(), "api.tls_key_file", "both");
+        guarded.tls_key_file = Some("key.pem".into());
+        guarded.validate().unwrap();
+        guarded.tls_cert_file = None;
+        refused(guarded.clone(), "api.tls_cert_file", "both");
+        guarded.tls_key_file = None;
+        guarded.insecure_plaintext = true;
         guarded.validate().unwrap();
     }
 }

@@ -388,3 +388,72 @@ fn run_serves_prometheus_metrics_that_parse_and_add_up() {
     });
     run.stop();
 }
+
+/// GET through the same Python client, trusting only `ca` for HTTPS; `None` when the
+/// request fails below HTTP (no TLS, refused, reset).
+fn https_get(url: &str, token: &str, ca: &std::path::Path) -> Option<(u16, Value)> {
+    let out = std::process::Command::new("python3")
+        .arg(format!(
+            "{}/tests/py/http_get.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([url, token])
+        .env("SSL_CERT_FILE", ca)
+        .output()
+        .expect("python3");
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["status"].as_u64()? as u16, v["body"].clone()))
+}
+
+/// With `api.tls_cert_file` and `api.tls_key_file` the API speaks HTTPS only, to a
+/// client that trusts nothing but the test CA. Beyond loopback, plain HTTP (bearer
+/// tokens in clear) is refused at start, naming the key and the fix, unless
+/// `api.insecure_plaintext` says a proxy in front terminates TLS.
+#[test]
+fn the_api_serves_tls_and_refuses_plain_http_beyond_loopback() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = test_certificates(certs.path());
+    let api = format!("[api]\nadmin_token = \"{ADMIN}\"\n");
+
+    let plain = Env::new(&api);
+    let port = free_port();
+    let out = plain.run(&["serve", "--listen", &format!("0.0.0.0:{port}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("api.listen") && stderr.contains("api.tls_cert_file"),
+        "{stderr}"
+    );
+
+    let tls = Env::new(&format!(
+        "{api}tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        certs.path().join("server.crt").display(),
+        certs.path().join("server.key").display()
+    ));
+    let port = free_port();
+    let _served = tls.spawn(&["serve", "--listen", &format!("0.0.0.0:{port}")]);
+    eventually(Duration::from_secs(20), "the TLS API to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let base = format!("https://127.0.0.1:{port}");
+    let (status, body) = https_get(&format!("{base}/healthz"), "", &ca).expect("HTTPS");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = https_get(&format!("{base}/flows/acme/none"), ADMIN, &ca).unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = https_get(&format!("{base}/flows/acme/none"), "wrong-token", &ca).unwrap();
+    assert_eq!(status, 401);
+    // Plain HTTP to the TLS port gets no HTTP answer, and a client that does not trust
+    // the CA refuses the server.
+    assert!(https_get(&format!("http://127.0.0.1:{port}/healthz"), "", &ca).is_none());
+    let elsewhere = certs.path().join("server.crt");
+    assert!(https_get(&format!("{base}/healthz"), "", &elsewhere).is_none());
+
+    let proxied = Env::new(&format!("{api}insecure_plaintext = true\n"));
+    let port = free_port();
+    let _served = proxied.spawn(&["serve", "--listen", &format!("0.0.0.0:{port}")]);
+    eventually(Duration::from_secs(20), "the plain API to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let (status, _) = http_get(&format!("http://127.0.0.1:{port}/healthz"), "");
+    assert_eq!(status, 200);
+}

@@ -1,8 +1,10 @@
 //! The end-to-end harness: the real binary in a temporary directory ([`env`]), real
 //! servers on free loopback ports ([`servers`]), independent clients ([`clients`],
 //! [`http`]), readers of what was written ([`records`]), the broker suites' shared
-//! configuration ([`config`]) and an OTLP receiver ([`otlp`]).
+//! configuration ([`config`]), an OTLP receiver ([`otlp`]) and TLS certificates
+//! ([`certs`]).
 
+pub mod certs;
 pub mod clients;
 pub mod config;
 pub mod env;
@@ -11,6 +13,7 @@ pub mod otlp;
 pub mod records;
 pub mod servers;
 
+pub use certs::*;
 pub use clients::*;
 pub use env::*;
 pub use http::*;

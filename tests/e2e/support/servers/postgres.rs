@@ -150,56 +150,7 @@ impl PgServer {
     /// `hostssl` only; returns the CA's path.
     fn make_certificates(&self) -> PathBuf {
         let dir = self.dir.path();
-        let openssl = |args: &[&str]| {
-            let mut c = Command::new("openssl");
-            c.args(args).current_dir(dir);
-            run(c, "openssl")
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=flow-archiver test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ]);
+        crate::support::test_certificates(dir);
         for file in ["server.crt", "server.key"] {
             let target = self.data().join(file);
             std::fs::copy(dir.join(file), &target).expect("certificate into the cluster");
