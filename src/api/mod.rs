@@ -37,6 +37,16 @@ pub struct ApiState {
     /// The running archiver, which places and releases holds; `None` under `serve`.
     pipeline: Option<Arc<Pipeline>>,
     auth: ApiConfig,
+    /// Requests per token and second (`api.rate_limit_per_token`), keyed by the token's
+    /// owner, so its memory is bounded by the tokens configured.
+    limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+}
+
+fn limiter_for(auth: &ApiConfig) -> Option<governor::DefaultKeyedRateLimiter<String>> {
+    let rate = std::num::NonZeroU32::new(auth.rate_limit_per_token)?;
+    Some(governor::RateLimiter::keyed(governor::Quota::per_second(
+        rate,
+    )))
 }
 
 impl ApiState {
@@ -46,6 +56,7 @@ impl ApiState {
         ApiState {
             reader,
             pipeline: None,
+            limiter: limiter_for(&auth),
             auth,
         }
     }
@@ -58,8 +69,10 @@ impl ApiState {
             pipeline.objects().clone(),
             Some(pipeline.store().clone()),
         );
+        let auth = pipeline.config().api.clone();
         ApiState {
-            auth: pipeline.config().api.clone(),
+            limiter: limiter_for(&auth),
+            auth,
             reader,
             pipeline: Some(pipeline),
         }
@@ -90,11 +103,27 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, ApiEr
                 "a bearer token is required".into(),
             )
         })?;
-    match token_owner(&state.auth, token) {
-        Some(Owner::Admin) => Ok(None),
-        Some(Owner::Tenant(tenant)) => Ok(Some(tenant)),
-        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown token".into())),
+    let owner = token_owner(&state.auth, token)
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
+    let key = match &owner {
+        Owner::Admin => String::from("admin"),
+        Owner::Tenant(tenant) => format!("tenant {tenant}"),
+    };
+    if let Some(limiter) = &state.limiter {
+        if limiter.check_key(&key).is_err() {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "more than {} requests per second with this token (api.rate_limit_per_token)",
+                    state.auth.rate_limit_per_token
+                ),
+            ));
+        }
     }
+    Ok(match owner {
+        Owner::Admin => None,
+        Owner::Tenant(tenant) => Some(tenant),
+    })
 }
 
 /// Whose token a caller presented.

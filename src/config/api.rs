@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::settings::{invalid, ConfigError};
 
 /// The HTTP API.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Where `run` serves the API (off when unset); `serve` defaults to 127.0.0.1:8080.
@@ -20,6 +20,23 @@ pub struct ApiConfig {
     /// Allows plain HTTP on a non-loopback address, for a TLS-terminating proxy or mesh
     /// in front. Without it, such an address needs the TLS files.
     pub insecure_plaintext: bool,
+    /// Requests per second each token may make (a burst of as many); more get 429.
+    /// 0 turns the limit off.
+    pub rate_limit_per_token: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: None,
+            admin_token: None,
+            tenant_tokens: Default::default(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            insecure_plaintext: false,
+            rate_limit_per_token: 100,
+        }
+    }
 }
 
 impl ApiConfig {

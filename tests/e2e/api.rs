@@ -457,3 +457,49 @@ fn the_api_serves_tls_and_refuses_plain_http_beyond_loopback() {
     let (status, _) = http_get(&format!("http://127.0.0.1:{port}/healthz"), "");
     assert_eq!(status, 200);
 }
+
+/// A token past `api.rate_limit_per_token` gets 429 naming the setting; another
+/// token's budget is its own.
+#[test]
+fn a_token_past_its_rate_limit_gets_429_and_others_are_unaffected() {
+    let env = Env::new(&format!(
+        "[api]\nadmin_token = \"{ADMIN}\"\nrate_limit_per_token = 2\n\
+         [api.tenant_tokens]\ntenant-0 = \"{T0_TOKEN}\"\n"
+    ));
+    let (_api, base) = serve_api(&env);
+    // Six requests from one process, milliseconds apart: the burst of two passes.
+    let script = r#"
+import json, sys, urllib.request, urllib.error
+out = []
+for token in sys.argv[2:]:
+    request = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            out.append([r.status, r.read().decode()])
+    except urllib.error.HTTPError as e:
+        out.append([e.code, e.read().decode()])
+print(json.dumps(out))
+"#;
+    let url = format!("{base}/flows/tenant-0/none");
+    let mut args = vec!["-c", script, &url];
+    args.extend([ADMIN; 6]);
+    args.push(T0_TOKEN);
+    let out = std::process::Command::new("python3")
+        .args(&args)
+        .output()
+        .unwrap();
+    let answers: Vec<(u16, String)> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(&statuses[..2], &[404, 404], "{answers:?}");
+    let limited: Vec<&(u16, String)> = answers[..6].iter().filter(|a| a.0 == 429).collect();
+    assert!(!limited.is_empty(), "{answers:?}");
+    assert!(
+        limited[0].1.contains("api.rate_limit_per_token"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        statuses[6], 404,
+        "the tenant token has its own budget: {answers:?}"
+    );
+}
