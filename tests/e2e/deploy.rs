@@ -121,8 +121,9 @@ fn argo_wiring_matches_its_archiver_config() {
 fn compose_file_is_valid_and_its_archiver_configs_check() {
     let root = env!("CARGO_MANIFEST_DIR");
     let env = Env::new("");
-    let out = std::process::Command::new("docker-compose")
-        .args([
+    let render = |token: Option<&str>| {
+        let mut c = std::process::Command::new("docker-compose");
+        c.args([
             "--profile",
             "kafka",
             "--profile",
@@ -132,9 +133,22 @@ fn compose_file_is_valid_and_its_archiver_configs_check() {
             "config",
         ])
         .current_dir(root)
-        .env_remove("FLOW_ARCHIVER_ADMIN_TOKEN")
-        .output()
-        .expect("docker-compose (Debian package) is installed by scripts/test.sh");
+        .env_remove("FLOW_ARCHIVER_ADMIN_TOKEN");
+        if let Some(token) = token {
+            c.env("FLOW_ARCHIVER_ADMIN_TOKEN", token);
+        }
+        c.output()
+            .expect("docker-compose (Debian package) is installed by scripts/test.sh")
+    };
+    // No admin token ships with the stack: without one, compose says how to make it.
+    let refused = render(None);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "rendered without a token");
+    assert!(
+        said.contains("FLOW_ARCHIVER_ADMIN_TOKEN") && said.contains("openssl rand"),
+        "{said}"
+    );
+    let out = render(Some("generated-token-0123456789abcdef"));
     assert!(
         out.status.success(),
         "{}",
