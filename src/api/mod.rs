@@ -40,6 +40,7 @@ pub struct ApiState {
     /// Requests per token and second (`api.rate_limit_per_token`), keyed by the token's
     /// owner, so its memory is bounded by the tokens configured.
     limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+    tokens: Tokens,
 }
 
 fn limiter_for(auth: &ApiConfig) -> Option<governor::DefaultKeyedRateLimiter<String>> {
@@ -57,6 +58,7 @@ impl ApiState {
             reader,
             pipeline: None,
             limiter: limiter_for(&auth),
+            tokens: Tokens::new(&auth),
             auth,
         }
     }
@@ -72,6 +74,7 @@ impl ApiState {
         let auth = pipeline.config().api.clone();
         ApiState {
             limiter: limiter_for(&auth),
+            tokens: Tokens::new(&auth),
             auth,
             reader,
             pipeline: Some(pipeline),
@@ -103,7 +106,9 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, ApiEr
                 "a bearer token is required".into(),
             )
         })?;
-    let owner = token_owner(&state.auth, token)
+    let owner = state
+        .tokens
+        .owner(token)
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
     let key = match &owner {
         Owner::Admin => String::from("admin"),
@@ -127,42 +132,43 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, ApiEr
 }
 
 /// Whose token a caller presented.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Owner {
     Admin,
     Tenant(String),
 }
 
-/// Finds the owner of `presented` without telling, by the time it takes, which token
-/// matched or how much of one did: SHA-256 digests (fixed length, so a token's length
-/// does not leak either) are compared in constant time against every configured
-/// token, with no early exit. Config load refuses duplicate tokens, so at most one
-/// matches.
-fn token_owner(auth: &crate::config::ApiConfig, presented: &str) -> Option<Owner> {
-    use sha2::{Digest, Sha256};
-    use subtle::{ConditionallySelectable, ConstantTimeEq};
-    let digest = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
-    let wanted = digest(presented);
-    let candidates = auth
-        .admin_token
-        .iter()
-        .chain(auth.tenant_tokens.values())
-        .map(|t| digest(t));
-    // 0 = none; i + 1 = the i-th candidate.
-    let mut found = 0u64;
-    for (i, candidate) in candidates.enumerate() {
-        found.conditional_assign(&(i as u64 + 1), wanted.ct_eq(&candidate));
-    }
-    let index = usize::try_from(found).ok()?.checked_sub(1)?;
-    match (&auth.admin_token, index) {
-        (Some(_), 0) => Some(Owner::Admin),
-        (Some(_), i) => auth
+/// The configured tokens as SHA-256 digests, computed once, with their owners.
+struct Tokens(Vec<([u8; 32], Owner)>);
+
+impl Tokens {
+    fn new(auth: &ApiConfig) -> Tokens {
+        use sha2::{Digest, Sha256};
+        let digest = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
+        let admin = auth.admin_token.iter().map(|t| (digest(t), Owner::Admin));
+        let tenants = auth
             .tenant_tokens
-            .keys()
-            .nth(i - 1)
-            .cloned()
-            .map(Owner::Tenant),
-        (None, i) => auth.tenant_tokens.keys().nth(i).cloned().map(Owner::Tenant),
+            .iter()
+            .map(|(tenant, t)| (digest(t), Owner::Tenant(tenant.clone())));
+        Tokens(admin.chain(tenants).collect())
+    }
+
+    /// Finds the owner of `presented` without telling, by the time it takes, which
+    /// token matched or how much of one did: its SHA-256 digest (fixed length, so a
+    /// token's length does not leak either) is compared in constant time against
+    /// every configured token's, with no early exit. Config load refuses duplicate
+    /// tokens, so at most one matches.
+    fn owner(&self, presented: &str) -> Option<Owner> {
+        use sha2::{Digest, Sha256};
+        use subtle::{ConditionallySelectable, ConstantTimeEq};
+        let wanted: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // 0 = none; i + 1 = the i-th token.
+        let mut found = 0u64;
+        for (i, (digest, _)) in self.0.iter().enumerate() {
+            found.conditional_assign(&(i as u64 + 1), wanted.ct_eq(digest));
+        }
+        let index = usize::try_from(found).ok()?.checked_sub(1)?;
+        self.0.get(index).map(|(_, owner)| owner.clone())
     }
 }
 
@@ -448,6 +454,10 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token_owner(auth: &ApiConfig, presented: &str) -> Option<Owner> {
+        Tokens::new(auth).owner(presented)
+    }
 
     #[test]
     fn tokens_are_matched_whole_and_only_to_their_owner() {

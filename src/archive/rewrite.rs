@@ -88,8 +88,13 @@ pub async fn rewrite_segment(
             writer.copy_frame(&bytes, group)?;
             continue;
         }
+        let mut first = Some(first);
         for part in group.iter().filter(|p| keep(p)) {
-            let contents = decode_part(old_key, part, &bytes)?;
+            // The first part was decoded already to look at its header.
+            let contents = match first.take() {
+                Some(contents) if std::ptr::eq(part, &group[0]) => contents,
+                _ => decode_part(old_key, part, &bytes)?,
+            };
             let sealed = sealed_part(old_key, part, &contents)?;
             writer.write_part(&sealed, |sink| {
                 for event in &contents.events {

@@ -81,22 +81,16 @@ pub fn check_listen(api: &ApiConfig, listen: &str) -> Result<std::net::SocketAdd
 
 impl ApiConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(_), None) => {
-                return Err(invalid(
-                    "api.tls_key_file",
-                    "is missing while api.tls_cert_file is set",
-                    "set both, or neither",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "api.tls_cert_file",
-                    "is missing while api.tls_key_file is set",
-                    "set both, or neither",
-                ))
-            }
-            _ => {}
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            let (missing, set) = match self.tls_cert_file {
+                Some(_) => ("api.tls_key_file", "api.tls_cert_file"),
+                None => ("api.tls_cert_file", "api.tls_key_file"),
+            };
+            return Err(invalid(
+                missing,
+                format!("is missing while {set} is set"),
+                "set both, or neither",
+            ));
         }
         if let Some(listen) = &self.listen {
             check_listen(self, listen)?;

@@ -88,7 +88,7 @@ pub(super) async fn stream_part(
             emit(raw)?;
             pending.pop();
         }
-        for at in split_run(row.get(1), row.get(2), &what())? {
+        for at in split_run(row.get(1), row.get(2), &what)? {
             let (key, raw) = event_of(&row, 0, &at);
             pending.push(Reverse((key.to_vec(), raw.to_vec())));
         }
@@ -235,7 +235,9 @@ impl EventReader for Snapshot {
                 continue;
             };
             let (tenant, flow_id, number) = &keys[index - 1];
-            let events = split_run(row.get(2), row.get(3), &part_name(tenant, flow_id, *number))?;
+            let events = split_run(row.get(2), row.get(3), &|| {
+                part_name(tenant, flow_id, *number)
+            })?;
             let at = part.rows.len();
             part.order.extend(events.into_iter().map(|e| (at, e)));
             part.rows.push(row);

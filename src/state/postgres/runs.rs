@@ -76,12 +76,17 @@ pub(super) enum EventAt {
 }
 
 /// The events of a row, checked: frames that do not add up to exactly `n` events
-/// filling `raw` are a damaged row, reported with `what` (the flow part).
-pub(super) fn split_run(raw: &[u8], n: i32, what: &str) -> Result<Vec<EventAt>, StateError> {
+/// filling `raw` are a damaged row, reported with `what()` (the flow part, named only
+/// when needed: this runs for every row read).
+pub(super) fn split_run(
+    raw: &[u8],
+    n: i32,
+    what: &dyn Fn() -> String,
+) -> Result<Vec<EventAt>, StateError> {
     if n == 1 {
         return Ok(vec![EventAt::Whole]);
     }
-    let damaged = |why: &str| corrupt(format!("event run of {what}"), why.to_string());
+    let damaged = |why: &str| corrupt(format!("event run of {}", what()), why.to_string());
     if n < 1 {
         return Err(damaged("its event count is below one"));
     }
@@ -124,7 +129,7 @@ mod tests {
     }
 
     fn decoded(raw: &[u8], key: &[u8], n: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
-        split_run(raw, n, "t/f part 1")
+        split_run(raw, n, &|| "t/f part 1".into())
             .unwrap()
             .into_iter()
             .map(|at| match at {
@@ -163,7 +168,7 @@ mod tests {
             .collect();
         let runs = build_runs(&input);
         let raw = runs[0].1.as_slice().to_vec();
-        assert_eq!(split_run(&raw, 2, "x").unwrap().len(), 2);
+        assert_eq!(split_run(&raw, 2, &|| "x".into()).unwrap().len(), 2);
         let mut longer = raw.clone();
         longer.push(0);
         for (bytes, n) in [
@@ -174,11 +179,11 @@ mod tests {
             (&raw[..], 0),
             (&raw[..], -4),
         ] {
-            let err = split_run(bytes, n, "acme/flow-1 part 2").unwrap_err();
+            let err = split_run(bytes, n, &|| "acme/flow-1 part 2".into()).unwrap_err();
             assert!(err.to_string().contains("acme/flow-1 part 2"), "{err}");
         }
         // A length field claiming 4 GiB does not overflow or allocate.
         let hostile = [0xff, 0xff, 0xff, 0xff, 1, 2, 3];
-        assert!(split_run(&hostile, 2, "x").is_err());
+        assert!(split_run(&hostile, 2, &|| "x".into()).is_err());
     }
 }
