@@ -213,8 +213,8 @@ impl Config {
         self.retention.validate()
     }
 
-    /// The defaults with every data path (state, archive, spool, records, dead letters)
-    /// under `dir` — for benchmarks, tests and scratch runs.
+    /// The defaults with every data path (state, archive, spool, records, dead letters,
+    /// audit trail) under `dir` — for benchmarks, tests and scratch runs.
     pub fn rooted_at(dir: &Path) -> Config {
         let mut c = Config::default();
         c.state.path = dir.join("state");
@@ -223,6 +223,7 @@ impl Config {
         c.publish.archived_path = dir.join("archived.jsonl");
         c.dead_letter.path = dir.join("dead-letter.jsonl");
         c.index.path = dir.join("index.sqlite");
+        c.audit.path = dir.join("audit.jsonl");
         c
     }
 
