@@ -474,6 +474,31 @@ fn state(config: Config, command: StateCommand) -> anyhow::Result<ExitCode> {
         (StateBackend::Embedded, StateCommand::Migrate) => {
             println!("the embedded store has no migrations (state.backend = \"embedded\")");
         }
+        (StateBackend::Postgres, StateCommand::Check { .. } | StateCommand::Repair { .. }) => {
+            return Err(usage(
+                "state check and state repair are for the embedded store; PostgreSQL checks \
+                 its own storage (pg_amcheck, and its WAL replays after a crash)",
+            ));
+        }
+        (StateBackend::Embedded, StateCommand::Check { json }) => {
+            let bar = progress(None, json, "checking the state store");
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            let found = crate::state::EmbeddedStore::check(&config.state);
+            bar.finish_and_clear();
+            let found = found?;
+            print_report(&found, json)?;
+            if !found.is_clean() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        (StateBackend::Embedded, StateCommand::Repair { json }) => {
+            let bar = progress(None, json, "checking and repairing the state store");
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            let repaired = crate::state::EmbeddedStore::repair(&config.state);
+            bar.finish_and_clear();
+            let (_, repaired) = repaired?;
+            print_report(&repaired, json)?;
+        }
         (StateBackend::Embedded, StateCommand::Status { json }) => {
             let stats = crate::state::EmbeddedStore::open(&config.state)?.stats()?;
             if json {

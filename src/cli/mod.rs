@@ -222,7 +222,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// The state store: apply schema migrations, show its version and counts.
+    /// The state store: apply schema migrations, show its version and counts, check
+    /// and repair it.
     State {
         #[command(subcommand)]
         command: StateCommand,
@@ -236,6 +237,19 @@ pub enum StateCommand {
     Migrate,
     /// Print the schema version, the migrations applied, and counts.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the embedded store offline (stop `run` first): the database file, every
+    /// journal file and every event's bytes. Exits 1 when it finds damage.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the live state of the flows `state check` finds damaged, and list them;
+    /// then the store opens again. Never touches history already verified in the
+    /// archive.
+    Repair {
         #[arg(long)]
         json: bool,
     },

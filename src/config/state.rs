@@ -32,6 +32,11 @@ pub struct StateConfig {
     /// Size after which the event journal starts a new file. A file is deleted once
     /// every event in it is archived, so smaller files free disk sooner. Default 64 MiB.
     pub journal_file_bytes: u64,
+    /// Verify `state.redb` (redb's integrity check: every page's checksum) each time
+    /// the embedded store opens, so that a damaged file stops the start with an error
+    /// naming it instead of failing later. Costs ~0.3 s per 200 MB of `state.redb`
+    /// when cached, ~1.2 s from disk. Default true.
+    pub verify_on_open: bool,
     /// `postgres://user:password@host:port/database?sslmode=…` for the postgres
     /// backend; `DATABASE_URL` when unset. `sslmode` is `disable`, `prefer`,
     /// `require` (encrypted, certificate not checked, as libpq), `verify-ca` or
@@ -59,6 +64,7 @@ impl Default for StateConfig {
             path: PathBuf::from("./data/state"),
             cache_bytes: 16 << 20,
             journal_file_bytes: 64 << 20,
+            verify_on_open: true,
             url: None,
             pool_size: 8,
             tls_ca_file: None,

@@ -30,7 +30,9 @@ mod postgres;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{
+    DamagedPart, DroppedFlow, EmbeddedStore, JournalFileProblem, StoreCheck, StoreRepair,
+};
 pub use postgres::{PostgresStore, SchemaStatus};
 
 use crate::config::Compression;
@@ -63,6 +65,15 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 pub enum StateError {
     #[error("state store at {path}: {}", with_causes(.source.as_ref()))]
     Open { path: String, source: BackendError },
+    /// A file of the store is damaged or missing; `fix` says what the operator can do.
+    /// Never repaired silently: `state check` lists what it affects, `state repair`
+    /// drops that and says so.
+    #[error("state store file {path} is damaged: {problem}. {fix}")]
+    Damaged {
+        path: String,
+        problem: String,
+        fix: String,
+    },
     #[error("state store at {path} is in use by another process (one flow-archiver per state.path: stop the other one, or give this one its own state.path)")]
     Locked { path: String },
     #[error("state store: {}", with_causes(.0.as_ref()))]

@@ -12,6 +12,7 @@ mod argo;
 mod bad_input;
 mod cli;
 mod crash;
+mod damaged_state;
 mod deploy;
 mod dev_stack;
 mod durability;

@@ -194,7 +194,14 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    pub(super) fn erase_flow(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError> {
+    /// Deletes the flow's live state. `zero` first overwrites its event bytes (an
+    /// erasure); a repair drops bytes that are already damaged and leaves them.
+    pub(super) fn erase_flow(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        zero: bool,
+    ) -> Result<ErasedLive, StateError> {
         let fkey = flow_key(tenant, flow_id);
         let txn = self.write()?;
         let mut erased = ErasedLive::default();
@@ -256,7 +263,9 @@ impl EmbeddedStore {
             drop((flows, settings));
             // The bytes go before the pointers: if this fails, the erasure fails and
             // is retried, and a crash in between leaves zeros, never the history.
-            self.journal.zero(&pointers)?;
+            if zero {
+                self.journal.zero(&pointers)?;
+            }
             let mut released = Released::new();
             for p in &pointers {
                 release(&mut released, p);

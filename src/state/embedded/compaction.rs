@@ -309,7 +309,7 @@ pub(super) struct HolderKey {
 }
 
 /// An index value that points into the journal (what compaction repoints).
-enum PointerHolder {
+pub(super) enum PointerHolder {
     Event(EventPointer),
     Run(Run),
     Meta(Box<MetaRecord>),
@@ -317,7 +317,7 @@ enum PointerHolder {
 
 impl PointerHolder {
     /// What `key`'s value holds, if it can hold event pointers.
-    fn of(key: &[u8], value: &[u8]) -> Result<Option<PointerHolder>, StateError> {
+    pub(super) fn of(key: &[u8], value: &[u8]) -> Result<Option<PointerHolder>, StateError> {
         let Some(len) = flow_key_len(key) else {
             return Ok(None);
         };
@@ -333,7 +333,7 @@ impl PointerHolder {
         })
     }
 
-    fn pointers(&self) -> Box<dyn Iterator<Item = &EventPointer> + '_> {
+    pub(super) fn pointers(&self) -> Box<dyn Iterator<Item = &EventPointer> + '_> {
         match self {
             PointerHolder::Event(p) => Box::new(std::iter::once(p)),
             PointerHolder::Run(r) => Box::new(r.events.iter().map(|(_, p)| p)),

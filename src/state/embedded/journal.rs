@@ -17,8 +17,11 @@
 //!   the bytes are zeros, which an erasure leaves for snapshots older than it).
 //! - A file is deleted once no live event points into it (its live count, kept in the
 //!   `journal` table, reaches zero) and no reader opened before that could still read
-//!   it. Files with no row in the table (created by a batch that never committed) are
-//!   deleted at open.
+//!   it. Files with no row in the table (created by a batch that never committed, or
+//!   freed just before a crash) are deleted at open, with a warning naming each.
+//! - A file that is missing or shorter than its committed end fails the open with
+//!   [`StateError::Damaged`]; it is never recreated or padded (`state check` and
+//!   `state repair`, in `check`, deal with it).
 //! - Erasure overwrites an event's bytes with zeros in place before its pointer goes;
 //!   readers then drop the stretches of file they hold (see `Stretches`), so none
 //!   serves the bytes from memory after the zeros are on file.
@@ -188,20 +191,24 @@ impl Journal {
         file_bytes: u64,
     ) -> Result<Journal, StateError> {
         crate::durable::create_dir_all_synced(dir).map_err(|e| io(dir, e))?;
+        if let Some(problem) = file_problems(dir, rows)?.into_iter().next() {
+            return Err(problem.into_error());
+        }
         let known: HashMap<u32, FileRow> = rows.iter().copied().collect();
-        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-            let entry = entry.map_err(|e| io(dir, e))?;
-            let name = entry.file_name();
-            let id = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".log"))
-                .and_then(|n| n.parse::<u32>().ok());
-            match id {
-                Some(id) if known.contains_key(&id) => {}
-                // Written by a batch that never committed, or freed before a crash.
-                Some(_) => std::fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?,
-                None => {}
+        let newest = rows.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        for (id, path) in journal_files(dir)? {
+            if known.contains_key(&id) {
+                continue;
             }
+            // Both cases are the commit protocol's own leftovers, never history: no
+            // committed pointer can name a file without a row.
+            let why = if id > newest {
+                "created for a batch that never committed"
+            } else {
+                "freed by a committed transaction before a crash"
+            };
+            tracing::warn!(path = %path.display(), "Deleting a journal file without a row: {why}.");
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
         }
         let (id, len) = match rows.iter().max_by_key(|(id, _)| *id) {
             Some((id, row)) => (*id, row.end),
@@ -215,7 +222,8 @@ impl Journal {
             .truncate(false)
             .open(&path)
             .map_err(|e| io(&path, e))?;
-        // Bytes past the committed end belong to a batch that never committed.
+        // Bytes past the committed end belong to a batch that never committed (the
+        // checks above made sure the file is not shorter than that end).
         file.set_len(len).map_err(|e| io(&path, e))?;
         crate::durable::sync_dir_of(&path).map_err(|e| io(&path, e))?;
         Ok(Journal {
@@ -393,6 +401,91 @@ impl JournalReader {
         }
         Ok(bytes)
     }
+}
+
+/// What an operator can do about a damaged journal file or index.
+pub(super) const DAMAGE_FIX: &str = "Run `flow-archiver state check` to list the flows it \
+    affects, then `flow-archiver state repair` to drop them (their events are lost), or \
+    restore the state directory from a backup";
+
+/// A journal file that does not hold what the `journal` table says it does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JournalFileProblem {
+    pub file: u32,
+    pub path: String,
+    /// Bytes on disk; `None` when the file is missing.
+    pub size: Option<u64>,
+    /// Bytes committed transactions wrote to it.
+    pub committed: u64,
+    /// Live events that point into it.
+    pub live_events: u64,
+}
+
+impl JournalFileProblem {
+    pub fn problem(&self) -> String {
+        match self.size {
+            None => format!(
+                "it is missing, and {} live events point into it",
+                self.live_events
+            ),
+            Some(size) => format!(
+                "it is {size} bytes long, shorter than the {} bytes committed to it ({} live \
+                 events point into it)",
+                self.committed, self.live_events
+            ),
+        }
+    }
+
+    pub fn into_error(self) -> StateError {
+        StateError::Damaged {
+            problem: self.problem(),
+            path: self.path,
+            fix: DAMAGE_FIX.to_string(),
+        }
+    }
+}
+
+/// The journal files of `rows` that are missing or shorter than their committed end.
+pub(super) fn file_problems(
+    dir: &Path,
+    rows: &[(u32, FileRow)],
+) -> Result<Vec<JournalFileProblem>, StateError> {
+    let mut problems = Vec::new();
+    for (id, row) in rows {
+        let path = Journal::path_of(dir, *id);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) if m.len() >= row.end => continue,
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path, e)),
+        };
+        problems.push(JournalFileProblem {
+            file: *id,
+            path: path.display().to_string(),
+            size,
+            committed: row.end,
+            live_events: row.live,
+        });
+    }
+    Ok(problems)
+}
+
+/// The `{id:08}.log` files in `dir`.
+pub(super) fn journal_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>, StateError> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let id = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(id) = id {
+            files.push((id, entry.path()));
+        }
+    }
+    files.sort_unstable();
+    Ok(files)
 }
 
 fn open<'f>(

@@ -39,6 +39,7 @@
 //! a seal used to, then opens the next part.
 
 mod archival;
+mod check;
 mod compaction;
 mod ingest;
 mod inline;
@@ -49,9 +50,13 @@ mod records;
 #[cfg(test)]
 mod tests;
 
+pub use self::check::{DamagedPart, DroppedFlow, StoreCheck, StoreRepair};
+pub use self::journal::JournalFileProblem;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
+use std::path::Path;
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -147,18 +152,10 @@ impl EmbeddedStore {
             source: Box::new(e),
         };
         crate::durable::create_dir_all_synced(dir).map_err(|e| open_err(redb::Error::Io(e)))?;
-        let db = match Database::builder()
-            .set_cache_size(cache_bytes as usize)
-            .create(&path)
-        {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StateError::Locked {
-                    path: path.display().to_string(),
-                })
-            }
-            Err(e) => return Err(open_err(e.into())),
-        };
+        let mut db = open_database(&path, cache_bytes as usize, true)?;
+        if config.verify_on_open {
+            verify_database(&mut db, &path)?;
+        }
         // Create every table once so read transactions never meet a missing table.
         let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
         {
@@ -202,6 +199,65 @@ impl EmbeddedStore {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         Ok(txn)
+    }
+}
+
+/// Opens (`create`: creating if missing) the database file. A file redb cannot read
+/// (cut short, not a database, failed checksums) is [`StateError::Damaged`].
+fn open_database(path: &Path, cache_bytes: usize, create: bool) -> Result<Database, StateError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    // redb reads its root pages here; a damaged one can trip an internal assertion.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match create {
+        true => builder.create(path),
+        false => builder.open(path),
+    }))
+    .map_err(|_| database_damaged(path, "a page fails redb's own assertions"))?;
+    opened.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
+            path: path.display().to_string(),
+        },
+        e if is_damage(&e) => database_damaged(path, e),
+        e => StateError::Open {
+            path: path.display().to_string(),
+            source: Box::new(redb::Error::from(e)),
+        },
+    })
+}
+
+/// redb's integrity check (every page's checksum); `false` when it had to rebuild its
+/// free-page bookkeeping, which is not history. A damaged page is
+/// [`StateError::Damaged`], also when it trips one of redb's internal assertions
+/// instead of its checksum test.
+fn verify_database(db: &mut Database, path: &Path) -> Result<bool, StateError> {
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity()));
+    match checked {
+        Ok(Ok(intact)) => Ok(intact),
+        Ok(Err(e)) => Err(database_damaged(path, e)),
+        Err(_) => Err(database_damaged(path, "a page fails redb's own assertions")),
+    }
+}
+
+fn is_damage(e: &redb::DatabaseError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            matches!(io.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData)
+        }
+        _ => false,
+    }
+}
+
+/// What an operator can do about a database file redb cannot read.
+const DATABASE_FIX: &str = "flow-archiver cannot repair this file: restore the state \
+    directory from a backup (see docs/operations.md, \"Damaged state\")";
+
+fn database_damaged(path: &Path, e: impl std::fmt::Display) -> StateError {
+    StateError::Damaged {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+        fix: DATABASE_FIX.to_string(),
     }
 }
 
@@ -285,7 +341,7 @@ impl StateStore for EmbeddedStore {
     }
 
     fn erase_live(&self, tenant: &str, flow_id: &str) -> Result<ErasedLive, StateError> {
-        self.erase_flow(tenant, flow_id)
+        self.erase_flow(tenant, flow_id, true)
     }
 
     // compaction.rs
