@@ -51,6 +51,8 @@ pub struct Metrics {
     /// Seconds NATS batch acks have been held back, waiting for the server's pending
     /// set to be this process's own; 0 while they flow.
     pub acks_held: Gauge,
+    /// 1 while ingest waits for space on the state store's disk.
+    pub state_disk_full: Gauge,
 }
 
 impl Metrics {
@@ -74,6 +76,7 @@ impl Metrics {
             last_archive_success: Gauge::default(),
             consumer_lag: Gauge::default(),
             acks_held: Gauge::default(),
+            state_disk_full: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -166,6 +169,11 @@ impl Metrics {
             "How long NATS batch acks have been held back (after a restart up to ack_wait; longer means another process on the consumer)",
             prometheus_client::registry::Unit::Seconds,
             m.acks_held.clone(),
+        );
+        registry.register(
+            "state_disk_full",
+            "1 while ingest is paused because the state store's disk is under state.min_free_bytes (or full)",
+            m.state_disk_full.clone(),
         );
         for stage in STAGES {
             let _ = m.failures.get_or_create(&Stage {

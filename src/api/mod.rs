@@ -403,14 +403,16 @@ async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<serde_js
     let index_ok = tokio::task::spawn_blocking(move || index.stats(Some("")).is_ok())
         .await
         .unwrap_or(false);
+    let disk_full = crate::telemetry::metrics().state_disk_full.get() != 0;
     let body = json!({
         "index": index_ok,
         "state_store": if state.reader.sees_live_flows() { "open" } else { "held by another process: live flows are not served" },
+        "state_disk": if disk_full { "full: ingest is paused until space returns" } else { "ok" },
     });
     // Ready = the index and the state store are open (sources are connected before
-    // `run` starts serving). `serve` beside a running archiver answers archived flows
-    // but is not ready: it cannot see live ones.
-    let code = if index_ok && state.reader.sees_live_flows() {
+    // `run` starts serving) and ingest is not paused on a full disk. `serve` beside a
+    // running archiver answers archived flows but is not ready: it cannot see live ones.
+    let code = if index_ok && state.reader.sees_live_flows() && !disk_full {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -37,6 +37,10 @@ pub struct StateConfig {
     /// naming it instead of failing later. Costs ~0.3 s per 200 MB of `state.redb`
     /// when cached, ~1.2 s from disk. Default true.
     pub verify_on_open: bool,
+    /// Free bytes the embedded store leaves on its filesystem: below this, ingest
+    /// pauses (nothing more is acknowledged) until archiving or the operator frees
+    /// space, so the database never meets a full disk. Default 64 MiB.
+    pub min_free_bytes: u64,
     /// `postgres://user:password@host:port/database?sslmode=…` for the postgres
     /// backend; `DATABASE_URL` when unset. `sslmode` is `disable`, `prefer`,
     /// `require` (encrypted, certificate not checked, as libpq), `verify-ca` or
@@ -65,6 +69,7 @@ impl Default for StateConfig {
             cache_bytes: 16 << 20,
             journal_file_bytes: 64 << 20,
             verify_on_open: true,
+            min_free_bytes: 64 << 20,
             url: None,
             pool_size: 8,
             tls_ca_file: None,

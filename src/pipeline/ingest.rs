@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use serde::Serialize;
@@ -68,7 +69,26 @@ impl IngestTotals {
 }
 
 /// A batch's durable write in flight; it hands the batch's events back.
-type PendingWrite = tokio::task::JoinHandle<(Result<IngestOutcome, StateError>, Vec<FlowEvent>)>;
+/// A batch being written: the outcome, and the events and checkpoint handed back for
+/// another attempt while the disk is full.
+type PendingWrite = tokio::task::JoinHandle<(
+    Result<IngestOutcome, StateError>,
+    Vec<FlowEvent>,
+    Option<Vec<u8>>,
+)>;
+
+/// A batch whose durable write runs while the next one is decoded.
+struct InFlight {
+    write: PendingWrite,
+    /// The source's batch number, acknowledged once the write is durable.
+    seq: u64,
+    span: tracing::Span,
+}
+
+/// Retries of a batch while the state store's disk is full: from this ...
+const DISK_FULL_FIRST_RETRY: Duration = Duration::from_millis(250);
+/// ... doubling up to this, so that ingest resumes within seconds of space returning.
+const DISK_FULL_MAX_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Ingest {
     pub(crate) decoder: Decoder,
@@ -99,7 +119,7 @@ impl Ingest {
         let mut totals = IngestTotals::default();
         // Decoding batch N+1 overlaps the durable write of batch N; writes (and so
         // checkpoints and upstream commits) still happen strictly in order.
-        let mut writing: Option<(PendingWrite, u64, tracing::Span)> = None;
+        let mut writing: Option<InFlight> = None;
         let in_state = source.checkpoint_in_state();
         let messaging = source.messaging();
         loop {
@@ -111,9 +131,14 @@ impl Ingest {
             let Some(batch) = batch else { break };
             if batch.records.is_empty() {
                 // The input is idle: make what is in flight durable and acknowledged.
-                if let Some((previous, seq, span)) = writing.take() {
-                    self.finish_write(previous, seq, span, source, &mut totals, on_batch)
-                        .await?;
+                if let Some(previous) = writing.take() {
+                    if self
+                        .finish_write(previous, source, &mut totals, on_batch, cancel)
+                        .await?
+                        .is_none()
+                    {
+                        break;
+                    }
                 }
                 source.commit(batch.seq).await?;
                 continue;
@@ -132,27 +157,26 @@ impl Ingest {
                 }
             }
             let mut written = Vec::new();
-            if let Some((previous, previous_seq, previous_span)) = writing.take() {
-                written = self
-                    .finish_write(
-                        previous,
-                        previous_seq,
-                        previous_span,
-                        source,
-                        &mut totals,
-                        on_batch,
-                    )
-                    .await?;
+            if let Some(previous) = writing.take() {
+                match self
+                    .finish_write(previous, source, &mut totals, on_batch, cancel)
+                    .await?
+                {
+                    Some(events) => written = events,
+                    // Shut down while the disk was full: that batch is not stored, so
+                    // no later one may be either (the checkpoint would skip it).
+                    None => break,
+                }
             }
             let write = self.start_write(good, source.name(), checkpoint.filter(|_| in_state));
-            writing = Some((write, seq, span));
+            writing = Some(InFlight { write, seq, span });
             // The previous batch's events are freed here, while the next write runs:
             // freeing them on the writer's thread made both threads contend for the
             // allocator's lock.
             drop(written);
         }
-        if let Some((previous, seq, span)) = writing.take() {
-            self.finish_write(previous, seq, span, source, &mut totals, on_batch)
+        if let Some(previous) = writing.take() {
+            self.finish_write(previous, source, &mut totals, on_batch, cancel)
                 .await?;
         }
         source.close().await?;
@@ -229,21 +253,77 @@ impl Ingest {
         let now = self.clock.now_ms();
         tokio::task::spawn_blocking(move || {
             let cp = checkpoint.as_deref().map(|c| (name.as_str(), c));
-            let outcome = store.ingest(&good, &policy, now, cp);
-            (outcome, good)
+            let bytes: u64 = good.iter().map(|e| e.raw.len() as u64).sum();
+            let outcome = store
+                .room(bytes)
+                .and_then(|()| store.ingest(&good, &policy, now, cp));
+            (outcome, good, checkpoint)
         })
     }
 
-    async fn finish_write(
+    /// Writes the batch, waiting while the state store's disk is full: nothing is
+    /// acknowledged meanwhile, `/readyz` says so, and the batch is stored as soon as
+    /// there is room. `None` when shutdown came first (the batch stays unacknowledged
+    /// and comes again after the restart).
+    async fn write_when_room(
         &self,
         write: PendingWrite,
-        seq: u64,
-        span: tracing::Span,
+        source_name: &str,
+        span: &tracing::Span,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(Result<IngestOutcome, StateError>, Vec<FlowEvent>)>, PipelineError> {
+        let (mut outcome, mut events, mut checkpoint) = write.instrument(span.clone()).await?;
+        let mut paused: Option<std::time::Instant> = None;
+        let mut delay = DISK_FULL_FIRST_RETRY;
+        while let Err(e) = outcome.as_ref().map(drop) {
+            if !e.is_disk_full() {
+                break;
+            }
+            let metrics = crate::telemetry::metrics();
+            if paused.is_none() {
+                paused = Some(std::time::Instant::now());
+                metrics.state_disk_full.set(1);
+                metrics.failed("state");
+                tracing::error!(parent: span, error = %e, "The state store's disk is full: ingest is paused and nothing more is acknowledged; it resumes by itself once archiving or an operator frees space.");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    metrics.state_disk_full.set(0);
+                    return Ok(None);
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(DISK_FULL_MAX_RETRY);
+            (outcome, events, checkpoint) = self
+                .start_write(events, source_name, checkpoint)
+                .instrument(span.clone())
+                .await?;
+        }
+        if let Some(since) = paused {
+            crate::telemetry::metrics().state_disk_full.set(0);
+            tracing::warn!(parent: span, paused_seconds = since.elapsed().as_secs_f64(), "Space is back: ingest resumed.");
+        }
+        Ok(Some((outcome, events)))
+    }
+
+    /// Waits for the batch's write, then acknowledges it upstream. Returns its events
+    /// (to be freed off the writer's thread), or `None` when shutdown came while the
+    /// disk was full and the batch was not stored.
+    async fn finish_write(
+        &self,
+        in_flight: InFlight,
         source: &mut dyn Source,
         totals: &mut IngestTotals,
         on_batch: &mut (dyn FnMut(&IngestTotals) + Send),
-    ) -> Result<Vec<FlowEvent>, PipelineError> {
-        let (outcome, events) = write.instrument(span.clone()).await?;
+        cancel: &CancellationToken,
+    ) -> Result<Option<Vec<FlowEvent>>, PipelineError> {
+        let InFlight { write, seq, span } = in_flight;
+        let Some((outcome, events)) = self
+            .write_when_room(write, source.name(), &span, cancel)
+            .await?
+        else {
+            return Ok(None);
+        };
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -266,7 +346,7 @@ impl Ingest {
         source.commit(seq).instrument(span).await?;
         failpoint::hit("after-ingest");
         on_batch(totals);
-        Ok(events)
+        Ok(Some(events))
     }
 }
 

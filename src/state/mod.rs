@@ -65,6 +65,15 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 pub enum StateError {
     #[error("state store at {path}: {}", with_causes(.source.as_ref()))]
     Open { path: String, source: BackendError },
+    /// The store's filesystem has less free space than `state.min_free_bytes`: writes
+    /// wait (ingest pauses) rather than fill it, so redb never meets a full disk.
+    #[error("the state store's disk is full: {free} bytes free at {path}, and a batch of {needed} bytes would leave less than state.min_free_bytes = {reserve}")]
+    DiskFull {
+        path: String,
+        free: u64,
+        needed: u64,
+        reserve: u64,
+    },
     /// A file of the store is damaged or missing; `fix` says what the operator can do.
     /// Never repaired silently: `state check` lists what it affects, `state repair`
     /// drops that and says so.
@@ -107,6 +116,22 @@ pub enum StateError {
     /// them), or, if a fresh snapshot still does, the file is damaged.
     #[error("{what} reads as zeros: erased while it was being read, or damaged")]
     Erased { what: String },
+}
+
+impl StateError {
+    /// The disk under the store is full (its reserve reached, or a write failed with
+    /// ENOSPC or EDQUOT): waiting for space, not a failure of the store.
+    pub fn is_disk_full(&self) -> bool {
+        let io_full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull
+                || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        };
+        match self {
+            StateError::DiskFull { .. } => true,
+            StateError::File { source, .. } => io_full(source),
+            _ => false,
+        }
+    }
 }
 
 /// Everything the store knows about the open part of one live flow.
@@ -398,6 +423,15 @@ pub trait StateStore: Send + Sync + 'static {
     fn apply_policy(&self, policy: &RetentionPolicy) -> Result<u64, StateError>;
 
     fn stats(&self) -> Result<StoreStats, StateError>;
+
+    /// [`StateError::DiskFull`] unless `bytes` more still leave the store's disk its
+    /// reserve (`state.min_free_bytes`). Ingest asks before each batch, so that the
+    /// reserve stays for archiving, which frees space. A shared store manages its own
+    /// disk.
+    fn room(&self, bytes: u64) -> Result<(), StateError> {
+        let _ = bytes;
+        Ok(())
+    }
 
     /// Places (`Some`) or releases (`None`) a flow's legal hold; returns the previous one.
     fn set_hold(

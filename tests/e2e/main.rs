@@ -15,6 +15,7 @@ mod crash;
 mod damaged_state;
 mod deploy;
 mod dev_stack;
+mod disk_full;
 mod durability;
 mod erase;
 mod format;

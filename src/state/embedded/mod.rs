@@ -131,6 +131,9 @@ fn read_counter(
 pub struct EmbeddedStore {
     db: Database,
     journal: Journal,
+    /// `state.path` and `state.min_free_bytes`, for [`StateStore::room`].
+    dir: std::path::PathBuf,
+    min_free_bytes: u64,
     /// Intents this process works on: the ones it sealed and the ones it claimed.
     claimed: std::sync::Mutex<HashSet<String>>,
 }
@@ -190,6 +193,8 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db,
             journal,
+            dir: dir.to_path_buf(),
+            min_free_bytes: config.min_free_bytes,
             claimed: Default::default(),
         })
     }
@@ -200,6 +205,23 @@ impl EmbeddedStore {
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         Ok(txn)
     }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` is written by
+    // statvfs before it is read, only when the call succeeds.
+    let stat = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 /// Opens (`create`: creating if missing) the database file. A file redb cannot read
@@ -367,6 +389,24 @@ impl StateStore for EmbeddedStore {
 
     fn event_reader(&self) -> Result<Box<dyn EventReader>, StateError> {
         self.snapshot_reader()
+    }
+
+    fn room(&self, bytes: u64) -> Result<(), StateError> {
+        let free = free_bytes(&self.dir).map_err(|source| StateError::File {
+            path: self.dir.display().to_string(),
+            source,
+        })?;
+        // The journal takes the bytes; the index grows by a fraction of them.
+        let needed = bytes.saturating_add(bytes / 4);
+        if free.saturating_sub(needed) < self.min_free_bytes {
+            return Err(StateError::DiskFull {
+                path: self.dir.display().to_string(),
+                free,
+                needed,
+                reserve: self.min_free_bytes,
+            });
+        }
+        Ok(())
     }
 
     // records.rs
