@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -15,8 +16,8 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, AttributeValue, Attributes, GetResultPayload, ObjectStore, ObjectStoreExt,
-    PutMultipartOptions, PutOptions, PutPayload,
+    Attribute, AttributeValue, Attributes, ClientConfigKey, GetResultPayload, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -68,7 +69,20 @@ impl ArchiveStore {
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
-                    .with_virtual_hosted_style_request(cfg.virtual_hosted_style);
+                    .with_virtual_hosted_style_request(cfg.virtual_hosted_style)
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                        format!("{}ms", cfg.request_timeout.as_millis()),
+                    )
+                    // A few quick retries inside a request, then the error: the
+                    // archiver retries the segment from its durable stage with its own
+                    // backoff and counts and logs each failure, so an outage shows in
+                    // the metrics and logs instead of inside minutes of one request.
+                    .with_retry(RetryConfig {
+                        max_retries: 3,
+                        retry_timeout: Duration::from_secs(15),
+                        ..RetryConfig::default()
+                    });
                 if let Some(endpoint) = &cfg.endpoint {
                     b = b
                         .with_endpoint(endpoint)

@@ -76,6 +76,11 @@ pub struct ArchiveConfig {
     pub multipart_threshold_bytes: u64,
     /// Local directory where segments are built before upload. Default `./data/spool`.
     pub spool_dir: PathBuf,
+    /// S3: how long one request may take before it fails and is retried. A hung
+    /// server then shows as failures in the metrics and logs instead of a stall.
+    /// Default `30s`.
+    #[serde(with = "crate::settings::duration_text")]
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for ArchiveConfig {
@@ -97,6 +102,7 @@ impl Default for ArchiveConfig {
             batch_size: 10_000,
             multipart_threshold_bytes: 16 << 20,
             spool_dir: PathBuf::from("./data/spool"),
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -104,6 +110,13 @@ impl Default for ArchiveConfig {
 impl ArchiveConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let a = self;
+        if a.request_timeout < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "archive.request_timeout",
+                format!("{:?} is too short for one S3 request", a.request_timeout),
+                "use at least 1s (30s is the default)",
+            ));
+        }
         // A frame is built in memory and a single-flow read decompresses all of it.
         if a.frame_target_bytes > 16 << 20 {
             return Err(invalid(

@@ -22,6 +22,7 @@ mod format;
 mod kafka;
 mod layout;
 mod nats;
+mod outage;
 mod policy;
 mod purge;
 mod round_trip;

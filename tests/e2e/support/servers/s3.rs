@@ -1,4 +1,5 @@
-//! S3: `s3s-fs`, which checks SigV4 signatures and `x-amz-checksum-sha256`.
+//! S3: `s3s-fs`, which checks SigV4 signatures and `x-amz-checksum-sha256`; it can be
+//! stopped, restarted on the same port and directory, or hung (SIGSTOP), for outages.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -7,7 +8,8 @@ use crate::support::env::{find_tool, free_port};
 
 /// A real S3 server (`s3s-fs`) on a free loopback port with its own directory.
 pub struct S3Server {
-    child: Child,
+    child: Option<Child>,
+    pub port: u16,
     pub root: tempfile::TempDir,
     pub endpoint: String,
     pub access_key: String,
@@ -21,6 +23,23 @@ impl S3Server {
         std::fs::create_dir_all(root.path().join(bucket)).expect("bucket dir");
         let port = free_port();
         let (access_key, secret_key) = ("test-access".to_string(), "test-secret-key".to_string());
+        let mut server = S3Server {
+            child: None,
+            port,
+            root,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            access_key,
+            secret_key,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again) on its port and directory, and waits until it
+    /// accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "s3s-fs is already running");
+        let port = self.port;
         let child = Command::new(find_tool("s3s-fs"))
             .args([
                 "--host",
@@ -28,22 +47,16 @@ impl S3Server {
                 "--port",
                 &port.to_string(),
                 "--access-key",
-                &access_key,
+                &self.access_key,
                 "--secret-key",
-                &secret_key,
+                &self.secret_key,
             ])
-            .arg(root.path())
+            .arg(self.root.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start s3s-fs");
-        let server = S3Server {
-            child,
-            root,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            access_key,
-            secret_key,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -52,13 +65,36 @@ impl S3Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
+    }
+
+    /// Kills the server; its objects stay in its directory.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT: a server that accepts connections and never answers.
+    pub fn hang(&self, hung: bool) {
+        let child = self.child.as_ref().expect("s3s-fs running");
+        let signal = if hung { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signals a child process this struct owns and has not reaped.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
     }
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &self.child {
+            // A stopped process is killed all the same, but let it go cleanly.
+            // SAFETY: as in `hang`.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGCONT);
+            }
+        }
+        self.stop();
     }
 }
