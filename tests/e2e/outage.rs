@@ -2,7 +2,7 @@
 //! 503 and 500 (through [`FaultProxy`]), the server stopped for 30 s, and the server
 //! hung (SIGSTOP). Meanwhile ingest goes on, failures show in the metrics and the log,
 //! nothing is deleted from the live state, and once the server is back every flow is
-//! archived exactly once and verifies.
+//! archived exactly once and verifies. Also a trace collector that hangs or is gone.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -170,4 +170,52 @@ listen = "127.0.0.1:{port}"
     assert!(parts.values().all(|&n| n == 1), "each part published once");
     let verify: Value = serde_json::from_str(&env.ok(&["verify", "--json"])).unwrap();
     assert_eq!(verify["flow_parts"], 5 * FLOWS_PER_BATCH, "{verify}");
+}
+
+/// A trace collector that accepts connections and never answers, and one that refuses
+/// them: archiving completes all the same, and the process exits within the export
+/// timeout instead of waiting on the collector.
+#[test]
+fn a_hung_or_dead_trace_collector_neither_stops_nor_stalls_archiving() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for conn in hung.incoming().flatten() {
+            holder.lock().unwrap().push(conn);
+        }
+    });
+    for endpoint in [
+        format!("http://127.0.0.1:{hung_port}"),
+        format!("http://127.0.0.1:{}", free_port()),
+    ] {
+        let mut env = Env::new("[archive]\nsegment_max_flows = 10\n");
+        env.vars = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT".into(), "2000".into()),
+        ];
+        env.write("events.jsonl", (batch(0) + &batch(1)).as_bytes());
+        let started = Instant::now();
+        env.ok(&["ingest", "events.jsonl"]);
+        let report: Value =
+            serde_json::from_str(&env.ok(&["sweep", "--now", "2026-06-01T00:00:00Z", "--json"]))
+                .unwrap();
+        assert_eq!(
+            report["flow_parts"],
+            2 * FLOWS_PER_BATCH,
+            "{endpoint}: {report}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{endpoint}: took {:?}",
+            started.elapsed()
+        );
+        let verify: Value = serde_json::from_str(&env.ok(&["verify", "--json"])).unwrap();
+        assert_eq!(verify["flow_parts"], 2 * FLOWS_PER_BATCH);
+    }
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the hung collector was tried"
+    );
 }
