@@ -23,7 +23,16 @@ const FLOWS: usize = 30;
 
 /// 30 terminal flows of 3–6 events, plus one running flow; returns (input, events per flow).
 fn workload() -> (String, BTreeMap<String, usize>) {
-    let mut lines = Vec::new();
+    // The running flow comes first: its event keeps the first journal file alive
+    // after the others are archived, so that the sweep ends by compacting it.
+    let mut lines = vec![ce(
+        "t0",
+        "running",
+        "r1",
+        1,
+        "started",
+        "2026-01-01T00:00:00Z",
+    )];
     let mut counts = BTreeMap::new();
     for f in 0..FLOWS {
         let flow = format!("flow-{f:02}");
@@ -41,14 +50,6 @@ fn workload() -> (String, BTreeMap<String, usize>) {
         }
         counts.insert(format!("t{}/{flow}", f % 2), n);
     }
-    lines.push(ce(
-        "t0",
-        "running",
-        "r1",
-        1,
-        "started",
-        "2026-01-01T00:00:00Z",
-    ));
     (lines.join("\n") + "\n", counts)
 }
 
@@ -207,16 +208,35 @@ fn kill_9_at_a_random_moment_during_ingest_loses_nothing() {
         }
     }
     env.write("events.jsonl", (lines.join("\n") + "\n").as_bytes());
-    let mut child = env.command(&["ingest", "events.jsonl"]).spawn().unwrap();
-    // Somewhere in the middle of ingesting 10k events.
-    let wait = 50 + (std::process::id() as u64 % 200);
-    std::thread::sleep(Duration::from_millis(wait));
+    let log = env.path().join("steps.log");
+    let mut child = env
+        .command(&["ingest", "events.jsonl"])
+        .env("FLOW_ARCHIVER_FAILPOINT_LOG", &log)
+        .spawn()
+        .unwrap();
+    // In the middle of ingesting 10k events: once a few batches are durable.
+    let batches = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "after-ingest")
+            .count()
+    };
+    eventually(Duration::from_secs(60), "three batches stored", || {
+        (batches(&log) >= 3).then_some(())
+    });
     let _ = child.kill();
     let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed, not finished");
+    let stored_before = batches(&log);
     let resumed: Value =
         serde_json::from_str(&env.ok(&["ingest", "events.jsonl", "--json"])).unwrap();
+    assert!(
+        resumed["stored"].as_u64().unwrap() > 0,
+        "the kill landed before the end of the input: {resumed}"
+    );
     eprintln!(
-        "killed after {wait} ms ({status:?}); the restart ingested {}",
+        "killed after {stored_before} batches; the restart stored {}",
         resumed["stored"]
     );
     let report: Value = serde_json::from_str(&env.ok(&["sweep", "--now", NOW, "--json"])).unwrap();
@@ -229,4 +249,111 @@ fn kill_9_at_a_random_moment_during_ingest_loses_nothing() {
     let records = env.archived();
     assert_eq!(records.len() as u64, flows);
     assert!(records.iter().all(|r| r["data"]["event_count"] == 5));
+}
+
+/// A small journal, so that the sweep ends by compacting the file the running flow
+/// keeps alive.
+const MATRIX_CONFIG: &str = r#"
+[state]
+journal_file_bytes = 4096
+[input]
+batch_size = 16
+[archive]
+segment_max_flows = 4
+concurrency = 2
+"#;
+
+/// How often each step is reached by a clean ingest + sweep of [`workload`].
+fn step_counts() -> BTreeMap<String, usize> {
+    let env = Env::new(MATRIX_CONFIG);
+    let (input, _) = workload();
+    env.write("events.jsonl", input.as_bytes());
+    let log = env.path().join("steps.log");
+    let log_var = [(
+        "FLOW_ARCHIVER_FAILPOINT_LOG".to_string(),
+        log.display().to_string(),
+    )];
+    for args in [
+        &["ingest", "events.jsonl"][..],
+        &["sweep", "--now", NOW][..],
+    ] {
+        let out = env
+            .command(args)
+            .envs(log_var.iter().cloned())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(args, env.path(), &out));
+    }
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        *counts.entry(line.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Runs `args` with the failpoint `name:at`; asserts the process died by SIGKILL at
+/// exactly that point.
+fn kill_at(env: &Env, args: &[&str], name: &str, at: usize) {
+    let log = env.path().join("kill.log");
+    let _ = std::fs::remove_file(&log);
+    let out = env
+        .command(args)
+        .env("FLOW_ARCHIVER_FAILPOINT", format!("{name}:{at}"))
+        .env("FLOW_ARCHIVER_FAILPOINT_LOG", &log)
+        .output()
+        .unwrap();
+    let output = describe(args, env.path(), &out);
+    assert_killed_at(out.status, &log, &format!("{name}:{at}"), &output);
+}
+
+/// Every failpoint of ingest, the commit protocol and compaction, at its first,
+/// middle and last hit: then a restart, and every flow is archived exactly once, the
+/// running flow intact.
+#[test]
+fn kill_matrix_every_step_at_its_first_middle_and_last_hit() {
+    let counts = step_counts();
+    // `mid-publish` is reached once per segment published, like `after-publish`.
+    let steps = [
+        "before-ack",
+        "after-ingest",
+        "after-intent",
+        "after-upload",
+        "after-verify",
+        "mid-publish",
+        "after-publish",
+        "mid-compaction",
+        "after-compaction",
+    ];
+    let mut cases = 0;
+    for step in steps {
+        let counted = if step == "mid-publish" {
+            "after-publish"
+        } else {
+            step
+        };
+        let n = *counts
+            .get(counted)
+            .unwrap_or_else(|| panic!("{counted} is never reached: {counts:?}"));
+        let mut positions = vec![1, n.div_ceil(2), n];
+        positions.dedup();
+        for at in positions {
+            let env = Env::new(MATRIX_CONFIG);
+            let (input, expected) = workload();
+            env.write("events.jsonl", input.as_bytes());
+            if step == "before-ack" || step == "after-ingest" {
+                kill_at(&env, &["ingest", "events.jsonl"], step, at);
+                env.ok(&["ingest", "events.jsonl"]);
+                env.ok(&["sweep", "--now", NOW]);
+            } else {
+                env.ok(&["ingest", "events.jsonl"]);
+                kill_at(&env, &["sweep", "--now", NOW], step, at);
+                env.ok(&["sweep", "--now", NOW]);
+            }
+            assert_archived_exactly_once(&env, &expected);
+            let running: Value = serde_json::from_str(&env.ok(&["get", "t0/running"])).unwrap();
+            assert_eq!(running["archived"], false, "{step}:{at}: {running}");
+            cases += 1;
+        }
+    }
+    eprintln!("kill matrix: {cases} kills, each at its step, each recovered: {counts:?}");
 }

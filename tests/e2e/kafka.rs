@@ -601,12 +601,17 @@ fn sigkill_while_archiving(failpoint: &str) {
     produce(&c, &w.records);
     ingest_all(&c, w.records.len());
     let mut vars = short_retention();
+    let log = c.env.path().join("kill.log");
     vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), format!("{failpoint}:1")));
+    vars.push((
+        "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+        log.display().to_string(),
+    ));
     let (status, stderr) = c
         .env
         .spawn_env(&vars, &["run", "--source", "kafka"])
         .wait(Duration::from_secs(60));
-    assert!(!status.success(), "{failpoint} kills the process: {stderr}");
+    assert_killed_at(status, &log, &format!("{failpoint}:1"), &stderr);
     let (archived, _) = archive_all(&c, w.terminal.len());
     check_archived(&c, &w, &archived);
     c.env.ok(&["verify"]);
@@ -620,6 +625,11 @@ fn sigkill_after_intent_with_kafka() {
 #[test]
 fn sigkill_after_upload_with_kafka() {
     sigkill_while_archiving("after-upload");
+}
+
+#[test]
+fn sigkill_after_verify_with_kafka() {
+    sigkill_while_archiving("after-verify");
 }
 
 #[test]

@@ -453,10 +453,15 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
     let (first, second) = w.records.split_at(w.records.len() / 2);
     produce(&server, &env, first);
     // Killed right after a durable batch, before its acks: they come back after ack_wait.
+    let log = env.path().join("kill.log");
     let kill = vec![
         (
             "FLOW_ARCHIVER_FAILPOINT".to_string(),
             "before-ack:2".to_string(),
+        ),
+        (
+            "FLOW_ARCHIVER_FAILPOINT_LOG".to_string(),
+            log.display().to_string(),
         ),
         (
             "FLOW_ARCHIVER__INPUT__BATCH_SIZE".to_string(),
@@ -466,10 +471,12 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
     let (status, stderr) = env
         .spawn_env(&kill, &["run", "--source", "nats"])
         .wait(Duration::from_secs(60));
-    assert!(!status.success(), "{stderr}");
-    // The server restarts while the archiver runs.
+    assert_killed_at(status, &log, "before-ack:2", &stderr);
+    // The server restarts (down for 1 s) once the archiver is connected to it.
     let run = env.spawn(&["run", "--source", "nats"]);
-    std::thread::sleep(Duration::from_secs(1));
+    eventually(Duration::from_secs(30), "the archiver connected", || {
+        (server.connections() >= 1).then_some(())
+    });
     server.restart(Duration::from_secs(1));
     produce(&server, &env, second);
     eventually(Duration::from_secs(120), "the consumer to drain", || {
@@ -478,11 +485,16 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
     run.stop();
     // Killed after publishing, before deleting state: re-published under the same id.
     let mut vars = short_retention();
+    let log = env.path().join("kill-publish.log");
     vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), "after-publish:1".into()));
+    vars.push((
+        "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+        log.display().to_string(),
+    ));
     let (status, stderr) = env
         .spawn_env(&vars, &["run", "--source", "nats"])
         .wait(Duration::from_secs(60));
-    assert!(!status.success(), "{stderr}");
+    assert_killed_at(status, &log, "after-publish:1", &stderr);
     let archived = archive_all(&server, &[&env], w.terminal.len());
     check_archived(&[env.path().join("data/archive")], &w, &archived);
     env.ok(&["verify"]);

@@ -207,6 +207,7 @@ impl EmbeddedStore {
         }
         if !bytes.is_empty() {
             active.append(&bytes)?;
+            crate::failpoint::hit("mid-compaction");
         }
         for (key, holder) in &changed {
             flows
@@ -256,6 +257,9 @@ impl EmbeddedStore {
                 done.moved_events += compacted.moved_events;
                 done.freed_bytes += compacted.freed_bytes;
                 skipped.extend(left);
+                if !files.is_empty() {
+                    crate::failpoint::hit("after-compaction");
+                }
                 freed(files);
             }
             if !freed_any {

@@ -269,3 +269,23 @@ pub fn find_tool(name: &str) -> PathBuf {
     }
     panic!("{name} is not installed; run `bash .ci/run` once (it installs the test servers)");
 }
+
+/// Asserts that a process died by SIGKILL at failpoint `point` (`NAME:N`): the line
+/// the failpoint writes to its log (`FLOW_ARCHIVER_FAILPOINT_LOG`) before the kill
+/// proves where it landed, so an unrelated crash cannot pass for it.
+pub fn assert_killed_at(status: std::process::ExitStatus, log: &Path, point: &str, output: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{point} must kill the process ({status:?}): {output}"
+    );
+    // Other tasks may log a step between that line and the signal's delivery.
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let kills: Vec<&str> = text.lines().filter(|l| l.starts_with("killed ")).collect();
+    assert_eq!(
+        kills,
+        [format!("killed {point}")],
+        "the kill landed at {point}"
+    );
+}

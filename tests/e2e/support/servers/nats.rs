@@ -11,6 +11,7 @@ pub struct NatsServer {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    monitor_port: u16,
 }
 
 impl NatsServer {
@@ -20,6 +21,7 @@ impl NatsServer {
             child: None,
             dir,
             port: free_port(),
+            monitor_port: free_port(),
         };
         server.launch();
         server
@@ -32,6 +34,8 @@ impl NatsServer {
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
+                "-m",
+                &self.monitor_port.to_string(),
                 "-js",
                 "-sd",
             ])
@@ -54,6 +58,13 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Client connections the server holds now (its monitoring endpoint's `/connz`).
+    pub fn connections(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/connz", self.monitor_port);
+        let (_, body) = crate::support::http_get(&url, "");
+        body["num_connections"].as_u64().unwrap_or(0)
     }
 
     /// Stops the server (SIGTERM) and starts it again on the same port and store.
