@@ -357,3 +357,29 @@ fn kill_matrix_every_step_at_its_first_middle_and_last_hit() {
     }
     eprintln!("kill matrix: {cases} kills, each at its step, each recovered: {counts:?}");
 }
+
+/// The short form of `scripts/soak.sh`: `run` SIGKILLed at 10 random moments while a
+/// stream of events (with duplicates) arrives, then the invariants (every flow
+/// archived once with all its events, every object verified). The long form (≥ 200
+/// kills) is a command; its figure is in `docs/reliability.md`.
+#[test]
+fn randomized_sigkill_soak() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/soak.sh");
+    let out = std::process::Command::new(script)
+        .args(["10", "10"])
+        .env("FLOW_ARCHIVER_BIN", BIN)
+        .env_remove("FLOW_ARCHIVER_FAILPOINT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("100 flows archived exactly once"),
+        "{stdout}"
+    );
+    eprintln!("{stdout}");
+}
