@@ -92,7 +92,11 @@ fn format_err(key: &str, detail: impl Into<String>) -> ArchiveError {
     }
 }
 
-fn decompress(key: &str, compression: Compression, bytes: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+pub(crate) fn decompress(
+    key: &str,
+    compression: Compression,
+    bytes: &[u8],
+) -> Result<Vec<u8>, ArchiveError> {
     let mut out = Vec::new();
     let result = match compression {
         Compression::Zstd => {
