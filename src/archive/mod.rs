@@ -30,8 +30,8 @@ mod store;
 
 pub(crate) use reader::compression_of;
 pub use reader::{
-    entry_problem, read_manifest, read_part, verify_object, Manifest, ManifestPart, PartContents,
-    VerifyProblem,
+    entry_problem, read_manifest, read_object_bytes, read_part, verify_object, Manifest,
+    ManifestPart, PartContents, VerifyProblem,
 };
 pub use rewrite::{rewrite_segment, Framing};
 pub use segment::{build_segment, SegmentWriter, FOOTER_MAGIC};
