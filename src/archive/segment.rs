@@ -538,6 +538,24 @@ pub(crate) mod tests {
         }
     }
 
+    /// An intent for `parts` (one list of events each) in `compression`.
+    fn intent_of(parts: &[Vec<String>], compression: Compression) -> ArchiveIntent {
+        ArchiveIntent {
+            id: "seg".into(),
+            tenant: "t".into(),
+            object_key: "k".into(),
+            archived_at_ms: 5,
+            compression,
+            zstd_level: 3,
+            parts: parts
+                .iter()
+                .enumerate()
+                .map(|(i, e)| sealed(i, e))
+                .collect(),
+            stage: IntentStage::Pending,
+        }
+    }
+
     fn decompress_all(compression: Compression, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         match compression {
@@ -619,16 +637,7 @@ pub(crate) mod tests {
             frame_target in prop_oneof![Just(0u64), 1u64..2000, Just(1u64 << 20)],
         ) {
             let compression = if gzip { Compression::Gzip } else { Compression::Zstd };
-            let intent = ArchiveIntent {
-                id: "seg".into(),
-                tenant: "t".into(),
-                object_key: "k".into(),
-                archived_at_ms: 5,
-                compression,
-                zstd_level: 3,
-                parts: parts.iter().enumerate().map(|(i, e)| sealed(i, e)).collect(),
-                stage: IntentStage::Pending,
-            };
+            let intent = intent_of(&parts, compression);
             let mut writer = SegmentWriter::new(Vec::new(), &intent, frame_target);
             for (part, events) in intent.parts.iter().zip(&parts) {
                 writer.write_part(part, |sink| {
@@ -704,16 +713,7 @@ pub(crate) mod tests {
         ) {
             let compression = if gzip { Compression::Gzip } else { Compression::Zstd };
             let key = if gzip { "k.gz" } else { "k.zst" };
-            let intent = ArchiveIntent {
-                id: "seg".into(),
-                tenant: "t".into(),
-                object_key: "k".into(),
-                archived_at_ms: 5,
-                compression,
-                zstd_level: 3,
-                parts: parts.iter().enumerate().map(|(i, e)| sealed(i, e)).collect(),
-                stage: IntentStage::Pending,
-            };
+            let intent = intent_of(&parts, compression);
             let events: Vec<&[String]> = parts.iter().map(|p| p.as_slice()).collect();
             let (bytes, _) = write_object(&intent, &events, 200);
             let (manifest, _) = crate::archive::read_object_bytes(key, &bytes).unwrap();
