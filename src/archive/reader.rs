@@ -6,6 +6,7 @@
 //! reader returns the archived bytes or an error, never wrong data.
 
 use std::io::Read;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -151,26 +152,32 @@ pub(crate) fn parse_footer(
     Ok(offset)
 }
 
-/// Reads and parses an object's manifest with two ranged reads.
-pub async fn read_manifest(store: &ArchiveStore, key: &str) -> Result<Manifest, ArchiveError> {
-    let compression = compression_of(key);
-    let size = store.size(key).await?;
-    let footer_len = match compression {
-        Compression::Zstd => ZSTD_FOOTER_LEN,
-        Compression::Gzip => GZIP_FOOTER_LEN,
-    } as u64;
-    if size < footer_len {
-        return Err(format_err(key, format!("{size} bytes is too short")));
+fn footer_len(compression: Compression) -> u64 {
+    match compression {
+        Compression::Zstd => ZSTD_FOOTER_LEN as u64,
+        Compression::Gzip => GZIP_FOOTER_LEN as u64,
     }
-    let tail = store.get_range(key, size - footer_len..size).await?;
-    let manifest_offset = parse_footer(key, compression, &tail)?;
-    if manifest_offset >= size - footer_len {
+}
+
+/// Where the manifest frame starts and ends in an object of `size` bytes whose last
+/// bytes are `tail` (the footer).
+fn manifest_range(key: &str, size: u64, tail: &[u8]) -> Result<Range<u64>, ArchiveError> {
+    let tail_at = size - footer_len(compression_of(key));
+    let manifest_offset = parse_footer(key, compression_of(key), tail)?;
+    if manifest_offset >= tail_at {
         return Err(format_err(key, "manifest offset points past the object"));
     }
-    let frame = store
-        .get_range(key, manifest_offset..size - footer_len)
-        .await?;
-    let text = decompress(key, compression, &frame)?;
+    Ok(manifest_offset..tail_at)
+}
+
+/// The manifest in its (compressed) frame, of a known format.
+fn parse_manifest(
+    key: &str,
+    frame: &[u8],
+    manifest_offset: u64,
+    size: u64,
+) -> Result<Manifest, ArchiveError> {
+    let text = decompress(key, compression_of(key), frame)?;
     let mut manifest: Manifest = serde_json::from_slice(text.trim_ascii_end())
         .map_err(|e| format_err(key, format!("manifest is not valid: {e}")))?;
     if manifest.format != FORMAT && manifest.format != FORMAT_V1 {
@@ -181,6 +188,19 @@ pub async fn read_manifest(store: &ArchiveStore, key: &str) -> Result<Manifest, 
     Ok(manifest)
 }
 
+/// Reads and parses an object's manifest with two ranged reads.
+pub async fn read_manifest(store: &ArchiveStore, key: &str) -> Result<Manifest, ArchiveError> {
+    let size = store.size(key).await?;
+    let footer_len = footer_len(compression_of(key));
+    if size < footer_len {
+        return Err(format_err(key, format!("{size} bytes is too short")));
+    }
+    let tail = store.get_range(key, size - footer_len..size).await?;
+    let range = manifest_range(key, size, &tail)?;
+    let frame = store.get_range(key, range.clone()).await?;
+    parse_manifest(key, &frame, range.start, size)
+}
+
 /// Reads an object held in memory the way a reader reads it from a store: the
 /// footer, the manifest, then each part from its own frame with both checksums.
 /// Any damage is an error, never a panic (property-tested and fuzzed).
@@ -188,28 +208,14 @@ pub fn read_object_bytes(
     key: &str,
     bytes: &[u8],
 ) -> Result<(Manifest, Vec<PartContents>), ArchiveError> {
-    let compression = compression_of(key);
-    let footer_len = match compression {
-        Compression::Zstd => ZSTD_FOOTER_LEN,
-        Compression::Gzip => GZIP_FOOTER_LEN,
-    };
-    let tail_at = bytes
-        .len()
-        .checked_sub(footer_len)
-        .ok_or_else(|| format_err(key, format!("{} bytes is too short", bytes.len())))?;
-    let manifest_offset = parse_footer(key, compression, &bytes[tail_at..])?;
-    let frame = usize::try_from(manifest_offset)
-        .ok()
-        .and_then(|at| bytes.get(at..tail_at))
-        .ok_or_else(|| format_err(key, "manifest offset points past the object"))?;
-    let text = decompress(key, compression, frame)?;
-    let mut manifest: Manifest = serde_json::from_slice(text.trim_ascii_end())
-        .map_err(|e| format_err(key, format!("manifest is not valid: {e}")))?;
-    if manifest.format != FORMAT && manifest.format != FORMAT_V1 {
-        return Err(format_err(key, format!("format {:?}", manifest.format)));
+    let size = bytes.len() as u64;
+    let footer_len = footer_len(compression_of(key));
+    if size < footer_len {
+        return Err(format_err(key, format!("{size} bytes is too short")));
     }
-    manifest.manifest_offset = manifest_offset;
-    manifest.object_size = bytes.len() as u64;
+    let range = manifest_range(key, size, &bytes[(size - footer_len) as usize..])?;
+    let frame = &bytes[range.start as usize..range.end as usize];
+    let manifest = parse_manifest(key, frame, range.start, size)?;
     let mut parts = Vec::with_capacity(manifest.parts.len());
     for part in &manifest.parts {
         let frame = part

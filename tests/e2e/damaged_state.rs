@@ -94,8 +94,13 @@ fn check_finds_damage(env: &Env) -> (Value, BTreeSet<String>) {
         describe(&["state", "check"], env.path(), &out)
     );
     let report = json(&String::from_utf8_lossy(&out.stdout));
-    let flows = report["damaged_parts"]
-        .as_array()
+    let flows = flows_in(&report["damaged_parts"]);
+    (report, flows)
+}
+
+/// `tenant/flow_id` of each item of a report's list.
+fn flows_in(list: &Value) -> BTreeSet<String> {
+    list.as_array()
         .unwrap()
         .iter()
         .map(|p| {
@@ -105,26 +110,14 @@ fn check_finds_damage(env: &Env) -> (Value, BTreeSet<String>) {
                 p["flow_id"].as_str().unwrap()
             )
         })
-        .collect();
-    (report, flows)
+        .collect()
 }
 
 /// `state repair` drops exactly `damaged`; the store then checks clean, and a sweep
 /// archives every other flow once, all of it verified.
 fn repair_then_archive_the_rest(env: &Env, all: &BTreeSet<String>, damaged: &BTreeSet<String>) {
     let repaired = json(&env.ok(&["state", "repair", "--json"]));
-    let dropped: BTreeSet<String> = repaired["dropped_flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            format!(
-                "{}/{}",
-                d["tenant"].as_str().unwrap(),
-                d["flow_id"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let dropped = flows_in(&repaired["dropped_flows"]);
     assert_eq!(&dropped, damaged, "{repaired}");
     let readable = env.ok(&["state", "repair"]);
     assert!(readable.contains("nothing to repair"), "{readable}");

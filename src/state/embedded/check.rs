@@ -21,7 +21,7 @@ use std::panic::AssertUnwindSafe;
 use serde::Serialize;
 
 use super::compaction::PointerHolder;
-use super::journal::{file_problems, JournalFileProblem};
+use super::journal::{file_problems, io, JournalFileProblem};
 use super::*;
 
 /// What [`check`] found.
@@ -324,17 +324,6 @@ impl EmbeddedStore {
     }
 }
 
-fn journal_rows(
-    table: &impl ReadableTable<u32, Bytes<'static>>,
-) -> Result<Vec<(u32, FileRow)>, StateError> {
-    let mut rows = Vec::new();
-    for entry in table.iter().map_err(storage)? {
-        let (k, v) = entry.map_err(storage)?;
-        rows.push((k.value(), FileRow::decode(v.value())?));
-    }
-    Ok(rows)
-}
-
 /// (flow key, part) → (intent id, verified) for every part sealed into an intent.
 type SealedIn = HashMap<(Vec<u8>, u32), (String, bool)>;
 
@@ -393,11 +382,11 @@ impl<'a> Files<'a> {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let opened = match File::open(&path) {
                     Ok(f) => {
-                        let len = f.metadata().map_err(|e| file_err(&path, e))?.len();
+                        let len = f.metadata().map_err(|e| io(&path, e))?.len();
                         Some((f, len))
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(file_err(&path, e)),
+                    Err(e) => return Err(io(&path, e)),
                 };
                 e.insert(opened)
             }
@@ -415,7 +404,7 @@ impl<'a> Files<'a> {
         }
         self.buffer.resize(pointer.len as usize, 0);
         file.read_exact_at(&mut self.buffer, pointer.offset)
-            .map_err(|e| file_err(&path, e))?;
+            .map_err(|e| io(&path, e))?;
         if crc32fast::hash(&self.buffer) != pointer.crc {
             let zeros = self.buffer.iter().all(|&b| b == 0);
             return Ok(Some(format!(
@@ -425,13 +414,6 @@ impl<'a> Files<'a> {
             )));
         }
         Ok(None)
-    }
-}
-
-fn file_err(path: &Path, source: std::io::Error) -> StateError {
-    StateError::File {
-        path: path.display().to_string(),
-        source,
     }
 }
 

@@ -135,7 +135,7 @@ impl FileRow {
 /// a mostly-dead file holds at most a quarter of `state.journal_file_bytes`).
 pub(super) const COMPACTION_BUDGET: u64 = 8 << 20;
 
-fn io(path: &Path, e: std::io::Error) -> StateError {
+pub(super) fn io(path: &Path, e: std::io::Error) -> StateError {
     StateError::File {
         path: path.display().to_string(),
         source: e,

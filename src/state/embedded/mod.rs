@@ -181,13 +181,7 @@ impl EmbeddedStore {
         crate::durable::sync_dir_of(&path).map_err(|e| open_err(redb::Error::Io(e)))?;
         let rows = {
             let txn = db.begin_read().map_err(|e| open_err(e.into()))?;
-            let table = txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;
-            let mut rows = Vec::new();
-            for entry in table.iter().map_err(|e| open_err(e.into()))? {
-                let (k, v) = entry.map_err(|e| open_err(e.into()))?;
-                rows.push((k.value(), FileRow::decode(v.value())?));
-            }
-            rows
+            journal_rows(&txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?)?
         };
         let journal = Journal::open(&dir.join("journal"), &rows, config.journal_file_bytes)?;
         Ok(EmbeddedStore {
@@ -205,6 +199,18 @@ impl EmbeddedStore {
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         Ok(txn)
     }
+}
+
+/// The `journal` table's rows: file id → what committed transactions put in it.
+fn journal_rows(
+    table: &impl ReadableTable<u32, Bytes<'static>>,
+) -> Result<Vec<(u32, FileRow)>, StateError> {
+    let mut rows = Vec::new();
+    for entry in table.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        rows.push((k.value(), FileRow::decode(v.value())?));
+    }
+    Ok(rows)
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
