@@ -19,6 +19,10 @@
 //! FILE, and a firing failpoint appends `killed NAME:N` and syncs it before the kill:
 //! tests learn how often each step is reached and prove where a kill landed.
 //!
+//! `NAME:N:pause` stops the process (SIGSTOP) there instead, after logging
+//! `paused NAME:N`: a test can then take a server down under a process that is
+//! known to be at that step, and let it run on (SIGCONT) into the outage.
+//!
 //! On the ground floor (it imports nothing from the crate) so that any stage may
 //! mark its steps without importing the pipeline.
 
@@ -53,34 +57,47 @@ fn note(line: &str, sync: bool) {
     }
 }
 
-fn setting() -> &'static Option<(String, u64)> {
-    static SETTING: OnceLock<Option<(String, u64)>> = OnceLock::new();
+/// The armed failpoint: its step, the hit it fires at, and whether it pauses.
+struct Setting {
+    name: String,
+    at: u64,
+    pause: bool,
+}
+
+fn setting() -> &'static Option<Setting> {
+    static SETTING: OnceLock<Option<Setting>> = OnceLock::new();
     SETTING.get_or_init(|| {
         let v = std::env::var(ENV).ok()?;
-        match v.split_once(':') {
-            Some((name, n)) => Some((name.to_string(), n.parse().unwrap_or(1))),
-            None => Some((v, 1)),
-        }
+        let mut fields = v.splitn(3, ':');
+        let name = fields.next()?.to_string();
+        let at = fields.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+        let pause = fields.next() == Some("pause");
+        Some(Setting { name, at, pause })
     })
 }
 
 /// Whether the named failpoint is set (whatever its count).
 pub fn armed(name: &str) -> bool {
-    matches!(setting(), Some((n, _)) if n == name)
+    matches!(setting(), Some(s) if s.name == name)
 }
 
-/// Kills the process if the named failpoint is set and this is its N-th hit.
+/// Kills (or pauses) the process if the named failpoint is set and this is its N-th hit.
 pub fn hit(name: &str) {
     static HITS: AtomicU64 = AtomicU64::new(0);
     note(name, false);
-    if let Some((n, at)) = setting() {
-        if n == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {
-            note(&format!("killed {name}:{at}"), true);
-            eprintln!("failpoint {name}: killing the process");
-            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-        }
+    let Some(s) = setting() else { return };
+    if s.name != name || HITS.fetch_add(1, Ordering::SeqCst) + 1 != s.at {
+        return;
+    }
+    let (verb, signal) = if s.pause {
+        ("paused", libc::SIGSTOP)
+    } else {
+        ("killed", libc::SIGKILL)
+    };
+    note(&format!("{verb} {name}:{}", s.at), true);
+    eprintln!("failpoint {name}: {verb} the process");
+    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), signal);
     }
 }

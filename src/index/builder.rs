@@ -197,10 +197,10 @@ pub async fn from_kafka(
     }
     let (k, ix, cancel) = (k.clone(), index.clone(), follow.clone());
     let report = tokio::task::spawn_blocking(move || -> Result<BuildReport, BuildError> {
-        let consumer: BaseConsumer = crate::kafka::client_config(&k)
+        let consumer: BaseConsumer<crate::kafka::QuietLogs> = crate::kafka::client_config(&k)
             .set("group.id", format!("{}-index", k.group_id))
             .set("enable.auto.commit", "false")
-            .create()
+            .create_with_context(crate::kafka::QuietLogs::default())
             .map_err(|e| kafka(crate::kafka::describe(&e)))?;
         let topic = k.archived_topic.as_str();
         crate::kafka::require_topics(consumer.client(), &k.brokers, &[topic]).map_err(kafka)?;
@@ -254,9 +254,10 @@ pub async fn from_kafka(
                         );
                         last_record = std::time::Instant::now();
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "Kafka error while indexing; retrying.")
-                    }
+                    // Transient (a broker restart): librdkafka reconnects.
+                    Some(Err(e)) => consumer
+                        .context()
+                        .error(&e, "error while indexing; retrying"),
                     None => break,
                 }
             }

@@ -124,6 +124,9 @@ impl QuietLogs {
     }
 }
 
+/// A consumer with no rebalance hooks (the index builder's) logs quietly too.
+impl rdkafka::consumer::ConsumerContext for QuietLogs {}
+
 impl ClientContext for QuietLogs {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         QuietLogs::log(self, level, fac, log_message)

@@ -116,12 +116,15 @@ impl Publisher for KafkaPublisher {
                 .key(&e.partitionkey)
                 .payload(value)
                 .headers(ce_headers(e, self.data.content_type()));
-            deliveries.push(self.producer.send(record, DELIVERY_TIMEOUT));
+            let delivery = self.producer.send(record, DELIVERY_TIMEOUT);
+            deliveries.push(async {
+                delivery
+                    .await
+                    .map(drop)
+                    .map_err(|(e, _)| broker_error(&self.topic, &e))
+            });
         }
-        for delivery in futures::future::join_all(deliveries).await {
-            delivery.map_err(|(e, _)| broker_error(&self.topic, &e))?;
-        }
-        Ok(())
+        super::acknowledged(deliveries).await
     }
 
     async fn already_published(&self, _ids: &[String]) -> Result<HashSet<String>, PublishError> {

@@ -40,6 +40,28 @@ pub enum PublishError {
     Broker(String),
 }
 
+/// Awaits every delivery of one `flow.archived` batch, failing on the first error.
+///
+/// Test hook: with the `mid-publish` failpoint armed, the first half is awaited (the
+/// broker holds it) before the failpoint, so a crash there leaves a batch half
+/// published, as a crash between two broker acks would.
+async fn acknowledged<E>(
+    mut deliveries: Vec<impl std::future::Future<Output = Result<(), E>>>,
+) -> Result<(), E> {
+    if crate::failpoint::armed("mid-publish") && deliveries.len() > 1 {
+        let rest = deliveries.split_off(deliveries.len() / 2);
+        for delivery in futures::future::join_all(deliveries).await {
+            delivery?;
+        }
+        crate::failpoint::hit("mid-publish");
+        deliveries = rest;
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery?;
+    }
+    Ok(())
+}
+
 /// CloudEvents `type` of the archived event.
 pub const ARCHIVED_TYPE: &str = "io.flowarchiver.flow.archived";
 /// CloudEvents `type` of a flow part removed from the archive.

@@ -23,22 +23,37 @@ fn broker_error(what: &str, e: impl std::fmt::Display) -> PublishError {
     PublishError::Broker(format!("nats {what}: {e}"))
 }
 
-/// Publishes and waits for every ack.
-async fn publish_all(
+/// Publishes every message; returns their acks, still to be awaited.
+async fn send_all(
     js: &jetstream::Context,
     what: &str,
     messages: Vec<(String, HeaderMap, Vec<u8>)>,
-) -> Result<(), PublishError> {
+) -> Result<Vec<impl std::future::Future<Output = Result<(), PublishError>>>, PublishError> {
     let mut acks = Vec::with_capacity(messages.len());
     for (subject, headers, payload) in messages {
         let ack = js
             .publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(|e| broker_error(what, e))?;
-        acks.push(ack.into_future());
+        let what = what.to_string();
+        acks.push(async move {
+            ack.into_future()
+                .await
+                .map(drop)
+                .map_err(|e| broker_error(&what, e))
+        });
     }
-    for ack in futures::future::join_all(acks).await {
-        ack.map_err(|e| broker_error(what, e))?;
+    Ok(acks)
+}
+
+/// Publishes and waits for every ack.
+async fn publish_all(
+    js: &jetstream::Context,
+    what: &str,
+    messages: Vec<(String, HeaderMap, Vec<u8>)>,
+) -> Result<(), PublishError> {
+    for ack in futures::future::join_all(send_all(js, what, messages).await?).await {
+        ack?;
     }
     Ok(())
 }
@@ -90,7 +105,7 @@ impl Publisher for NatsPublisher {
             let payload = serde_json::to_vec(e).map_err(|e| PublishError::Encode(e.to_string()))?;
             messages.push((self.subject(e), headers, payload));
         }
-        publish_all(&self.js, "publish flow.archived", messages).await
+        super::acknowledged(send_all(&self.js, "publish flow.archived", messages).await?).await
     }
 
     async fn already_published(&self, ids: &[String]) -> Result<HashSet<String>, PublishError> {

@@ -19,7 +19,11 @@
 //!   partition this instance has read from stops the source with an error naming the
 //!   two fixes: the partition's open flows would otherwise continue in another
 //!   instance's store, split in two (`docs/design.md`, "Scale"). `kafka.partitions`
-//!   assigns fixed partitions instead, with no group rebalancing.
+//!   assigns fixed partitions instead, with no group rebalancing;
+//! - a membership lost involuntarily (the broker unreachable, or this process stalled,
+//!   past `session.timeout.ms`) is not such a rebalance: the instance rejoins, and
+//!   carries on if the partitions it read from come back to it with no committed
+//!   progress beyond its own. Otherwise the source stops with the same error.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +77,22 @@ struct Progress {
     read: Option<std::collections::HashSet<(String, i32)>>,
     /// Why the source must stop: a rebalance took a partition with local flows.
     split: Option<String>,
+    /// Partitions with local flows whose assignment was lost involuntarily; each must
+    /// come back unchanged with the next assignment.
+    lost: Vec<(String, i32)>,
+    /// Per partition, the next offset after the last durable record.
+    durable_next: std::collections::HashMap<(String, i32), i64>,
+}
+
+/// The error that stops a source whose partition went to another instance.
+fn split_error(topic: &str, partition: i32) -> String {
+    format!(
+        "a consumer group rebalance took partition {topic}/{partition} away from this instance, \
+         whose embedded state store holds flows read from it: their next events would \
+         continue in another instance's store, splitting their histories. Fix: share the \
+         state with state.backend = \"postgres\" (any instance may then read any \
+         partition), or give each instance its own partitions with kafka.partitions = [...]"
+    )
 }
 
 /// A polled batch before it is handed out.
@@ -126,6 +146,8 @@ impl ConsumerContext for GroupContext {
         let Rebalance::Revoke(partitions) = rebalance else {
             return;
         };
+        // Lost involuntarily: the group has moved on, and a commit cannot succeed.
+        let lost = consumer.assignment_lost();
         let epoch = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let mut progress = lock(&self.shared.progress);
         for p in partitions.elements() {
@@ -137,21 +159,25 @@ impl ConsumerContext for GroupContext {
             let key = |p: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
                 (p.topic().to_string(), p.partition())
             };
-            let taken = progress.read.as_ref().and_then(|read| {
-                partitions
+            let taken: Vec<(String, i32)> = match progress.read.as_ref() {
+                Some(read) => partitions
                     .elements()
-                    .into_iter()
-                    .map(|p| key(&p))
-                    .find(|k| read.contains(k))
-            });
-            if let Some((topic, partition)) = taken {
-                progress.split = Some(format!(
-                    "a consumer group rebalance took partition {topic}/{partition} away from this instance, \
-                     whose embedded state store holds flows read from it: their next events would \
-                     continue in another instance's store, splitting their histories. Fix: share the \
-                     state with state.backend = \"postgres\" (any instance may then read any \
-                     partition), or give each instance its own partitions with kafka.partitions = [...]"
-                ));
+                    .iter()
+                    .map(key)
+                    .filter(|k| read.contains(k))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !taken.is_empty() && lost {
+                tracing::warn!(
+                    partitions = %list(partitions),
+                    "Kafka group membership lost: the broker was unreachable, or this process \
+                     stalled, for longer than session.timeout.ms. Rejoining; the partitions must \
+                     come back to this instance."
+                );
+                progress.lost.extend(taken);
+            } else if let Some((topic, partition)) = taken.first() {
+                progress.split = Some(split_error(topic, *partition));
             }
         }
         if !self.shared.stop.load(Ordering::Acquire) {
@@ -168,23 +194,77 @@ impl ConsumerContext for GroupContext {
             }
         }
         drop(progress);
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "Commit on revocation failed; the next owner may re-read some records.")
+        if !lost {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Commit on revocation failed; the next owner may re-read some records.")
+                }
             }
         }
         tracing::info!(partitions = %list(partitions), "Kafka partitions revoked.");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = %list(partitions), "Kafka partitions assigned.")
+                tracing::info!(partitions = %list(partitions), "Kafka partitions assigned.");
+                self.check_lost_came_back(consumer, partitions);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance failed."),
             Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+impl GroupContext {
+    /// After a lost membership, the first assignment must give back every partition
+    /// this instance holds flows of, and no one may have committed past this
+    /// instance's durable position in them meanwhile (only another consumer could).
+    fn check_lost_came_back(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        let mut progress = lock(&self.shared.progress);
+        if progress.lost.is_empty() || progress.split.is_some() {
+            return;
+        }
+        let lost = std::mem::take(&mut progress.lost);
+        let mut back = TopicPartitionList::new();
+        for (topic, partition) in &lost {
+            let found = assigned
+                .elements()
+                .iter()
+                .any(|e| e.topic() == topic && e.partition() == *partition);
+            if !found {
+                progress.split = Some(split_error(topic, *partition));
+                return;
+            }
+            back.add_partition(topic, *partition);
+        }
+        let durable_next = progress.durable_next.clone();
+        // No lock across a broker round trip: commits may wait on it.
+        drop(progress);
+        let split = match consumer.committed_offsets(back, Duration::from_secs(30)) {
+            Ok(committed) => committed.elements().iter().find_map(|e| {
+                let ours = durable_next.get(&(e.topic().to_string(), e.partition()));
+                match (e.offset(), ours) {
+                    (Offset::Offset(theirs), Some(ours)) if theirs > *ours => {
+                        Some(split_error(e.topic(), e.partition()))
+                    }
+                    _ => None,
+                }
+            }),
+            Err(e) => Some(format!(
+                "after a lost group membership, the committed offsets of the partitions \
+                 this instance read from could not be checked ({}); restart to resume safely",
+                crate::kafka::describe(&e)
+            )),
+        };
+        match split {
+            Some(split) => lock(&self.shared.progress).split = Some(split),
+            None => tracing::info!(
+                partitions = %list(assigned),
+                "Kafka group rejoined with the partitions this instance holds flows of; continuing."
+            ),
         }
     }
 }
@@ -496,6 +576,13 @@ impl Source for KafkaSource {
         }
         let mut progress = lock(&self.shared.progress);
         progress.durable = progress.durable.max(through);
+        for e in offsets.elements() {
+            if let Offset::Offset(next) = e.offset() {
+                progress
+                    .durable_next
+                    .insert((e.topic().to_string(), e.partition()), next);
+            }
+        }
         drop(progress);
         self.shared.changed.notify_all();
         Ok(())

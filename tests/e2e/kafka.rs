@@ -9,6 +9,8 @@
 //!   and a reason header;
 //! - SIGKILL during ingest and at each archive step loses nothing, archives nothing
 //!   under two keys, and resumes at the committed offsets;
+//! - so does a broker (SQLite storage) killed mid-ingest, long enough to cost the
+//!   group membership, and mid-publish;
 //! - `replay` re-publishes a flow's events in order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -32,7 +34,10 @@ struct Cluster {
 /// goes into `[kafka]`, `properties` into `[kafka.properties]`. (Static membership is
 /// not exercised here: the test broker keeps rebalancing static members.)
 fn cluster(kafka_extra: &str, properties: &str) -> Cluster {
-    let broker = KafkaBroker::start();
+    cluster_on(KafkaBroker::start(), kafka_extra, properties)
+}
+
+fn cluster_on(broker: KafkaBroker, kafka_extra: &str, properties: &str) -> Cluster {
     broker.create_topic(EVENTS, 3);
     broker.create_topic(ARCHIVED, 1);
     broker.create_topic(DLQ, 1);
@@ -633,8 +638,118 @@ fn sigkill_after_verify_with_kafka() {
 }
 
 #[test]
+fn sigkill_mid_publish_with_kafka() {
+    sigkill_while_archiving("mid-publish");
+}
+
+#[test]
 fn sigkill_after_publish_before_delete_with_kafka() {
     sigkill_while_archiving("after-publish");
+}
+
+/// The archiver stopped at `point` (`NAME:N`), the broker is killed under it, and the
+/// archiver runs on against no broker for `down` before the broker comes back on the
+/// same port and storage.
+fn broker_killed_at(
+    c: &mut Cluster,
+    run: &Running,
+    log: &std::path::Path,
+    point: &str,
+    down: Duration,
+) {
+    run.wait_paused_at(log, point);
+    c.broker.kill();
+    run.resume();
+    // The outage's length, not a wait for something to happen.
+    std::thread::sleep(down);
+    c.broker.start_again();
+}
+
+/// tansu on SQLite storage is killed and started again while the archiver is part-way
+/// through the stream, and while it has half a segment's `flow.archived` records
+/// acknowledged. The first outage outlasts the session timeout (6 s), so the archiver
+/// loses its group membership and must rejoin with its partitions. Nothing is lost,
+/// no flow is archived under two keys, and the index lists each part once.
+#[test]
+fn broker_killed_mid_ingest_and_mid_publish_loses_nothing() {
+    let port = free_port();
+    let api = format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut c = cluster_on(KafkaBroker::start_durable(), "", &api);
+    let w = workload(60);
+    produce(&c, &w.records);
+    let log = c.env.path().join("pause.log");
+    let pause = |point: &str| {
+        vec![
+            (
+                "FLOW_ARCHIVER_FAILPOINT".to_string(),
+                format!("{point}:pause"),
+            ),
+            (
+                "FLOW_ARCHIVER_FAILPOINT_LOG".to_string(),
+                log.display().to_string(),
+            ),
+        ]
+    };
+
+    // Mid-ingest: after the third durable batch of 16, with most of the stream unread.
+    let mut vars = pause("after-ingest:3");
+    vars.push(("FLOW_ARCHIVER__INPUT__BATCH_SIZE".into(), "16".into()));
+    vars.push(("RUST_LOG".into(), "warn,flow_archiver=info".into()));
+    let run = c.env.spawn_env(&vars, &["run", "--source", "kafka"]);
+    run.wait_paused_at(&log, "after-ingest:3");
+    let unread = lag(&c, w.records.len());
+    assert!(
+        unread > w.records.len() as i64 / 2,
+        "paused mid-ingest ({unread} of {} records not committed)",
+        w.records.len()
+    );
+    broker_killed_at(&mut c, &run, &log, "after-ingest:3", Duration::from_secs(8));
+    let back = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while lag(&c, w.records.len()) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group committed every record after the broker came back:\n{}\n{}",
+            run.stderr(),
+            c.broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "broker restart mid-ingest: all committed {:.1} s after it came back",
+        back.elapsed().as_secs_f64()
+    );
+    let stopped = run.stop();
+    assert!(
+        stopped.contains("Kafka group membership lost")
+            && stopped.contains("Kafka group rejoined with the partitions"),
+        "the outage cost the membership, and the archiver rejoined: {stopped}"
+    );
+
+    // Mid-publish: two of the second segment's five records acknowledged.
+    let mut vars = short_retention();
+    vars.extend(pause("mid-publish:2"));
+    let run = c.env.spawn_env(&vars, &["run", "--source", "kafka"]);
+    broker_killed_at(&mut c, &run, &log, "mid-publish:2", Duration::from_secs(3));
+    let back = std::time::Instant::now();
+    let parts = w.terminal.len() as i64;
+    eventually(
+        Duration::from_secs(180),
+        "every terminal flow archived after the broker came back",
+        || {
+            let archived = metric_of(port, "flow_archiver_flow_parts_archived_total")?;
+            (archived == parts).then_some(())
+        },
+    );
+    eprintln!(
+        "broker restart mid-publish: all archived {:.1} s after it came back",
+        back.elapsed().as_secs_f64()
+    );
+    run.stop();
+    let archived = consume_topic(&c.broker, ARCHIVED, w.terminal.len(), true);
+    check_archived(&c, &w, &archived);
+    check_index(&c.env, w.terminal.len());
+    c.env.ok(&["verify"]);
 }
 
 #[test]

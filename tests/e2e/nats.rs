@@ -483,6 +483,18 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
         drained(&server, "flow-archiver").then_some(())
     });
     run.stop();
+    // Killed with half of a segment's records acknowledged by the server.
+    let mut vars = short_retention();
+    let log = env.path().join("kill-mid-publish.log");
+    vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), "mid-publish:1".into()));
+    vars.push((
+        "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+        log.display().to_string(),
+    ));
+    let (status, stderr) = env
+        .spawn_env(&vars, &["run", "--source", "nats"])
+        .wait(Duration::from_secs(60));
+    assert_killed_at(status, &log, "mid-publish:1", &stderr);
     // Killed after publishing, before deleting state: re-published under the same id.
     let mut vars = short_retention();
     let log = env.path().join("kill-publish.log");

@@ -189,6 +189,31 @@ impl Running {
         stderr
     }
 
+    /// Waits until a `NAME:N:pause` failpoint stopped the process at `point`: its log
+    /// says so, and the kernel shows the process stopped.
+    pub fn wait_paused_at(&self, log: &Path, point: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let line = format!("paused {point}");
+        eventually(Duration::from_secs(60), &line, || {
+            let logged = std::fs::read_to_string(log).is_ok_and(|t| t.lines().any(|l| l == line));
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state is the field after the parenthesised command name.
+            let stopped = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'));
+            (logged && stopped).then_some(())
+        });
+    }
+
+    /// SIGCONT: a paused process runs on.
+    pub fn resume(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGCONT);
+        }
+    }
+
     /// Waits for the process to end by itself (a failpoint kill); returns its status.
     pub fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().expect("running");
