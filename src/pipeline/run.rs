@@ -125,38 +125,52 @@ impl Pipeline {
                 };
                 let mut counted: Option<std::time::Instant> = None;
                 while ticks.next(&cancel).await {
-                    // Intents no live instance works on: at start, those a stopped run
-                    // left; with a shared store, also those of an instance whose lease
-                    // expired (`docs/design.md`, "Scale").
-                    let store = this.store.clone();
-                    for intent in blocking(move || store.claim_intents()).await? {
-                        if tx.send((intent, true)).await.is_err() {
-                            return Ok(RunReport::default());
-                        }
-                    }
-                    let now_ms = this.clock.now_ms();
-                    let store = this.store.clone();
-                    let batch = this.config.archive.batch_size;
-                    let due = blocking(move || store.due_flows(now_ms, batch)).await?;
-                    let metrics = crate::telemetry::metrics();
-                    metrics.timers_due.set(due.len() as i64);
-                    if counted.is_none_or(|at| at.elapsed() >= count_every) {
-                        counted = Some(std::time::Instant::now());
+                    let tick = async {
+                        // Intents no live instance works on: at start, those a stopped
+                        // run left; with a shared store, also those of an instance whose
+                        // lease expired (`docs/design.md`, "Scale").
                         let store = this.store.clone();
-                        if let Ok(stats) = blocking(move || store.stats()).await {
-                            metrics.flows_tracked.set(stats.live_flows as i64);
+                        for intent in blocking(move || store.claim_intents()).await? {
+                            if tx.send((intent, true)).await.is_err() {
+                                return Ok(false);
+                            }
                         }
-                    }
-                    let mut sealing = this.seal_due(due, now_ms);
-                    while let Some(sealed) = sealing.next().await? {
-                        tokio::select! {
-                            // Cancelled while the archive stage is busy: the sealed
-                            // intent is picked up again at the next start.
-                            _ = cancel.cancelled() => break,
-                            sent = tx.send((sealed, false)) => if sent.is_err() { break },
+                        let now_ms = this.clock.now_ms();
+                        let store = this.store.clone();
+                        let batch = this.config.archive.batch_size;
+                        let due = blocking(move || store.due_flows(now_ms, batch)).await?;
+                        let metrics = crate::telemetry::metrics();
+                        metrics.timers_due.set(due.len() as i64);
+                        if counted.is_none_or(|at| at.elapsed() >= count_every) {
+                            counted = Some(std::time::Instant::now());
+                            let store = this.store.clone();
+                            if let Ok(stats) = blocking(move || store.stats()).await {
+                                metrics.flows_tracked.set(stats.live_flows as i64);
+                            }
                         }
+                        let mut sealing = this.seal_due(due, now_ms);
+                        while let Some(sealed) = sealing.next().await? {
+                            tokio::select! {
+                                // Cancelled while the archive stage is busy: the sealed
+                                // intent is picked up again at the next start.
+                                _ = cancel.cancelled() => break,
+                                sent = tx.send((sealed, false)) => if sent.is_err() { break },
+                            }
+                        }
+                        compact_journal(this.store.clone()).await;
+                        Ok::<bool, PipelineError>(true)
+                    };
+                    match tick.await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        // A seal that met a full disk changed nothing: the next tick
+                        // seals again (`docs/operations.md`, "Full disk").
+                        Err(PipelineError::State(e)) if e.is_disk_full() => {
+                            crate::telemetry::metrics().failed("state");
+                            tracing::warn!(error = %e, "Sealing due flows failed on a full disk; retrying at the next tick.");
+                        }
+                        Err(e) => return Err(e),
                     }
-                    compact_journal(this.store.clone()).await;
                 }
                 Ok(RunReport::default())
             });

@@ -129,6 +129,32 @@ impl StateError {
         match self {
             StateError::DiskFull { .. } => true,
             StateError::File { source, .. } => io_full(source),
+            // A database commit, or its reopening, that met the full disk; or a
+            // transaction begun before the store reopened its database after such a
+            // commit (redb's PreviousIo, or DatabaseClosed once the old handle is
+            // gone): the retry runs on the reopened database.
+            StateError::Storage(source) | StateError::Open { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+                while let Some(e) = cause {
+                    if matches!(
+                        e.downcast_ref::<redb::Error>(),
+                        Some(redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+                    ) {
+                        return true;
+                    }
+                    let io = e.downcast_ref::<std::io::Error>().or_else(|| {
+                        match e.downcast_ref::<redb::Error>() {
+                            Some(redb::Error::Io(io)) => Some(io),
+                            _ => None,
+                        }
+                    });
+                    if io.is_some_and(io_full) {
+                        return true;
+                    }
+                    cause = e.source();
+                }
+                false
+            }
             _ => false,
         }
     }

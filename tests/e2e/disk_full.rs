@@ -246,3 +246,78 @@ listen = "127.0.0.1:{port}"
     let verify: Value = serde_json::from_str(&env.ok(&["verify", "--json"])).unwrap();
     assert_eq!(verify["flow_parts"], 600, "{verify}");
 }
+
+/// Something else took the whole disk, reserve included (`min_free_bytes = 0` stands
+/// for it), so a database commit itself meets ENOSPC: redb refuses every later write
+/// until the file is reopened. The store reopens it in place, ingest pauses as for any
+/// full disk, and resumes by itself; nothing is lost, doubled or damaged.
+#[test]
+fn a_database_commit_on_a_full_disk_reopens_the_store_and_ingest_resumes() {
+    let port = free_port();
+    let env = Env::new(&format!(
+        r#"
+[state]
+journal_file_bytes = 1048576
+min_free_bytes = 0
+[input]
+batch_size = 20
+[retention]
+completed = "3650d"
+[api]
+listen = "127.0.0.1:{port}"
+"#
+    ));
+    let state = env.path().join("data/state");
+    let _disk = SmallDisk::mount(&state, 16 << 20);
+    env.write("events.jsonl", events(0, 100).as_bytes());
+    let run = env.spawn(&["run", "--source", "file:events.jsonl"]);
+    let ingested = "flow_archiver_events_ingested_total";
+    eventually(Duration::from_secs(60), "the first 300 events", || {
+        (metric(port, ingested) == 300).then_some(())
+    });
+    let filler = state.join("filler");
+    fill_disk(&filler, 0);
+    let mut input = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.path().join("events.jsonl"))
+        .unwrap();
+    input.write_all(events(100, 400).as_bytes()).unwrap();
+    // Space comes back a page at a time, so that some batch fits in the journal and
+    // its database commit does not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !run.stderr().contains("The state database was reopened") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a commit failed and redb reopened:\n{}",
+            run.stderr()
+        );
+        let len = std::fs::metadata(&filler).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .unwrap();
+        file.set_len(len.saturating_sub(4096)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(port, ingested) != 1500 || metric(port, "flow_archiver_state_disk_full") != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ingest caught up ({} of 1500 events):\n{}",
+            metric(port, ingested),
+            run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stderr = run.stop();
+    assert!(stderr.contains("disk is full"), "{stderr}");
+    let status: Value = serde_json::from_str(&env.ok(&["state", "status", "--json"])).unwrap();
+    assert_eq!(status["live_flows"], 500, "{status}");
+    assert_eq!(
+        status["stored_events"], 1500,
+        "no event lost or stored twice: {status}"
+    );
+    env.ok(&["state", "check"]);
+    assert!(env.dead_letters().is_empty());
+}

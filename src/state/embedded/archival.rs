@@ -7,7 +7,7 @@ use super::*;
 
 impl EmbeddedStore {
     pub(super) fn find_due(&self, now_ms: i64, limit: usize) -> Result<Vec<FlowMeta>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let deadlines = txn.open_table(DEADLINES).map_err(storage)?;
         let flows = txn.open_table(FLOWS).map_err(storage)?;
         let end = ((now_ms as u64) ^ (1 << 63))
@@ -85,7 +85,7 @@ impl EmbeddedStore {
     }
 
     pub(super) fn pending_intents(&self) -> Result<Vec<ArchiveIntent>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let intents = txn.open_table(INTENTS).map_err(storage)?;
         let verified = txn.open_table(VERIFIED).map_err(storage)?;
         let mut out = Vec::new();

@@ -76,7 +76,7 @@ impl EmbeddedStore {
     /// Journal files other than the active one with less than a quarter still live.
     pub(super) fn mostly_dead_files(&self) -> Result<Vec<(u32, FileRow)>, StateError> {
         let active = self.journal.active_id();
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let table = txn.open_table(JOURNAL).map_err(storage)?;
         let mut rows = Vec::new();
         for entry in table.iter().map_err(storage)? {
@@ -97,7 +97,7 @@ impl EmbeddedStore {
         &self,
         files: &HashSet<u32>,
     ) -> Result<Vec<HolderKey>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let flows = txn.open_table(FLOWS).map_err(storage)?;
         let mut keys = Vec::new();
         for entry in flows.iter().map_err(storage)? {

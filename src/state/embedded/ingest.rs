@@ -183,7 +183,7 @@ impl EmbeddedStore {
     pub(super) fn recompute_deadlines(&self, policy: &RetentionPolicy) -> Result<u64, StateError> {
         let fingerprint = policy.fingerprint();
         {
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.read()?;
             let settings = txn.open_table(SETTINGS).map_err(storage)?;
             if let Some(v) = settings.get(POLICY_FINGERPRINT).map_err(storage)? {
                 if v.value() == fingerprint.as_bytes() {

@@ -129,7 +129,12 @@ fn read_counter(
 /// The default [`StateStore`]: redb in `{dir}/state.redb`, event bytes in
 /// `{dir}/journal/`.
 pub struct EmbeddedStore {
-    db: Database,
+    /// `None` only while [`EmbeddedStore::reopen`] swaps it.
+    db: std::sync::RwLock<Option<Database>>,
+    /// Bumped by every reopen, so that threads that met the same failure reopen once.
+    db_generation: std::sync::atomic::AtomicU64,
+    db_path: std::path::PathBuf,
+    cache_bytes: usize,
     journal: Journal,
     /// `state.path` and `state.min_free_bytes`, for [`StateStore::room`].
     dir: std::path::PathBuf,
@@ -185,7 +190,10 @@ impl EmbeddedStore {
         };
         let journal = Journal::open(&dir.join("journal"), &rows, config.journal_file_bytes)?;
         Ok(EmbeddedStore {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
+            db_generation: Default::default(),
+            db_path: path,
+            cache_bytes: cache_bytes as usize,
             journal,
             dir: dir.to_path_buf(),
             min_free_bytes: config.min_free_bytes,
@@ -195,9 +203,76 @@ impl EmbeddedStore {
 
     /// A write transaction that fsyncs on commit.
     pub(super) fn write(&self) -> Result<redb::WriteTransaction, StateError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.with_database(|db| db.begin_write().map_err(redb::Error::from))?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         Ok(txn)
+    }
+
+    /// A read transaction: a snapshot of the last commit.
+    pub(super) fn read(&self) -> Result<redb::ReadTransaction, StateError> {
+        self.with_database(|db| db.begin_read().map_err(redb::Error::from))
+    }
+
+    /// Runs `begin` on the database, reopening it first if an earlier write failed.
+    ///
+    /// Why: a commit that fails on I/O (a full disk under redb, when something else
+    /// took the `state.min_free_bytes` reserve) leaves redb refusing every later
+    /// transaction with `PreviousIo` until the file is opened again. Reopening is what
+    /// a restart would do, and what has committed is intact (`docs/operations.md`,
+    /// "Full disk"); the failed transaction never happened.
+    fn with_database<T>(
+        &self,
+        begin: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StateError> {
+        use std::sync::atomic::Ordering;
+        let generation = self.db_generation.load(Ordering::Acquire);
+        let first = {
+            let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+            db.as_ref().map(&begin)
+        };
+        match first {
+            Some(Ok(txn)) => return Ok(txn),
+            Some(Err(redb::Error::PreviousIo)) | None => {}
+            Some(Err(e)) => return Err(storage(e)),
+        }
+        self.reopen(generation)?;
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match db.as_ref() {
+            Some(db) => begin(db).map_err(storage),
+            None => Err(self.closed()),
+        }
+    }
+
+    /// Closes and opens the database file again, unless another thread already did
+    /// since `seen` (the generation its failure happened in).
+    fn reopen(&self, seen: u64) -> Result<(), StateError> {
+        use std::sync::atomic::Ordering;
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if self.db_generation.load(Ordering::Acquire) != seen && db.is_some() {
+            return Ok(());
+        }
+        // The file lock goes with the old handle, so it must be gone before the open.
+        drop(db.take());
+        // Should the file lock not be free yet, the next transaction tries again.
+        let opened =
+            open_database(&self.db_path, self.cache_bytes, false).map_err(|e| match e {
+                StateError::Locked { .. } => self.closed(),
+                e => e,
+            })?;
+        *db = Some(opened);
+        self.db_generation.fetch_add(1, Ordering::AcqRel);
+        tracing::warn!(
+            path = %self.db_path.display(),
+            "The state database was reopened after a failed write; committed state is intact."
+        );
+        Ok(())
+    }
+
+    fn closed(&self) -> StateError {
+        StateError::Open {
+            path: self.db_path.display().to_string(),
+            source: "the database is being reopened after a failed write".into(),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ impl EmbeddedStore {
         tenant: &str,
         flow_id: &str,
     ) -> Result<Option<FlowMeta>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let flows = txn.open_table(FLOWS).map_err(storage)?;
         let markers = txn.open_table(SEALED).map_err(storage)?;
         live_meta(&flows, &markers, &flow_key(tenant, flow_id))
@@ -19,7 +19,7 @@ impl EmbeddedStore {
         // The journal reader first: from then on no file is deleted, so every file
         // the snapshot below points into stays readable.
         let journal = RefCell::new(self.journal.reader());
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let events = txn.open_table(FLOWS).map_err(storage)?;
         let markers = txn.open_table(SEALED).map_err(storage)?;
         Ok(Box::new(EmbeddedEventReader {

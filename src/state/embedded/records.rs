@@ -5,7 +5,7 @@ use super::*;
 
 impl EmbeddedStore {
     pub(super) fn stored_checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let cps = txn.open_table(CHECKPOINTS).map_err(storage)?;
         Ok(cps
             .get(source)
@@ -63,7 +63,7 @@ impl EmbeddedStore {
     }
 
     pub(super) fn counts(&self) -> Result<StoreStats, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let settings = txn.open_table(SETTINGS).map_err(storage)?;
         Ok(StoreStats {
             live_flows: read_counter(&settings, LIVE_FLOWS)?,
@@ -105,7 +105,7 @@ impl EmbeddedStore {
         table: TableDefinition<K, Bytes>,
         what: &str,
     ) -> Result<Vec<T>, StateError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.read()?;
         let t = txn.open_table(table).map_err(storage)?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(storage)? {

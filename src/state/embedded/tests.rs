@@ -233,3 +233,22 @@ fn a_holder_created_after_the_compaction_scan_keeps_its_file() {
     assert_eq!(events_of(&store, "pin", 2), [r#"{"pin":"late"}"#]);
     assert_eq!(store.stats().unwrap().stored_events, 1);
 }
+
+/// A reopen (after a write that met a full disk) succeeds with a read transaction
+/// still open on the old handle; that transaction's next read fails as a retryable
+/// error, and what was committed is there after.
+#[test]
+fn reopening_the_database_keeps_what_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+    let policy = default_policy();
+    let event = |id: &str| test_event("f", id, format!(r#"{{"id":"{id}"}}"#));
+    store.ingest(&[event("e1")], &policy, 0, None).unwrap();
+    let reader = store.read().unwrap();
+    store.reopen(0).unwrap();
+    let stale = reader.open_table(FLOWS).map_err(storage).unwrap_err();
+    assert!(stale.is_disk_full(), "{stale}");
+    drop(reader);
+    store.ingest(&[event("e2")], &policy, 0, None).unwrap();
+    assert_eq!(events_of(&store, "f", 1).len(), 2);
+}
