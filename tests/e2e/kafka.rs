@@ -600,26 +600,70 @@ fn sigkill_during_ingest_resumes_at_the_committed_offsets() {
     check_archived(&c, &w, &archived);
 }
 
+/// How often each archive step is reached when `run` archives `workload(30)` with no
+/// kill (once per segment), from the failpoint log.
+fn archive_step_counts() -> &'static BTreeMap<String, usize> {
+    static COUNTS: std::sync::OnceLock<BTreeMap<String, usize>> = std::sync::OnceLock::new();
+    COUNTS.get_or_init(|| {
+        let c = cluster("", "");
+        let w = workload(30);
+        produce(&c, &w.records);
+        ingest_all(&c, w.records.len());
+        let log = c.env.path().join("steps.log");
+        let mut vars = short_retention();
+        vars.push((
+            "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+            log.display().to_string(),
+        ));
+        let run = c.env.spawn_env(&vars, &["run", "--source", "kafka"]);
+        let archived = consume_topic(&c.broker, ARCHIVED, w.terminal.len(), true);
+        run.stop();
+        check_archived(&c, &w, &archived);
+        let mut counts = BTreeMap::new();
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            *counts.entry(line.to_string()).or_insert(0) += 1;
+        }
+        counts
+    })
+}
+
+/// SIGKILL at `failpoint`'s first, middle and last hit, each on a fresh cluster: the
+/// restart archives every flow under one key and every object verifies.
 fn sigkill_while_archiving(failpoint: &str) {
-    let c = cluster("", "");
-    let w = workload(30);
-    produce(&c, &w.records);
-    ingest_all(&c, w.records.len());
-    let mut vars = short_retention();
-    let log = c.env.path().join("kill.log");
-    vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), format!("{failpoint}:1")));
-    vars.push((
-        "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
-        log.display().to_string(),
-    ));
-    let (status, stderr) = c
-        .env
-        .spawn_env(&vars, &["run", "--source", "kafka"])
-        .wait(Duration::from_secs(60));
-    assert_killed_at(status, &log, &format!("{failpoint}:1"), &stderr);
-    let (archived, _) = archive_all(&c, w.terminal.len());
-    check_archived(&c, &w, &archived);
-    c.env.ok(&["verify"]);
+    // `mid-publish` fires only when armed; it is reached once per segment published.
+    let counted = match failpoint {
+        "mid-publish" => "after-publish",
+        step => step,
+    };
+    let counts = archive_step_counts();
+    let n = *counts
+        .get(counted)
+        .unwrap_or_else(|| panic!("{counted} is never reached: {counts:?}"));
+    let mut positions = vec![1, n.div_ceil(2), n];
+    positions.dedup();
+    eprintln!("kill at {failpoint}: hits {positions:?} of {n}");
+    for at in positions {
+        let c = cluster("", "");
+        let w = workload(30);
+        produce(&c, &w.records);
+        ingest_all(&c, w.records.len());
+        let mut vars = short_retention();
+        let log = c.env.path().join("kill.log");
+        let point = format!("{failpoint}:{at}");
+        vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), point.clone()));
+        vars.push((
+            "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+            log.display().to_string(),
+        ));
+        let (status, stderr) = c
+            .env
+            .spawn_env(&vars, &["run", "--source", "kafka"])
+            .wait(Duration::from_secs(60));
+        assert_killed_at(status, &log, &point, &stderr);
+        let (archived, _) = archive_all(&c, w.terminal.len());
+        check_archived(&c, &w, &archived);
+        c.env.ok(&["verify"]);
+    }
 }
 
 #[test]

@@ -512,6 +512,87 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
     env.ok(&["verify"]);
 }
 
+/// A server, an archiver configured for it, and `workload(30, 1)` ingested.
+fn ingested() -> (NatsServer, Env, Workload) {
+    let server = NatsServer::start();
+    let env = Env::new(&config(&server, ""));
+    let w = workload(30, 1);
+    prepare(&server, &env, "flow-archiver");
+    produce(&server, &env, &w.records);
+    ingest_all(&server, &env);
+    (server, env, w)
+}
+
+/// How often each archive step is reached when `run` archives [`ingested`]'s flows
+/// with no kill (once per segment), from the failpoint log.
+fn archive_step_counts() -> &'static BTreeMap<String, usize> {
+    static COUNTS: std::sync::OnceLock<BTreeMap<String, usize>> = std::sync::OnceLock::new();
+    COUNTS.get_or_init(|| {
+        let (server, env, w) = ingested();
+        let log = env.path().join("steps.log");
+        let mut vars = short_retention();
+        vars.push((
+            "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+            log.display().to_string(),
+        ));
+        let run = env.spawn_env(&vars, &["run", "--source", "nats"]);
+        let archived = read_stream(&server, "FLOW_ARCHIVED", w.terminal.len());
+        run.stop();
+        check_archived(&[env.path().join("data/archive")], &w, &archived);
+        let mut counts = BTreeMap::new();
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            *counts.entry(line.to_string()).or_insert(0) += 1;
+        }
+        counts
+    })
+}
+
+/// SIGKILL at each archive step's first, middle and last hit, each on a fresh server:
+/// the restart archives every flow once and every object verifies.
+#[test]
+fn sigkill_at_every_archive_step_first_middle_and_last_hit() {
+    let counts = archive_step_counts();
+    let steps = [
+        "after-intent",
+        "after-upload",
+        "after-verify",
+        "mid-publish",
+        "after-publish",
+    ];
+    for step in steps {
+        // `mid-publish` fires only when armed; it is reached once per segment published.
+        let counted = if step == "mid-publish" {
+            "after-publish"
+        } else {
+            step
+        };
+        let n = *counts
+            .get(counted)
+            .unwrap_or_else(|| panic!("{counted} is never reached: {counts:?}"));
+        let mut positions = vec![1, n.div_ceil(2), n];
+        positions.dedup();
+        eprintln!("kill at {step}: hits {positions:?} of {n}");
+        for at in positions {
+            let (server, env, w) = ingested();
+            let point = format!("{step}:{at}");
+            let log = env.path().join("kill.log");
+            let mut vars = short_retention();
+            vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), point.clone()));
+            vars.push((
+                "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+                log.display().to_string(),
+            ));
+            let (status, stderr) = env
+                .spawn_env(&vars, &["run", "--source", "nats"])
+                .wait(Duration::from_secs(60));
+            assert_killed_at(status, &log, &point, &stderr);
+            let archived = archive_all(&server, &[&env], w.terminal.len());
+            check_archived(&[env.path().join("data/archive")], &w, &archived);
+            env.ok(&["verify"]);
+        }
+    }
+}
+
 #[test]
 fn a_message_delivered_too_often_is_dead_lettered_and_terminated() {
     let server = NatsServer::start();
