@@ -565,23 +565,10 @@ fn sigkill_during_ingest_resumes_at_the_committed_offsets() {
     ingest_all(&c, first.len());
     // ...the second is cut short by SIGKILL right after a durable batch.
     produce(&c, second);
-    let vars = vec![
-        (
-            "FLOW_ARCHIVER_FAILPOINT".to_string(),
-            "after-ingest:3".to_string(),
-        ),
-        (
-            "FLOW_ARCHIVER__INPUT__BATCH_SIZE".to_string(),
-            "16".to_string(),
-        ),
-    ];
-    let (status, stderr) = c
-        .env
-        .spawn_env(&vars, &["run", "--source", "kafka"])
-        .wait(Duration::from_secs(60));
-    assert!(
-        !status.success(),
-        "the failpoint kills the process: {stderr}"
+    c.env.run_killed_at(
+        &[("FLOW_ARCHIVER__INPUT__BATCH_SIZE".into(), "16".into())],
+        &["run", "--source", "kafka"],
+        "after-ingest:3",
     );
     let uncommitted = lag(&c, w.records.len());
     assert!(
@@ -647,19 +634,11 @@ fn sigkill_while_archiving(failpoint: &str) {
         let w = workload(30);
         produce(&c, &w.records);
         ingest_all(&c, w.records.len());
-        let mut vars = short_retention();
-        let log = c.env.path().join("kill.log");
-        let point = format!("{failpoint}:{at}");
-        vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), point.clone()));
-        vars.push((
-            "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
-            log.display().to_string(),
-        ));
-        let (status, stderr) = c
-            .env
-            .spawn_env(&vars, &["run", "--source", "kafka"])
-            .wait(Duration::from_secs(60));
-        assert_killed_at(status, &log, &point, &stderr);
+        c.env.run_killed_at(
+            &short_retention(),
+            &["run", "--source", "kafka"],
+            &format!("{failpoint}:{at}"),
+        );
         let (archived, _) = archive_all(&c, w.terminal.len());
         check_archived(&c, &w, &archived);
         c.env.ok(&["verify"]);

@@ -453,25 +453,11 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
     let (first, second) = w.records.split_at(w.records.len() / 2);
     produce(&server, &env, first);
     // Killed right after a durable batch, before its acks: they come back after ack_wait.
-    let log = env.path().join("kill.log");
-    let kill = vec![
-        (
-            "FLOW_ARCHIVER_FAILPOINT".to_string(),
-            "before-ack:2".to_string(),
-        ),
-        (
-            "FLOW_ARCHIVER_FAILPOINT_LOG".to_string(),
-            log.display().to_string(),
-        ),
-        (
-            "FLOW_ARCHIVER__INPUT__BATCH_SIZE".to_string(),
-            "16".to_string(),
-        ),
-    ];
-    let (status, stderr) = env
-        .spawn_env(&kill, &["run", "--source", "nats"])
-        .wait(Duration::from_secs(60));
-    assert_killed_at(status, &log, "before-ack:2", &stderr);
+    env.run_killed_at(
+        &[("FLOW_ARCHIVER__INPUT__BATCH_SIZE".into(), "16".into())],
+        &["run", "--source", "nats"],
+        "before-ack:2",
+    );
     // The server restarts (down for 1 s) once the archiver is connected to it.
     let run = env.spawn(&["run", "--source", "nats"]);
     eventually(Duration::from_secs(30), "the archiver connected", || {
@@ -483,30 +469,12 @@ fn sigkill_mid_ingest_and_mid_archive_and_a_server_restart_lose_nothing() {
         drained(&server, "flow-archiver").then_some(())
     });
     run.stop();
-    // Killed with half of a segment's records acknowledged by the server.
-    let mut vars = short_retention();
-    let log = env.path().join("kill-mid-publish.log");
-    vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), "mid-publish:1".into()));
-    vars.push((
-        "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
-        log.display().to_string(),
-    ));
-    let (status, stderr) = env
-        .spawn_env(&vars, &["run", "--source", "nats"])
-        .wait(Duration::from_secs(60));
-    assert_killed_at(status, &log, "mid-publish:1", &stderr);
     // Killed after publishing, before deleting state: re-published under the same id.
-    let mut vars = short_retention();
-    let log = env.path().join("kill-publish.log");
-    vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), "after-publish:1".into()));
-    vars.push((
-        "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
-        log.display().to_string(),
-    ));
-    let (status, stderr) = env
-        .spawn_env(&vars, &["run", "--source", "nats"])
-        .wait(Duration::from_secs(60));
-    assert_killed_at(status, &log, "after-publish:1", &stderr);
+    env.run_killed_at(
+        &short_retention(),
+        &["run", "--source", "nats"],
+        "after-publish:1",
+    );
     let archived = archive_all(&server, &[&env], w.terminal.len());
     check_archived(&[env.path().join("data/archive")], &w, &archived);
     env.ok(&["verify"]);
@@ -574,18 +542,11 @@ fn sigkill_at_every_archive_step_first_middle_and_last_hit() {
         eprintln!("kill at {step}: hits {positions:?} of {n}");
         for at in positions {
             let (server, env, w) = ingested();
-            let point = format!("{step}:{at}");
-            let log = env.path().join("kill.log");
-            let mut vars = short_retention();
-            vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), point.clone()));
-            vars.push((
-                "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
-                log.display().to_string(),
-            ));
-            let (status, stderr) = env
-                .spawn_env(&vars, &["run", "--source", "nats"])
-                .wait(Duration::from_secs(60));
-            assert_killed_at(status, &log, &point, &stderr);
+            env.run_killed_at(
+                &short_retention(),
+                &["run", "--source", "nats"],
+                &format!("{step}:{at}"),
+            );
             let archived = archive_all(&server, &[&env], w.terminal.len());
             check_archived(&[env.path().join("data/archive")], &w, &archived);
             env.ok(&["verify"]);
@@ -600,14 +561,7 @@ fn a_message_delivered_too_often_is_dead_lettered_and_terminated() {
     prepare(&server, &env, "flow-archiver");
     let w = workload(4, 1);
     produce(&server, &env, &w.records);
-    let kill = vec![(
-        "FLOW_ARCHIVER_FAILPOINT".to_string(),
-        "before-ack:1".to_string(),
-    )];
-    let (status, _) = env
-        .spawn_env(&kill, &["run", "--source", "nats"])
-        .wait(Duration::from_secs(60));
-    assert!(!status.success());
+    env.run_killed_at(&[], &["run", "--source", "nats"], "before-ack:1");
     // Second delivery = nats.max_deliver: set aside, not processed again.
     ingest_all(&server, &env);
     let letters = read_stream(&server, "FLOW_DEAD_LETTERS", 1);

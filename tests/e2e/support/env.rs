@@ -97,6 +97,34 @@ impl Env {
     }
 
     /// Like [`Env::spawn`], with extra environment variables.
+    /// Runs `args` with `vars` and the failpoint `point` (`NAME:N`), and asserts that
+    /// the process died by SIGKILL exactly there.
+    pub fn run_killed_at(&self, vars: &[(String, String)], args: &[&str], point: &str) {
+        let log = self
+            .path()
+            .join(format!("kill-{}.log", point.replace(':', "-")));
+        let mut vars = vars.to_vec();
+        vars.push(("FLOW_ARCHIVER_FAILPOINT".into(), point.into()));
+        vars.push((
+            "FLOW_ARCHIVER_FAILPOINT_LOG".into(),
+            log.display().to_string(),
+        ));
+        let run = self.spawn_env(&vars, args);
+        // Generous: a last hit waits for every segment's broker acks, and CI runs the
+        // broker suites side by side on two cores.
+        let Some((status, stderr)) = run.wait_up_to(Duration::from_secs(180)) else {
+            let mut reached = std::collections::BTreeMap::new();
+            for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+                *reached.entry(line.to_string()).or_insert(0) += 1;
+            }
+            panic!(
+                "flow-archiver {} never reached {point} in 180 s; steps reached: {reached:?}",
+                args.join(" ")
+            );
+        };
+        assert_killed_at(status, &log, point, &stderr);
+    }
+
     pub fn spawn_env(&self, vars: &[(String, String)], args: &[&str]) -> Running {
         let stderr = self.path().join(format!("stderr-{}.log", free_port()));
         let file = std::fs::File::create(&stderr).expect("stderr file");
@@ -212,6 +240,14 @@ impl Running {
         unsafe {
             libc::kill(pid as i32, libc::SIGCONT);
         }
+    }
+
+    /// Waits for the process to end by itself; `None` (and the process killed) if it
+    /// did not within `limit`.
+    pub fn wait_up_to(mut self, limit: Duration) -> Option<(std::process::ExitStatus, String)> {
+        let mut child = self.child.take().expect("running");
+        let status = wait_timeout(&mut child, limit)?;
+        Some((status, self.stderr()))
     }
 
     /// Waits for the process to end by itself (a failpoint kill); returns its status.
