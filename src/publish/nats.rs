@@ -24,23 +24,22 @@ fn broker_error(what: &str, e: impl std::fmt::Display) -> PublishError {
 }
 
 /// Publishes every message; returns their acks, still to be awaited.
-async fn send_all(
+async fn send_all<'a>(
     js: &jetstream::Context,
-    what: &str,
+    what: &'a str,
     messages: Vec<(String, HeaderMap, Vec<u8>)>,
-) -> Result<Vec<impl std::future::Future<Output = Result<(), PublishError>>>, PublishError> {
+) -> Result<Vec<impl std::future::Future<Output = Result<(), PublishError>> + 'a>, PublishError> {
     let mut acks = Vec::with_capacity(messages.len());
     for (subject, headers, payload) in messages {
         let ack = js
             .publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(|e| broker_error(what, e))?;
-        let what = what.to_string();
         acks.push(async move {
             ack.into_future()
                 .await
                 .map(drop)
-                .map_err(|e| broker_error(&what, e))
+                .map_err(|e| broker_error(what, e))
         });
     }
     Ok(acks)

@@ -284,26 +284,7 @@ fn step_counts() -> BTreeMap<String, usize> {
             .unwrap();
         assert!(out.status.success(), "{}", describe(args, env.path(), &out));
     }
-    let mut counts = BTreeMap::new();
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
-        *counts.entry(line.to_string()).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Runs `args` with the failpoint `name:at`; asserts the process died by SIGKILL at
-/// exactly that point.
-fn kill_at(env: &Env, args: &[&str], name: &str, at: usize) {
-    let log = env.path().join("kill.log");
-    let _ = std::fs::remove_file(&log);
-    let out = env
-        .command(args)
-        .env("FLOW_ARCHIVER_FAILPOINT", format!("{name}:{at}"))
-        .env("FLOW_ARCHIVER_FAILPOINT_LOG", &log)
-        .output()
-        .unwrap();
-    let output = describe(args, env.path(), &out);
-    assert_killed_at(out.status, &log, &format!("{name}:{at}"), &output);
+    steps_reached(&log)
 }
 
 /// Every failpoint of ingest, the commit protocol and compaction, at its first,
@@ -312,7 +293,6 @@ fn kill_at(env: &Env, args: &[&str], name: &str, at: usize) {
 #[test]
 fn kill_matrix_every_step_at_its_first_middle_and_last_hit() {
     let counts = step_counts();
-    // `mid-publish` is reached once per segment published, like `after-publish`.
     let steps = [
         "before-ack",
         "after-ingest",
@@ -326,27 +306,17 @@ fn kill_matrix_every_step_at_its_first_middle_and_last_hit() {
     ];
     let mut cases = 0;
     for step in steps {
-        let counted = if step == "mid-publish" {
-            "after-publish"
-        } else {
-            step
-        };
-        let n = *counts
-            .get(counted)
-            .unwrap_or_else(|| panic!("{counted} is never reached: {counts:?}"));
-        let mut positions = vec![1, n.div_ceil(2), n];
-        positions.dedup();
-        for at in positions {
+        for at in first_middle_last(&counts, step) {
             let env = Env::new(MATRIX_CONFIG);
             let (input, expected) = workload();
             env.write("events.jsonl", input.as_bytes());
             if step == "before-ack" || step == "after-ingest" {
-                kill_at(&env, &["ingest", "events.jsonl"], step, at);
+                env.run_killed_at(&[], &["ingest", "events.jsonl"], &format!("{step}:{at}"));
                 env.ok(&["ingest", "events.jsonl"]);
                 env.ok(&["sweep", "--now", NOW]);
             } else {
                 env.ok(&["ingest", "events.jsonl"]);
-                kill_at(&env, &["sweep", "--now", NOW], step, at);
+                env.run_killed_at(&[], &["sweep", "--now", NOW], &format!("{step}:{at}"));
                 env.ok(&["sweep", "--now", NOW]);
             }
             assert_archived_exactly_once(&env, &expected);

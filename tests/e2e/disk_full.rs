@@ -100,32 +100,45 @@ fn ready(port: u16) -> (u16, Value) {
     http_get(&format!("http://127.0.0.1:{port}/readyz"), "")
 }
 
-#[test]
-fn a_full_state_disk_pauses_ingest_until_space_returns_and_loses_nothing() {
+/// `run` over `flows` flows with its state directory on a 16 MiB tmpfs, the reserve
+/// and batch size given, once their events are stored: the archiver, its disk, the
+/// process and its API port.
+fn running_on_a_small_state_disk(
+    min_free_bytes: u64,
+    batch_size: usize,
+    flows: usize,
+) -> (Env, SmallDisk, Running, u16) {
     let port = free_port();
     let env = Env::new(&format!(
         r#"
 [state]
 journal_file_bytes = 1048576
-min_free_bytes = 1048576
+min_free_bytes = {min_free_bytes}
 [input]
-batch_size = 200
+batch_size = {batch_size}
 [retention]
 completed = "3650d"
 [api]
 listen = "127.0.0.1:{port}"
 "#
     ));
-    let state = env.path().join("data/state");
-    let _disk = SmallDisk::mount(&state, 16 << 20);
-    env.write("events.jsonl", events(0, 1000).as_bytes());
+    let disk = SmallDisk::mount(&env.path().join("data/state"), 16 << 20);
+    env.write("events.jsonl", events(0, flows).as_bytes());
     let run = env.spawn(&["run", "--source", "file:events.jsonl"]);
-    let ingested = "flow_archiver_events_ingested_total";
+    let stored = 3 * flows as i64;
     eventually(
         Duration::from_secs(60),
-        "the first 3000 events stored",
-        || (metric(port, ingested) == 3000).then_some(()),
+        &format!("the first {stored} events stored"),
+        || (metric(port, "flow_archiver_events_ingested_total") == stored).then_some(()),
     );
+    (env, disk, run, port)
+}
+
+#[test]
+fn a_full_state_disk_pauses_ingest_until_space_returns_and_loses_nothing() {
+    let (env, _disk, run, port) = running_on_a_small_state_disk(1 << 20, 200, 1000);
+    let state = env.path().join("data/state");
+    let ingested = "flow_archiver_events_ingested_total";
     assert_eq!(ready(port).0, 200);
 
     // Something else takes the disk; more events arrive.
@@ -253,28 +266,9 @@ listen = "127.0.0.1:{port}"
 /// full disk, and resumes by itself; nothing is lost, doubled or damaged.
 #[test]
 fn a_database_commit_on_a_full_disk_reopens_the_store_and_ingest_resumes() {
-    let port = free_port();
-    let env = Env::new(&format!(
-        r#"
-[state]
-journal_file_bytes = 1048576
-min_free_bytes = 0
-[input]
-batch_size = 20
-[retention]
-completed = "3650d"
-[api]
-listen = "127.0.0.1:{port}"
-"#
-    ));
+    let (env, _disk, run, port) = running_on_a_small_state_disk(0, 20, 100);
     let state = env.path().join("data/state");
-    let _disk = SmallDisk::mount(&state, 16 << 20);
-    env.write("events.jsonl", events(0, 100).as_bytes());
-    let run = env.spawn(&["run", "--source", "file:events.jsonl"]);
     let ingested = "flow_archiver_events_ingested_total";
-    eventually(Duration::from_secs(60), "the first 300 events", || {
-        (metric(port, ingested) == 300).then_some(())
-    });
     let filler = state.join("filler");
     fill_disk(&filler, 0);
     let mut input = std::fs::OpenOptions::new()

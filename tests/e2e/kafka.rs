@@ -606,30 +606,14 @@ fn archive_step_counts() -> &'static BTreeMap<String, usize> {
         let archived = consume_topic(&c.broker, ARCHIVED, w.terminal.len(), true);
         run.stop();
         check_archived(&c, &w, &archived);
-        let mut counts = BTreeMap::new();
-        for line in std::fs::read_to_string(&log).unwrap().lines() {
-            *counts.entry(line.to_string()).or_insert(0) += 1;
-        }
-        counts
+        steps_reached(&log)
     })
 }
 
 /// SIGKILL at `failpoint`'s first, middle and last hit, each on a fresh cluster: the
 /// restart archives every flow under one key and every object verifies.
 fn sigkill_while_archiving(failpoint: &str) {
-    // `mid-publish` fires only when armed; it is reached once per segment published.
-    let counted = match failpoint {
-        "mid-publish" => "after-publish",
-        step => step,
-    };
-    let counts = archive_step_counts();
-    let n = *counts
-        .get(counted)
-        .unwrap_or_else(|| panic!("{counted} is never reached: {counts:?}"));
-    let mut positions = vec![1, n.div_ceil(2), n];
-    positions.dedup();
-    eprintln!("kill at {failpoint}: hits {positions:?} of {n}");
-    for at in positions {
+    for at in first_middle_last(archive_step_counts(), failpoint) {
         let c = cluster("", "");
         let w = workload(30);
         produce(&c, &w.records);

@@ -507,11 +507,7 @@ fn archive_step_counts() -> &'static BTreeMap<String, usize> {
         let archived = read_stream(&server, "FLOW_ARCHIVED", w.terminal.len());
         run.stop();
         check_archived(&[env.path().join("data/archive")], &w, &archived);
-        let mut counts = BTreeMap::new();
-        for line in std::fs::read_to_string(&log).unwrap().lines() {
-            *counts.entry(line.to_string()).or_insert(0) += 1;
-        }
-        counts
+        steps_reached(&log)
     })
 }
 
@@ -528,19 +524,7 @@ fn sigkill_at_every_archive_step_first_middle_and_last_hit() {
         "after-publish",
     ];
     for step in steps {
-        // `mid-publish` fires only when armed; it is reached once per segment published.
-        let counted = if step == "mid-publish" {
-            "after-publish"
-        } else {
-            step
-        };
-        let n = *counts
-            .get(counted)
-            .unwrap_or_else(|| panic!("{counted} is never reached: {counts:?}"));
-        let mut positions = vec![1, n.div_ceil(2), n];
-        positions.dedup();
-        eprintln!("kill at {step}: hits {positions:?} of {n}");
-        for at in positions {
+        for at in first_middle_last(counts, step) {
             let (server, env, w) = ingested();
             env.run_killed_at(
                 &short_retention(),

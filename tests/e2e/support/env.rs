@@ -113,10 +113,7 @@ impl Env {
         // Generous: a last hit waits for every segment's broker acks, and CI runs the
         // broker suites side by side on two cores.
         let Some((status, stderr)) = run.wait_up_to(Duration::from_secs(180)) else {
-            let mut reached = std::collections::BTreeMap::new();
-            for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
-                *reached.entry(line.to_string()).or_insert(0) += 1;
-            }
+            let reached = steps_reached(&log);
             panic!(
                 "flow-archiver {} never reached {point} in 180 s; steps reached: {reached:?}",
                 args.join(" ")
@@ -329,6 +326,35 @@ pub fn find_tool(name: &str) -> PathBuf {
         }
     }
     panic!("{name} is not installed; run `bash .ci/run` once (it installs the test servers)");
+}
+
+/// How often each step is named in a failpoint log (`FLOW_ARCHIVER_FAILPOINT_LOG`).
+pub fn steps_reached(log: &Path) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        *counts.entry(line.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The hits of `step` a kill matrix tries: its first, middle and last in `counts`
+/// (from a clean run's [`steps_reached`]). `mid-publish` fires only when armed and is
+/// reached once per segment published, so it is counted as `after-publish`.
+pub fn first_middle_last(
+    counts: &std::collections::BTreeMap<String, usize>,
+    step: &str,
+) -> Vec<usize> {
+    let counted = match step {
+        "mid-publish" => "after-publish",
+        step => step,
+    };
+    let n = *counts
+        .get(counted)
+        .unwrap_or_else(|| panic!("{counted} is never reached: {counts:?}"));
+    let mut hits = vec![1, n.div_ceil(2), n];
+    hits.dedup();
+    eprintln!("kill at {step}: hits {hits:?} of {n}");
+    hits
 }
 
 /// Asserts that a process died by SIGKILL at failpoint `point` (`NAME:N`): the line
