@@ -839,6 +839,60 @@ fn compaction_repoints_the_inline_events_of_a_sealed_part() {
     assert_eq!(s.stats().unwrap().stored_events, 0);
 }
 
+#[test]
+fn compaction_repoints_the_chunked_events_of_a_long_part() {
+    // As above, but the pinning flow has 25 events in each file: 100 in all, 68 of
+    // them in chunks past its inline ones, in reverse sequence order.
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    let mut done = Vec::new();
+    for batch in 0..4u64 {
+        let mut events: Vec<FlowEvent> = (0..25)
+            .map(|i| {
+                let seq = 100 - (batch * 25 + i);
+                event("long", &format!("l{seq}"), seq, FlowStatus::Running, 0)
+            })
+            .collect();
+        for i in 0..200 {
+            let flow = format!("done-{batch}-{}", i % 10);
+            events.push(event(
+                &flow,
+                &format!("{batch}-{i}"),
+                i,
+                FlowStatus::Completed,
+                0,
+            ));
+        }
+        s.ingest(&events, &policy(), 0, None).unwrap();
+        done.extend((0..10).map(|i| format!("done-{batch}-{i}")));
+    }
+    assert_eq!(journal_files(dir.path()).len(), 4);
+    let done: Vec<&str> = done.iter().map(String::as_str).collect();
+    archive_now(&s, "i1", &done);
+
+    let c = s.compact().unwrap();
+    assert_eq!((c.files, c.moved_events), (4, 100), "{c:?}");
+    assert_eq!(journal_files(dir.path()).len(), 1);
+    let expected: Vec<String> = (1..=100)
+        .map(|q| format!("{{\"id\":\"l{q}\",\"seq\":{q}}}"))
+        .collect();
+    assert_eq!(events_of(&s, "long", 1), expected, "read back in order");
+    drop(s);
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    assert_eq!(events_of(&s, "long", 1), expected, "after reopening");
+    drop(s);
+    let check = EmbeddedStore::check(&state_config(dir.path(), 4096)).unwrap();
+    assert!(check.is_clean(), "{check:?}");
+    assert_eq!(
+        check.events_checked, 100,
+        "the chunks' pointers are checked"
+    );
+    let s = EmbeddedStore::open(&state_config(dir.path(), 4096)).unwrap();
+    archive_now(&s, "i2", &["long"]);
+    assert!(events_of(&s, "long", 1).is_empty());
+    assert_eq!(s.stats().unwrap().stored_events, 0);
+}
+
 /// Two instances on one database: a flow whose events reach both keeps one history,
 /// in sequence order, deduplicated across them.
 #[test]

@@ -234,7 +234,7 @@ impl EmbeddedStore {
                         Some(&META) if k.len() == fkey.len() + 1 => {
                             MetaRecord::decode(v).map(|r| counted(r.run.pointers()))
                         }
-                        Some(&EVENT) if is_run_key(part_prefix_len, k) => {
+                        Some(&EVENT) if holds_run(part_prefix_len, k) => {
                             Run::decode(v).map(|r| counted(r.pointers()))
                         }
                         // One event: a pointer, or its bytes in an older store.

@@ -293,14 +293,14 @@ impl EmbeddedStore {
 pub(super) type Released = HashMap<u32, (u64, u64)>;
 
 /// The journal pointers of one entry under a part prefix of `prefix_len` bytes: one
-/// for an individual event, all of them for a sealed part's inline run, none for an
+/// for an individual event, all of them for a sealed part's inline run or a chunk, none for an
 /// event stored inline by an older store.
 pub(super) fn part_entry_pointers(
     prefix_len: usize,
     key: &[u8],
     value: &[u8],
 ) -> Result<Vec<EventPointer>, StateError> {
-    if is_run_key(prefix_len, key) {
+    if holds_run(prefix_len, key) {
         return Ok(Run::decode(value)?.pointers());
     }
     Ok(EventPointer::decode(value).into_iter().collect())
@@ -329,7 +329,7 @@ impl PointerHolder {
             Some(&META) if key.len() == len + 1 => {
                 Some(PointerHolder::Meta(Box::new(MetaRecord::decode(value)?)))
             }
-            Some(&EVENT) if is_run_key(len + 5, key) => {
+            Some(&EVENT) if holds_run(len + 5, key) => {
                 Some(PointerHolder::Run(Run::decode(value)?))
             }
             Some(&EVENT) => EventPointer::decode(value).map(PointerHolder::Event),
@@ -381,10 +381,6 @@ fn budget_groups(files: &[(u32, FileRow)]) -> Vec<Vec<(u32, FileRow)>> {
         }
     }
     groups
-}
-
-pub(super) fn is_run_key(prefix_len: usize, key: &[u8]) -> bool {
-    key.len() == prefix_len + 1 && key[prefix_len] == 0xFF
 }
 
 pub(super) fn release(released: &mut Released, pointer: &EventPointer) {

@@ -45,8 +45,8 @@ impl EmbeddedStore {
             let mut active = self.journal.active()?;
             // Sized once: grown by doubling, a 2 MB batch was copied about twice over.
             let mut bytes: Vec<u8> = Vec::with_capacity(events.iter().map(|e| e.raw.len()).sum());
-            // Events and dedupe keys that did not fit inline (see `inline`).
-            let mut individual: Vec<(Vec<u8>, [u8; super::journal::POINTER_LEN])> = Vec::new();
+            // Chunks of events that did not fit inline (see `inline`), by key.
+            let mut chunks: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for (fkey, indices) in by_flow {
                 let mkey = meta_key(fkey);
                 let (mut record, mut indexed_deadline) =
@@ -88,6 +88,9 @@ impl EmbeddedStore {
                             };
                     }
                 }
+                // The chunk this flow's events past the inline ones go to: read once,
+                // written once per batch.
+                let mut chunk: Option<(u32, Run)> = None;
                 for i in indices {
                     let event = &events[i];
                     if let Some((a, b)) = &event.dedupe_key {
@@ -126,15 +129,35 @@ impl EmbeddedStore {
                     bytes.extend_from_slice(&event.raw);
                     outcome.stored += 1;
                     if let Some((order, pointer)) = r.run.insert(order, pointer) {
-                        let mut key = part_prefix(fkey, r.meta.part);
-                        key.extend_from_slice(&order);
-                        individual.push((key, pointer.encode()));
+                        // The k-th event past the inline ones (k from 0) goes to chunk
+                        // k / CHUNK_EVENTS, so a chunk never holds more than that.
+                        let past_inline = r.meta.event_count.saturating_sub(MAX_RUN as u64 + 1);
+                        let n = u32::try_from(past_inline / CHUNK_EVENTS)
+                            .map_err(|_| corrupt("flow meta", "more chunks than a u32 counts"))?;
+                        let part = r.meta.part;
+                        if chunk.as_ref().is_none_or(|(c, _)| *c != n) {
+                            if let Some((c, run)) = chunk.take() {
+                                chunks.push((chunk_key(fkey, part, c), run.encode()));
+                            }
+                            let stored = match flows.get(chunk_key(fkey, part, n).as_slice()) {
+                                Ok(Some(v)) => Run::decode(v.value())?,
+                                Ok(None) => Run::default(),
+                                Err(e) => return Err(storage(e)),
+                            };
+                            chunk = Some((n, stored));
+                        }
+                        if let Some((_, run)) = chunk.as_mut() {
+                            run.push(order, pointer);
+                        }
                     }
                 }
                 let Some(mut record) = record else {
                     // Every event was a duplicate of an archived one.
                     continue;
                 };
+                if let Some((c, run)) = chunk {
+                    chunks.push((chunk_key(fkey, record.meta.part, c), run.encode()));
+                }
                 let meta = &mut record.meta;
                 meta.deadline_ms = policy
                     .decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms)
@@ -155,10 +178,10 @@ impl EmbeddedStore {
                     .insert(mkey.as_slice(), record.encode()?.as_slice())
                     .map_err(storage)?;
             }
-            individual.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (ekey, pointer) in &individual {
+            // Flows went in key order, so the chunks are in key order too.
+            for (ckey, run) in &chunks {
                 flows
-                    .insert(ekey.as_slice(), pointer.as_slice())
+                    .insert(ckey.as_slice(), run.as_slice())
                     .map_err(storage)?;
             }
             if outcome.stored > 0 {

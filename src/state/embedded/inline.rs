@@ -13,8 +13,14 @@
 //! - digests: `u16 n | n × 16 bytes`, the first 16 bytes of SHA-256 over the dedupe
 //!   key (`u64 len | a | u64 len | b`). Once [`MAX_DIGESTS`] are held, a flow's
 //!   further dedupe keys are individual entries (flag [`DEDUPE_SPILLED`]).
-//! - run: `u16 n | n × (u16 len | order | 21-byte pointer)`, sorted by order; an event
-//!   past [`MAX_RUN`] is an individual entry. Readers merge the two by order.
+//! - run: `u16 n | n × (u16 len | order | 21-byte pointer)`, sorted by order.
+//! - Events past the first [`MAX_RUN`] go to chunks: `flow key | 0x02 | u32 part |
+//!   0xFE | u32 chunk` → a run (`0xFE | 0x01 | run`) of up to [`CHUNK_EVENTS`]
+//!   events, the `k`-th event past the inline ones in chunk `k / CHUNK_EVENTS`.
+//!   Why: one entry per event made a 100-event part 68 B-tree entries, each inserted
+//!   at ingest, read at archive and deleted at complete; chunks make it 3. Stores
+//!   written before chunks hold such events as individual entries
+//!   (`… | u32 part | order`); readers merge all three by order.
 //! - A sealed part's meta record stays until complete deletes it, unless an event opens
 //!   the next part first: then its run moves to `flow key | 0x02 | u32 part | 0xFF`
 //!   (`0xFE | 0x01 | run`) until the part is deleted. Either way its digests go to
@@ -31,8 +37,11 @@ use super::{FlowMeta, StateError};
 /// First byte of an extension, run value or digest value.
 const TAG: u8 = 0xFE;
 const VERSION: u8 = 1;
-/// Events of one part kept inline; later ones are individual entries.
+/// Events of one part kept inline; later ones go to chunks.
 pub(super) const MAX_RUN: usize = 32;
+/// Events per chunk past the inline ones: ~2.5 KB values at the bench's ~40-byte
+/// entries, well inside a 4 KiB B-tree page, and a 100-event part in 3 entries.
+pub(super) const CHUNK_EVENTS: u64 = 64;
 /// Dedupe digests of one flow kept inline (across its parts).
 pub(super) const MAX_DIGESTS: usize = 64;
 /// Flag: some of the flow's dedupe keys are individual entries.
@@ -124,10 +133,25 @@ impl Run {
         if self.events.len() >= MAX_RUN {
             return Some((order, pointer));
         }
+        self.push(order, pointer);
+        None
+    }
+
+    /// Adds the event in order, however many the run holds (a chunk).
+    pub fn push(&mut self, order: Vec<u8>, pointer: EventPointer) {
         // Orders are unique within a part (they end in the arrival number).
         let at = self.events.partition_point(|(o, _)| *o < order);
         self.events.insert(at, (order, pointer));
-        None
+    }
+
+    /// The smallest order in an encoded run, without decoding the rest.
+    pub fn first_order(value: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let mut r = Reader::new(value, "event chunk")?;
+        if r.u16()? == 0 {
+            return Ok(None);
+        }
+        let len = r.u16()? as usize;
+        Ok(Some(r.take(len)?.to_vec()))
     }
 
     pub fn pointers(&self) -> Vec<EventPointer> {

@@ -102,11 +102,37 @@ pub(super) fn dedupe_key(flow_key: &[u8], a: &str, b: &str) -> Vec<u8> {
     k
 }
 
+/// After a part prefix: the part's inline events once sealed (see `inline`).
+pub(super) const RUN_TAG: u8 = 0xFF;
+/// After a part prefix: a chunk of the events past its inline ones (see `inline`).
+/// An individual event's order starts with 0, 1 or 2, so neither tag is ever one.
+pub(super) const CHUNK_TAG: u8 = 0xFE;
+
 /// Key of a sealed part's inline events (see `inline`).
 pub(super) fn run_key(flow_key: &[u8], part: u32) -> Vec<u8> {
     let mut k = part_prefix(flow_key, part);
-    k.push(0xFF);
+    k.push(RUN_TAG);
     k
+}
+
+/// Key of chunk `chunk` of a part's events past its inline ones (see `inline`).
+pub(super) fn chunk_key(flow_key: &[u8], part: u32, chunk: u32) -> Vec<u8> {
+    let mut k = part_prefix(flow_key, part);
+    k.push(CHUNK_TAG);
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// Whether `key`, under a part prefix of `prefix_len` bytes, holds a [`Run`] of
+/// pointers (a sealed part's inline events or a chunk) rather than one event.
+///
+/// [`Run`]: super::inline::Run
+pub(super) fn holds_run(prefix_len: usize, key: &[u8]) -> bool {
+    match key.get(prefix_len) {
+        Some(&RUN_TAG) => key.len() == prefix_len + 1,
+        Some(&CHUNK_TAG) => key.len() == prefix_len + 5,
+        _ => false,
+    }
 }
 
 /// Key of an archived flow's inline dedupe digests (see `inline`).

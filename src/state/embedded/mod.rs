@@ -11,12 +11,14 @@
 //!     digests; see [`inline`](self::inline))
 //!   - flow key | `0x01` | u16 len | key a | u16 len | key b → `[]` (a dedupe key that
 //!     did not fit inline); flow key | `0x01 0xFF` → the digests of archived parts
-//!   - flow key | `0x02` | u32 part | order | u64 arrival → event pointer
-//!     (`0xFF` | u32 file | u64 offset | u32 length | u32 CRC-32) of an event that did
-//!     not fit inline, where `order` is the encoded [`Sequence`] or `0x02` when the
-//!     event has none. Stores written before the journal hold the event bytes here
-//!     instead; both are read. flow key | `0x02` | u32 part | `0xFF` → the inline
-//!     events of a sealed part.
+//!   - flow key | `0x02` | u32 part | `0xFE` | u32 chunk → a chunk of the event
+//!     pointers (`0xFF` | u32 file | u64 offset | u32 length | u32 CRC-32) past the
+//!     part's inline ones, each with its order: the encoded [`Sequence`] or `0x02`
+//!     when the event has none, then its u64 arrival number
+//!   - flow key | `0x02` | u32 part | `0xFF` → the inline events of a sealed part
+//!   - flow key | `0x02` | u32 part | order → one event pointer: how stores written
+//!     before chunks kept events past the inline ones, and before the journal kept
+//!     the event bytes themselves; all are read
 //! - `deadlines`: u64 (deadline ms, sign bit flipped) | flow key → ()
 //! - `archived`:  flow key → u32 next part (tombstone of an archived flow)
 //! - `sealed`:    flow key → u32 highest part sealed into an intent not yet completed
@@ -63,8 +65,8 @@ use redb::{
 };
 
 use self::archival::keep_digests_and_tombstone;
-use self::compaction::{is_run_key, part_entry_pointers, release, Released};
-use self::inline::{digest, Digests, MetaRecord, Run};
+use self::compaction::{part_entry_pointers, release, Released};
+use self::inline::{digest, Digests, MetaRecord, Run, CHUNK_EVENTS, MAX_RUN};
 use self::journal::{EventPointer, FileRow, Journal, JournalReader, COMPACTION_BUDGET};
 use self::keys::*;
 use super::{
@@ -93,6 +95,11 @@ const ERASURES: TableDefinition<&str, Bytes> = TableDefinition::new("erasures");
 const JOURNAL: TableDefinition<u32, Bytes> = TableDefinition::new("journal");
 
 const POLICY_FINGERPRINT: &str = "policy_fingerprint";
+/// The key layout a store was last opened with. 2: event chunks (see `inline`). A
+/// binary refuses a store of a later layout rather than misread it; layout 1 (and
+/// stores from before this marker) are read as they are.
+const LAYOUT: &str = "layout";
+const LAYOUT_VERSION: u64 = 2;
 
 fn storage<E: Into<redb::Error>>(e: E) -> StateError {
     StateError::Storage(Box::new(e.into()))
@@ -180,6 +187,17 @@ impl EmbeddedStore {
             txn.open_table(PURGES).map_err(|e| open_err(e.into()))?;
             txn.open_table(ERASURES).map_err(|e| open_err(e.into()))?;
             txn.open_table(JOURNAL).map_err(|e| open_err(e.into()))?;
+            let mut settings = txn.open_table(SETTINGS).map_err(|e| open_err(e.into()))?;
+            let found = read_counter(&settings, LAYOUT)?;
+            if found > LAYOUT_VERSION {
+                return Err(StateError::SchemaTooNew {
+                    found: found as i32,
+                    known: LAYOUT_VERSION as i32,
+                });
+            }
+            settings
+                .insert(LAYOUT, LAYOUT_VERSION.to_be_bytes().as_slice())
+                .map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         // A new state file must keep its name before anything it holds is acknowledged.

@@ -52,7 +52,6 @@ impl EventReader for EmbeddedEventReader {
     ) -> Result<(), StateError> {
         let fkey = flow_key(tenant, flow_id);
         let start = part_prefix(&fkey, part);
-        let end = prefix_end(&start).unwrap_or_else(|| vec![0xff; start.len() + 1]);
         let mut journal = self.journal.borrow_mut();
         let mut emit = |bytes: &[u8]| -> Result<(), StateError> {
             sink(bytes).map_err(|source| StateError::Stream {
@@ -62,8 +61,9 @@ impl EventReader for EmbeddedEventReader {
                 source,
             })
         };
-        // The part's inline events: in its meta record while it is open, under its
-        // run key once sealed. They merge by order with the individual entries.
+        // The part's inline events (in its meta record while it is open, under its
+        // run key once sealed) and its chunks, in one run: they merge by order with
+        // the individual entries of an older store.
         let open = self
             .events
             .get(meta_key(&fkey).as_slice())
@@ -82,18 +82,19 @@ impl EventReader for EmbeddedEventReader {
                 None => Run::default(),
             },
         };
-        let mut inline = run.events.into_iter().peekable();
+        let mut chunks_start = start.clone();
+        chunks_start.push(CHUNK_TAG);
+        let mut chunks_end = start.clone();
+        chunks_end.push(RUN_TAG);
+        let mut chunked = ChunkedEvents::new(run, &self.events, &chunks_start, &chunks_end)?;
         for entry in self
             .events
-            .range::<&[u8]>(start.as_slice()..end.as_slice())
+            .range::<&[u8]>(start.as_slice()..chunks_start.as_slice())
             .map_err(storage)?
         {
             let (key, value) = entry.map_err(storage)?;
             let order = &key.value()[start.len()..];
-            if order == [0xFF] {
-                continue; // the run itself
-            }
-            while let Some((_, p)) = inline.next_if(|(o, _)| o.as_slice() < order) {
+            while let Some(p) = chunked.next_below(Some(order))? {
                 emit(journal.read(&p)?)?;
             }
             match EventPointer::decode(value.value()) {
@@ -102,9 +103,75 @@ impl EventReader for EmbeddedEventReader {
                 None => emit(value.value())?,
             }
         }
-        for (_, p) in inline {
+        while let Some(p) = chunked.next_below(None)? {
             emit(journal.read(&p)?)?;
         }
         Ok(())
+    }
+}
+
+/// A part's inline events and chunks (see `inline`) in order, each chunk read only
+/// when the next event could be in it: a long part that arrived roughly in order
+/// holds about one chunk in memory, not all of its pointers.
+struct ChunkedEvents<'t> {
+    table: &'t redb::ReadOnlyTable<Bytes<'static>, Bytes<'static>>,
+    /// Read but not yet emitted, by order.
+    pending: std::collections::BTreeMap<Vec<u8>, EventPointer>,
+    /// The chunks' keys in key order, with the smallest order in that chunk or any
+    /// later one.
+    chunks: Vec<(Vec<u8>, Vec<u8>)>,
+    next: usize,
+}
+
+impl<'t> ChunkedEvents<'t> {
+    fn new(
+        inline: Run,
+        table: &'t redb::ReadOnlyTable<Bytes<'static>, Bytes<'static>>,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<ChunkedEvents<'t>, StateError> {
+        let mut chunks = Vec::new();
+        for entry in table.range::<&[u8]>(start..end).map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            if let Some(first) = Run::first_order(value.value())? {
+                chunks.push((key.value().to_vec(), first));
+            }
+        }
+        for i in (1..chunks.len()).rev() {
+            if chunks[i].1 < chunks[i - 1].1 {
+                chunks[i - 1].1 = chunks[i].1.clone();
+            }
+        }
+        Ok(ChunkedEvents {
+            table,
+            pending: inline.events.into_iter().collect(),
+            chunks,
+            next: 0,
+        })
+    }
+
+    /// The next event in order if its order is below `bound` (`None`: any).
+    fn next_below(&mut self, bound: Option<&[u8]>) -> Result<Option<EventPointer>, StateError> {
+        loop {
+            let horizon = self.chunks.get(self.next).map(|(_, min)| min.as_slice());
+            if let Some((order, _)) = self.pending.first_key_value() {
+                let o = order.as_slice();
+                if horizon.is_none_or(|h| o < h) && bound.is_none_or(|b| o < b) {
+                    return Ok(self.pending.pop_first().map(|(_, p)| p));
+                }
+            }
+            match horizon {
+                Some(h) if bound.is_none_or(|b| h < b) => {
+                    let key = &self.chunks[self.next].0;
+                    let chunk = match self.table.get(key.as_slice()).map_err(storage)? {
+                        Some(v) => Run::decode(v.value())?,
+                        None => return Err(corrupt("event chunk", "gone from its snapshot")),
+                    };
+                    self.pending.extend(chunk.events);
+                    self.next += 1;
+                }
+                _ => return Ok(None),
+            }
+        }
     }
 }

@@ -252,3 +252,141 @@ fn reopening_the_database_keeps_what_was_committed() {
     store.ingest(&[event("e2")], &policy, 0, None).unwrap();
     assert_eq!(events_of(&store, "f", 1).len(), 2);
 }
+
+/// The keys under part `part` of `t/{flow}`: (chunk sizes, individual entries).
+fn part_entries(store: &EmbeddedStore, flow: &str, part: u32) -> (Vec<usize>, usize) {
+    let start = part_prefix(&flow_key("t", flow), part);
+    let end = prefix_end(&start).unwrap();
+    let txn = store.read().unwrap();
+    let flows = txn.open_table(FLOWS).unwrap();
+    let (mut chunks, mut individual) = (Vec::new(), 0);
+    for entry in flows
+        .range::<&[u8]>(start.as_slice()..end.as_slice())
+        .unwrap()
+    {
+        let (k, v) = entry.unwrap();
+        match k.value()[start.len()] {
+            CHUNK_TAG => chunks.push(Run::decode(v.value()).unwrap().events.len()),
+            RUN_TAG => {}
+            _ => individual += 1,
+        }
+    }
+    (chunks, individual)
+}
+
+fn sequenced(flow: &str, seq: u64) -> FlowEvent {
+    FlowEvent {
+        sequence: Some(crate::flow::Sequence::Number(seq.to_string().into())),
+        ..test_event(flow, &format!("e{seq}"), format!(r#"{{"seq":{seq}}}"#))
+    }
+}
+
+fn in_sequence(seqs: impl IntoIterator<Item = u64>) -> Vec<String> {
+    seqs.into_iter()
+        .map(|q| format!(r#"{{"seq":{q}}}"#))
+        .collect()
+}
+
+/// 200 events of one part, shuffled and redelivered over batches of every size: the
+/// 168 past the inline ones fill chunks of at most `CHUNK_EVENTS`, with no entry of
+/// their own, and read back in sequence order while open, sealed and displaced; the
+/// part's deletion leaves no key behind.
+#[test]
+fn events_past_the_inline_run_go_to_chunks_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+    let policy = default_policy();
+    // A fixed shuffle: 7 is coprime with 200.
+    let seqs: Vec<u64> = (0..200).map(|i| (i * 7 % 200) + 1).collect();
+    let mut at = 0;
+    for size in [1, 2, 31, 1, 64, 3, 65, 33].into_iter().cycle() {
+        if at >= seqs.len() {
+            break;
+        }
+        let end = (at + size).min(seqs.len());
+        let mut batch: Vec<FlowEvent> = seqs[at..end].iter().map(|&q| sequenced("f", q)).collect();
+        batch.push(sequenced("f", seqs[at / 2])); // a redelivery
+        let out = store.ingest(&batch, &policy, 0, None).unwrap();
+        assert_eq!((out.stored as usize, out.duplicates), (end - at, 1));
+        at = end;
+    }
+    let (chunks, individual) = part_entries(&store, "f", 1);
+    assert_eq!(individual, 0);
+    assert_eq!(chunks, [64, 64, 40], "168 events past the 32 inline ones");
+    assert_eq!(events_of(&store, "f", 1), in_sequence(1..=200), "open");
+
+    seal_now(&store, "i1", &["f"]);
+    assert_eq!(events_of(&store, "f", 1), in_sequence(1..=200), "sealed");
+    // An event of the next part moves part 1's inline run to its run key.
+    store
+        .ingest(&[sequenced("f", 500)], &policy, 0, None)
+        .unwrap();
+    assert_eq!(events_of(&store, "f", 1), in_sequence(1..=200), "displaced");
+    assert_eq!(events_of(&store, "f", 2), in_sequence([500]));
+    store.complete("i1").unwrap();
+    assert_eq!(part_entries(&store, "f", 1), (vec![], 0));
+    assert!(events_of(&store, "f", 1).is_empty());
+    assert_eq!(store.stats().unwrap().stored_events, 1);
+    let erased = store.erase_live("t", "f").unwrap();
+    assert_eq!(erased.events, 1);
+}
+
+/// A part that a store of the previous layout left with individual entries past its
+/// inline run keeps them after the upgrade: new events go to chunks, and reads merge
+/// the inline run, the chunks and the individual entries by order.
+#[test]
+fn individual_entries_of_the_previous_layout_merge_with_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+    let policy = default_policy();
+    // Even sequences first: 32 inline, 18 in chunk 0.
+    let evens: Vec<FlowEvent> = (1..=50).map(|i| sequenced("f", i * 2)).collect();
+    store.ingest(&evens, &policy, 0, None).unwrap();
+    // Rewrite chunk 0 as the previous layout kept it: one entry per event.
+    let fkey = flow_key("t", "f");
+    let txn = store.write().unwrap();
+    {
+        let mut flows = txn.open_table(FLOWS).unwrap();
+        let ckey = chunk_key(&fkey, 1, 0);
+        let run = Run::decode(flows.remove(ckey.as_slice()).unwrap().unwrap().value()).unwrap();
+        assert_eq!(run.events.len(), 18);
+        for (order, pointer) in run.events {
+            let mut key = part_prefix(&fkey, 1);
+            key.extend_from_slice(&order);
+            flows
+                .insert(key.as_slice(), pointer.encode().as_slice())
+                .unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    assert_eq!(part_entries(&store, "f", 1), (vec![], 18));
+    // Odd sequences after the upgrade interleave with all three.
+    let odds: Vec<FlowEvent> = (0..50).map(|i| sequenced("f", i * 2 + 1)).collect();
+    store.ingest(&odds, &policy, 0, None).unwrap();
+    assert_eq!(part_entries(&store, "f", 1), (vec![46, 4], 18));
+    assert_eq!(events_of(&store, "f", 1), in_sequence(1..=100));
+    let erased = store.erase_live("t", "f").unwrap();
+    assert_eq!(erased.events, 100);
+    assert_eq!(store.stats().unwrap().stored_events, 0);
+}
+
+/// A store last opened by a later layout is refused, not misread.
+#[test]
+fn a_store_of_a_later_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Config::default().state.journal_file_bytes);
+    let txn = store.write().unwrap();
+    txn.open_table(SETTINGS)
+        .unwrap()
+        .insert(LAYOUT, (LAYOUT_VERSION + 1).to_be_bytes().as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    drop(store);
+    let mut config = Config::default().state;
+    config.path = dir.path().to_path_buf();
+    let err = EmbeddedStore::open(&config).unwrap_err();
+    assert!(
+        matches!(err, StateError::SchemaTooNew { found: 3, known: 2 }),
+        "{err}"
+    );
+}
