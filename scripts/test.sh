@@ -37,4 +37,11 @@ if ! python3 -c "import confluent_kafka, fastavro, nats, yaml, jsonschema, prome
     "kubernetes-validate==1.37.0" "zstandard==0.25.0"
 fi
 
+# S3 with Object Lock for the compliance tests: moto in server mode, and boto3 as the
+# independent client that reads back what S3 holds.
+if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
+  echo "installing moto[server] and boto3 (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]==5.2.1" "boto3==1.43.11"
+fi
+
 cargo test --locked "$@"

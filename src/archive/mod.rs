@@ -22,12 +22,14 @@
 //! `zstd -dc`/`gzip -dc` print the whole object as JSON Lines (the footer decodes to
 //! nothing); a ranged GET of `[offset, offset+length)` decodes to exactly one flow part.
 
+mod compliance;
 mod frame;
 mod reader;
 mod rewrite;
 mod segment;
 mod store;
 
+pub use compliance::{ComplianceError, ObjectRetention, S3Compliance};
 pub(crate) use reader::compression_of;
 pub use reader::{
     entry_problem, read_manifest, read_object_bytes, read_part, verify_object, Manifest,
@@ -60,6 +62,8 @@ pub enum ArchiveError {
     },
     #[error("cannot open object store: {0}")]
     Config(String),
+    #[error(transparent)]
+    Compliance(#[from] ComplianceError),
     #[error("object {key} is corrupted: {what} expected {expected}, found {actual}")]
     Corrupted {
         key: String,

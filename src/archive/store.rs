@@ -22,8 +22,9 @@ use object_store::{
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use super::compliance::{Connection, S3Compliance};
 use super::{hex_sha256, ArchiveError};
-use crate::config::ArchiveConfig;
+use crate::config::{ArchiveConfig, ObjectLock};
 
 const SHA256_METADATA: &str = "sha256";
 
@@ -57,10 +58,14 @@ pub struct ArchiveStore {
     /// Local stores cannot keep user metadata.
     keeps_metadata: bool,
     multipart_threshold: u64,
+    /// S3 only: the SDK client for what `object_store` cannot do.
+    compliance: Option<S3Compliance>,
+    storage_class: Option<String>,
 }
 
 impl ArchiveStore {
     pub fn from_config(cfg: &ArchiveConfig) -> Result<ArchiveStore, ArchiveError> {
+        let mut compliance = None;
         let (inner, base_uri, keeps_metadata): (Arc<dyn ObjectStore>, String, bool) = match &cfg
             .bucket
         {
@@ -93,7 +98,20 @@ impl ArchiveStore {
                 } else if b.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
                     b = b.with_region("us-east-1");
                 }
+                let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+                let region = b
+                    .get_config_value(&AmazonS3ConfigKey::Region)
+                    .unwrap_or_else(|| "us-east-1".into());
                 let s3 = b.build().map_err(|e| ArchiveError::Config(e.to_string()))?;
+                let connection = Connection {
+                    bucket: bucket.clone(),
+                    endpoint,
+                    region,
+                    virtual_hosted_style: cfg.virtual_hosted_style,
+                    request_timeout: cfg.request_timeout,
+                    credentials: s3.credentials().clone(),
+                };
+                compliance = Some(S3Compliance::new(connection, cfg.object_lock));
                 (Arc::new(s3), format!("s3://{bucket}"), true)
             }
             None => {
@@ -120,7 +138,17 @@ impl ArchiveStore {
             prefix: cfg.prefix.trim_matches('/').to_string(),
             keeps_metadata,
             multipart_threshold: cfg.multipart_threshold_bytes,
+            compliance,
+            storage_class: cfg.storage_class.clone(),
         })
+    }
+
+    /// The S3 compliance client, when objects are uploaded under Object Lock: what
+    /// retention, legal holds and versioned deletes go through.
+    pub fn object_lock_client(&self) -> Option<&S3Compliance> {
+        self.compliance
+            .as_ref()
+            .filter(|c| c.lock() != ObjectLock::Off)
     }
 
     /// The S3 bucket, when the store is S3 (spans name it).
@@ -177,12 +205,33 @@ impl ArchiveStore {
             .list_with_delimiter(Some(&prefix))
             .await
             .map(drop)
-            .map_err(|e| self.err("list", &self.prefix, e))
+            .map_err(|e| self.err("list", &self.prefix, e))?;
+        if let Some(c) = &self.compliance {
+            c.check_bucket().await?;
+        }
+        Ok(())
     }
 
     /// Uploads a local file under `key`, sending its SHA-256; multipart above the
-    /// configured threshold so memory stays bounded.
-    pub async fn upload(&self, key: &str, file: &Path, sha256: &str) -> Result<(), ArchiveError> {
+    /// configured threshold so memory stays bounded. With `archive.object_lock` on,
+    /// the object is then retained until `retain_until_ms` (the latest purge date of
+    /// what it holds) before this returns: it is never verified, recorded or
+    /// published while it can still be deleted.
+    pub async fn upload(
+        &self,
+        key: &str,
+        file: &Path,
+        sha256: &str,
+        retain_until_ms: i64,
+    ) -> Result<(), ArchiveError> {
+        self.put_file(key, file, sha256).await?;
+        if let Some(c) = &self.compliance {
+            c.retain(key, retain_until_ms).await?;
+        }
+        Ok(())
+    }
+
+    async fn put_file(&self, key: &str, file: &Path, sha256: &str) -> Result<(), ArchiveError> {
         let location = ObjectPath::from(key);
         let io_err = |source| ArchiveError::Io {
             path: file.display().to_string(),
@@ -202,6 +251,9 @@ impl ArchiveStore {
                     "application/zstd"
                 }),
             );
+        }
+        if let Some(class) = &self.storage_class {
+            attributes.insert(Attribute::StorageClass, AttributeValue::from(class.clone()));
         }
         let size = tokio::fs::metadata(file).await.map_err(io_err)?.len();
         if size <= self.multipart_threshold {
@@ -388,7 +440,16 @@ impl ArchiveStore {
 
     /// Deletes an object; a missing one is not an error (purges are repeated after a
     /// crash).
-    pub async fn delete(&self, key: &str) -> Result<(), ArchiveError> {
+    ///
+    /// With Object Lock on, every version of the key goes (a plain delete on a
+    /// versioned bucket only hides the data). S3 refuses while a retention date or
+    /// legal hold stands, unless `bypass_governance` (an operator's explicit request)
+    /// lifts governance retention.
+    pub async fn delete(&self, key: &str, bypass_governance: bool) -> Result<(), ArchiveError> {
+        if let Some(c) = self.object_lock_client() {
+            c.delete_all_versions(key, bypass_governance).await?;
+            return Ok(());
+        }
         match self.inner.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("delete", key, e)),

@@ -128,6 +128,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             flow,
             reason,
             dry_run,
+            bypass_governance,
             actor,
             json,
         } => {
@@ -143,6 +144,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     &reason,
                     &actor_or_user(actor),
                     dry_run,
+                    bypass_governance,
                 )
                 .await?;
             print_report(&report, json)?;

@@ -116,6 +116,11 @@ pub enum Command {
         /// Report exactly what would be erased and moved; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Lift S3 Object Lock GOVERNANCE retention on the objects holding the flow
+        /// (recorded in the audit trail with --reason). COMPLIANCE retention cannot be
+        /// lifted.
+        #[arg(long)]
+        bypass_governance: bool,
         #[arg(long)]
         actor: Option<String>,
         #[arg(long)]

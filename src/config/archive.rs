@@ -37,6 +37,41 @@ pub enum Layout {
     PerFlow,
 }
 
+/// S3 Object Lock on every uploaded object (`docs/compliance.md`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectLock {
+    /// No retention on the objects: flow-archiver's own code alone keeps them.
+    #[default]
+    Off,
+    /// Retention that an account with `s3:BypassGovernanceRetention` can lift.
+    Governance,
+    /// Retention that nobody, the root account included, can lift or shorten.
+    Compliance,
+}
+
+impl ObjectLock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectLock::Off => "off",
+            ObjectLock::Governance => "governance",
+            ObjectLock::Compliance => "compliance",
+        }
+    }
+}
+
+/// The S3 storage classes an object can be uploaded to.
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+];
+
 /// Where and how archive objects are written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +111,14 @@ pub struct ArchiveConfig {
     pub multipart_threshold_bytes: u64,
     /// Local directory where segments are built before upload. Default `./data/spool`.
     pub spool_dir: PathBuf,
+    /// S3 Object Lock: `off` (default), `governance` or `compliance`. Every object
+    /// is then retained until the latest purge date of the flows it holds, and legal
+    /// holds are placed on the objects themselves. Needs a bucket with Object Lock
+    /// enabled: checked at start.
+    pub object_lock: ObjectLock,
+    /// S3 storage class of uploaded objects (`STANDARD_IA`, `GLACIER_IR`, …); unset
+    /// leaves the bucket's default (`STANDARD`).
+    pub storage_class: Option<String>,
     /// S3: how long one request may take before it fails and is retried. A hung
     /// server then shows as failures in the metrics and logs instead of a stall.
     /// Default `30s`.
@@ -102,6 +145,8 @@ impl Default for ArchiveConfig {
             batch_size: 10_000,
             multipart_threshold_bytes: 16 << 20,
             spool_dir: PathBuf::from("./data/spool"),
+            object_lock: ObjectLock::Off,
+            storage_class: None,
             request_timeout: std::time::Duration::from_secs(30),
         }
     }
@@ -184,6 +229,29 @@ impl ArchiveConfig {
                     "archive.bucket",
                     format!("{bucket:?} is not a valid S3 bucket name"),
                     "use 3-63 lowercase letters, digits, '-' or '.' (env ARCHIVE_BUCKET)",
+                ));
+            }
+        }
+        if a.object_lock != ObjectLock::Off && a.bucket.is_none() {
+            return Err(invalid(
+                "archive.object_lock",
+                format!("{:?} needs an S3 bucket", a.object_lock.as_str()),
+                "set archive.bucket to a bucket with Object Lock enabled, or object_lock = \"off\" for a local directory",
+            ));
+        }
+        if let Some(class) = &a.storage_class {
+            if !STORAGE_CLASSES.contains(&class.as_str()) {
+                return Err(invalid(
+                    "archive.storage_class",
+                    format!("{class:?} is not an S3 storage class"),
+                    format!("use one of {}", STORAGE_CLASSES.join(", ")),
+                ));
+            }
+            if a.bucket.is_none() {
+                return Err(invalid(
+                    "archive.storage_class",
+                    "a local directory has no storage classes",
+                    "set archive.bucket, or remove storage_class",
                 ));
             }
         }

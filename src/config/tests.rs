@@ -284,3 +284,35 @@ fn kafka_partitions_are_listed_once() {
         "{error}"
     );
 }
+
+#[test]
+fn object_lock_and_storage_classes_need_s3_and_known_names() {
+    let err = |toml: &str| {
+        Config::from_sources(Some(toml), &[])
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("[archive]\nobject_lock = \"compliance\"\n");
+    assert!(
+        e.contains("archive.object_lock") && e.contains("archive.bucket"),
+        "{e}"
+    );
+    let e = err("[archive]\nbucket = \"b-1\"\nobject_lock = \"forever\"\n");
+    assert!(e.contains("forever"), "{e}");
+    let e = err("[archive]\nbucket = \"b-1\"\nstorage_class = \"glacier\"\n");
+    assert!(
+        e.contains("archive.storage_class") && e.contains("GLACIER_IR"),
+        "{e}"
+    );
+    let e = err("[archive]\nstorage_class = \"GLACIER_IR\"\n");
+    assert!(e.contains("a local directory"), "{e}");
+    let ok = Config::from_sources(
+        Some("[archive]\nbucket = \"b-1\"\nobject_lock = \"governance\"\nstorage_class = \"GLACIER_IR\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        ok.archive.object_lock,
+        crate::config::ObjectLock::Governance
+    );
+}

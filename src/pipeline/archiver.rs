@@ -88,6 +88,29 @@ pub struct Archiver {
 }
 
 impl Archiver {
+    /// Puts an S3 legal hold on a new object holding a flow on hold. Read after the
+    /// upload: a hold placed before this read is seen here, and one placed after it
+    /// finds the object when it lists the tenant's objects (`holds`), so the object
+    /// carries the hold either way (`docs/compliance.md`).
+    async fn hold_if_held(&self, intent: &ArchiveIntent, key: &str) -> Result<(), PipelineError> {
+        let Some(s3) = self.objects.object_lock_client() else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let holds = super::blocking(move || store.holds()).await?;
+        let held = intent.parts.iter().any(|p| {
+            holds
+                .iter()
+                .any(|h| h.tenant == p.meta.tenant && h.flow_id == p.meta.flow_id)
+        });
+        if held {
+            s3.set_legal_hold(key, true)
+                .await
+                .map_err(crate::archive::ArchiveError::from)?;
+        }
+        Ok(())
+    }
+
     /// Runs the intent to completion. `resumed` says the intent may have been partly
     /// processed before (a restart, or a retry after an error).
     ///
@@ -194,10 +217,18 @@ impl Archiver {
                 .instrument(tracing::info_span!("build segment"))
                 .await??;
                 steps.build = lap(&mut step);
+                // Retained until the last of its parts may be purged (Object Lock).
+                let retain_until = intent.parts.iter().map(|p| p.purge_at_ms).max();
                 self.objects
-                    .upload(&key, &spool, &upload.object_sha256)
+                    .upload(
+                        &key,
+                        &spool,
+                        &upload.object_sha256,
+                        retain_until.unwrap_or_default(),
+                    )
                     .instrument(self.object_span("PutObject", &key, upload.object_size))
                     .await?;
+                self.hold_if_held(&intent, &key).await?;
                 steps.upload = lap(&mut step);
                 failpoint::hit("after-upload");
                 self.objects

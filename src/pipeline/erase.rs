@@ -106,7 +106,9 @@ impl std::fmt::Display for EraseReport {
 }
 
 impl Pipeline {
-    /// Erases one flow (see the module doc). A held flow is refused.
+    /// Erases one flow (see the module doc). A held flow is refused, and so is one in
+    /// an object that S3 Object Lock retains, unless the retention is governance and
+    /// the operator asked to bypass it (`docs/compliance.md`).
     pub async fn erase(
         &self,
         tenant: &str,
@@ -114,6 +116,7 @@ impl Pipeline {
         reason: &str,
         actor: &str,
         dry_run: bool,
+        bypass_governance: bool,
     ) -> Result<EraseReport, PipelineError> {
         let now_ms = self.clock.now_ms();
         let mut report = EraseReport {
@@ -137,10 +140,12 @@ impl Pipeline {
             )));
         }
         self.objects.preflight().await?;
+        self.refuse_locked(tenant, flow_id, bypass_governance)
+            .await?;
         if !dry_run {
             let store = self.store.clone();
             for intent in blocking(move || store.erase_intents()).await? {
-                self.finish_erase(&intent).await?;
+                self.finish_erase(&intent, bypass_governance).await?;
                 report.recovered += 1;
             }
         }
@@ -233,7 +238,7 @@ impl Pipeline {
                 let (store, recorded) = (self.store.clone(), intent.clone());
                 blocking(move || store.begin_erase(&recorded)).await?;
                 failpoint::hit("after-erase-intent");
-                self.finish_erase(&intent).await?;
+                self.finish_erase(&intent, bypass_governance).await?;
             }
         }
 
@@ -244,16 +249,87 @@ impl Pipeline {
                 .count("objects_rewritten", report.objects_rewritten)
                 .count("objects_deleted", report.objects_deleted)
                 .count("flow_parts", report.parts_erased)
-                .count("parts_relocated", report.parts_relocated);
+                .count("parts_relocated", report.parts_relocated)
+                .count("governance_bypassed", u64::from(bypass_governance));
             record.reason = Some(reason.to_string());
             self.audit(record).await?;
         }
         Ok(report)
     }
 
+    /// Every object of `tenant` whose manifest names the flow, with that manifest: one
+    /// listing of the tenant's keys and a manifest read each, so that holds and
+    /// erasures never depend on an index that may lag.
+    pub(super) async fn objects_naming(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+    ) -> Result<Vec<(String, crate::archive::Manifest)>, PipelineError> {
+        let under = super::scheduler::tenant_prefix(self.objects.prefix(), tenant);
+        let mut found = Vec::new();
+        for key in self.objects.list_keys(Some(&under)).await? {
+            let manifest = read_manifest(&self.objects, &key).await?;
+            if manifest
+                .parts
+                .iter()
+                .any(|p| p.tenant == tenant && p.flow_id == flow_id)
+            {
+                found.push((key, manifest));
+            }
+        }
+        Ok(found)
+    }
+
+    /// With Object Lock on: refuses, before anything changes, an erasure that S3
+    /// would stop half-way because an object holding the flow is still retained.
+    async fn refuse_locked(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        bypass_governance: bool,
+    ) -> Result<(), PipelineError> {
+        let Some(s3) = self.objects.object_lock_client() else {
+            return Ok(());
+        };
+        for (key, _) in self.objects_naming(tenant, flow_id).await? {
+            let r = s3
+                .retention(&key)
+                .await
+                .map_err(crate::archive::ArchiveError::from)?;
+            if !r.locked_now() {
+                continue;
+            }
+            let uri = self.objects.uri(&key);
+            let until = r.retain_until_ms.map(rfc3339_ms).unwrap_or_default();
+            if r.legal_hold {
+                return Err(PipelineError::Refused(format!(
+                    "{tenant}/{flow_id} is in {uri}, which carries an S3 legal hold for another flow in it: S3 refuses to change it until that flow is released"
+                )));
+            }
+            match r.mode.as_deref() {
+                Some("COMPLIANCE") => {
+                    return Err(PipelineError::Refused(format!(
+                        "{tenant}/{flow_id} is in {uri}, which S3 Object Lock retains in COMPLIANCE mode until {until}. Nobody, the bucket owner's root account included, can delete or overwrite it before then. Compliance retention records a legal obligation to keep these records, and erasure rights generally yield to such obligations (GDPR Art. 17(3)(b)); have your data-protection officer confirm. Nothing was changed: erase again after {until}"
+                    )));
+                }
+                Some(_) if !bypass_governance => {
+                    return Err(PipelineError::Refused(format!(
+                        "{tenant}/{flow_id} is in {uri}, which S3 Object Lock retains in GOVERNANCE mode until {until}. Erasing it means lifting that retention: run erase again with --bypass-governance (the credentials need s3:BypassGovernanceRetention); the bypass and its --reason go to the audit trail. Nothing was changed"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Carries one erase intent to its end (see the module doc for each step's
     /// recovery).
-    async fn finish_erase(&self, intent: &EraseIntent) -> Result<(), PipelineError> {
+    async fn finish_erase(
+        &self,
+        intent: &EraseIntent,
+        bypass_governance: bool,
+    ) -> Result<(), PipelineError> {
         if let Some(rewrite) = &intent.rewrite {
             // The new object's SHA-256: known when it is written here, read back from
             // the store when a resumed erasure finds the old object already gone.
@@ -279,8 +355,21 @@ impl Pipeline {
                         &spool,
                     )
                     .await?;
+                    // The kept parts' purge dates, so Object Lock keeps what it kept.
+                    let retain_until = old
+                        .parts
+                        .iter()
+                        .filter(|p| !(p.tenant == intent.tenant && p.flow_id == intent.flow_id))
+                        .filter_map(|p| chrono::DateTime::parse_from_rfc3339(&p.purge_at).ok())
+                        .map(|t| t.timestamp_millis())
+                        .max();
                     self.objects
-                        .upload(&rewrite.object_key, &spool, &uploaded.object_sha256)
+                        .upload(
+                            &rewrite.object_key,
+                            &spool,
+                            &uploaded.object_sha256,
+                            retain_until.unwrap_or_default(),
+                        )
                         .await?;
                     self.objects
                         .verify(
@@ -313,7 +402,9 @@ impl Pipeline {
             self.publish_once(moved).await?;
             failpoint::hit("after-erase-relocate");
         }
-        self.objects.delete(&intent.old_key).await?;
+        self.objects
+            .delete(&intent.old_key, bypass_governance)
+            .await?;
         failpoint::hit("after-erase-delete");
         let purged: Vec<PublishedEvent> = intent
             .erased_parts

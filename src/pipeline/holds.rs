@@ -60,6 +60,7 @@ impl Pipeline {
                 "{tenant}/{flow_id} is not on hold"
             )));
         }
+        self.set_object_holds(tenant, flow_id, held).await?;
         self.publisher
             .publish(&[crate::publish::PublishedEvent::hold(
                 crate::publish::FlowHold {
@@ -77,6 +78,40 @@ impl Pipeline {
                 .flow(tenant, flow_id);
         record.reason = Some(reason.to_string());
         self.audit(record).await
+    }
+
+    /// With Object Lock on, mirrors the flow's hold on every object holding a part of
+    /// it: ON for a hold; OFF for a release, except on objects that also hold another
+    /// flow still on hold. Runs after the hold is recorded, so an archival in flight
+    /// either sees the hold itself or has uploaded its object before this listing.
+    /// Objects are found as erasure finds them (`objects_naming`).
+    async fn set_object_holds(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        held: bool,
+    ) -> Result<(), PipelineError> {
+        let Some(s3) = self.objects.object_lock_client() else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let holds: std::collections::HashSet<(String, String)> = blocking(move || store.holds())
+            .await?
+            .into_iter()
+            .map(|h| (h.tenant, h.flow_id))
+            .collect();
+        for (key, manifest) in self.objects_naming(tenant, flow_id).await? {
+            // A flow in `holds` other than this one keeps the object's hold on.
+            let on = held
+                || manifest.parts.iter().any(|p| {
+                    !(p.tenant == tenant && p.flow_id == flow_id)
+                        && holds.contains(&(p.tenant.to_string(), p.flow_id.to_string()))
+                });
+            s3.set_legal_hold(&key, on)
+                .await
+                .map_err(crate::archive::ArchiveError::from)?;
+        }
+        Ok(())
     }
 
     /// Every hold, ordered by tenant and flow id.

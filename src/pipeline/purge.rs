@@ -56,6 +56,9 @@ pub struct PurgeReport {
     pub held_objects: u64,
     /// Objects in a due date prefix with a part whose `purge_at` is still ahead.
     pub not_yet_due: u64,
+    /// Due objects left in place because S3 Object Lock still retains them (a
+    /// retain-until date ahead, or a legal hold on the object).
+    pub locked_objects: u64,
     pub by_tenant: BTreeMap<String, TenantPurge>,
     pub purged: Vec<PurgedObject>,
 }
@@ -100,6 +103,13 @@ impl std::fmt::Display for PurgeReport {
                 f,
                 "kept {} objects holding flows under legal hold",
                 self.held_objects
+            )?;
+        }
+        if self.locked_objects > 0 {
+            writeln!(
+                f,
+                "kept {} objects that S3 Object Lock still retains (retain-until date ahead, or a legal hold on the object)",
+                self.locked_objects
             )?;
         }
         if self.recovered > 0 {
@@ -196,6 +206,23 @@ impl Pipeline {
             report.held_objects += 1;
             return Ok(());
         }
+        // S3 would refuse the delete: never try it, and say why it stays.
+        if let Some(s3) = self.objects.object_lock_client() {
+            let retention = s3
+                .retention(key)
+                .await
+                .map_err(crate::archive::ArchiveError::from)?;
+            if retention.locked_now() {
+                tracing::info!(
+                    key,
+                    retain_until = retention.retain_until_ms.map(rfc3339_ms),
+                    legal_hold = retention.legal_hold,
+                    "Due for purge but still retained by S3 Object Lock: left in place."
+                );
+                report.locked_objects += 1;
+                return Ok(());
+            }
+        }
         let object = PurgedObject {
             tenant: manifest.tenant.clone(),
             object_uri: self.objects.uri(key),
@@ -244,7 +271,7 @@ impl Pipeline {
 
     /// Deletes the intent's object, publishes its `flow.purged` events, forgets it.
     async fn finish_purge(&self, intent: &PurgeIntent) -> Result<(), PipelineError> {
-        self.objects.delete(&intent.object_key).await?;
+        self.objects.delete(&intent.object_key, false).await?;
         failpoint::hit("after-purge-delete");
         let events: Vec<PublishedEvent> = intent
             .parts

@@ -11,6 +11,7 @@ mod api;
 mod argo;
 mod bad_input;
 mod cli;
+mod compliance;
 mod crash;
 mod damaged_state;
 mod deploy;
