@@ -30,6 +30,7 @@ mod durable;
 pub mod event;
 pub mod failpoint;
 pub mod flow;
+pub mod hold_check;
 pub mod index;
 pub mod kafka;
 pub mod nats;

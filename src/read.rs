@@ -136,6 +136,33 @@ impl Reader {
     ) -> Result<VerifyReport, ReadError> {
         verify(&self.objects, &self.config, target, on_object).await
     }
+
+    /// Compares every object's S3 legal hold with the recorded holds
+    /// ([`crate::hold_check`]): the state store's, or the index's (brought up to
+    /// date first) while an archiver holds the store.
+    pub async fn check_holds(
+        &self,
+        repair: bool,
+        on_object: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<crate::hold_check::HoldCheck, ReadError> {
+        let (holds, from): (std::collections::HashSet<(String, String)>, &str) = match &self.store {
+            Some(store) => {
+                let store = store.clone();
+                let holds = tokio::task::spawn_blocking(move || store.holds())
+                    .await
+                    .map_err(ReadError::Task)??;
+                let holds = holds.into_iter().map(|h| (h.tenant, h.flow_id)).collect();
+                (holds, "state store")
+            }
+            None => {
+                self.catch_up().await?;
+                (self.index.holds()?.into_iter().collect(), "index")
+            }
+        };
+        let mut report = crate::hold_check::check(&self.objects, &holds, repair, on_object).await?;
+        report.holds_from = from.to_string();
+        Ok(report)
+    }
 }
 
 /// How often [`live_flow`] reads again when an erasure of the flow overlapped its read,

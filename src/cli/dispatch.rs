@@ -282,9 +282,26 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { listen } => serve(load(config)?, listen).await,
-        Command::Verify { target, json } => {
+        Command::Verify {
+            target,
+            holds,
+            repair,
+            json,
+        } => {
             // The state store is not needed: verify runs beside a live archiver.
             let reader = Reader::open(load(config)?)?;
+            if holds {
+                let bar = progress(Some(0), json, "checking legal holds");
+                let report = reader
+                    .check_holds(repair, &mut |done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    })
+                    .await?;
+                bar.finish_and_clear();
+                print_report(&report, json)?;
+                return Ok(exit_code(report.ok()));
+            }
             let bar = progress(Some(0), json, "verifying objects");
             let report = reader
                 .verify(target.as_deref(), &mut |done, total| {

@@ -165,6 +165,13 @@ pub enum Command {
     Verify {
         /// An object URI or key, or a key prefix; default: the whole archive.
         target: Option<String>,
+        /// Compare each object's S3 legal hold with the recorded holds instead
+        /// (archive.object_lock on).
+        #[arg(long, conflicts_with = "target")]
+        holds: bool,
+        /// With --holds: set each differing legal hold to what the holds call for.
+        #[arg(long, requires = "holds")]
+        repair: bool,
         #[arg(long)]
         json: bool,
     },

@@ -553,6 +553,18 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// The flows on hold, as the `flow.hold` records replayed so far say.
+    pub fn holds(&self) -> Result<Vec<(String, String)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT tenant, flow_id FROM holds ORDER BY tenant, flow_id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// A flow's archived parts, in part order.
     pub fn parts_of(&self, tenant: &str, flow_id: &str) -> Result<Vec<IndexedPart>, IndexError> {
         let conn = self.conn();

@@ -144,6 +144,31 @@ fn compliance_mode_locks_every_object_and_legal_holds_follow_the_flows() {
     let found = by_key(moto.inspect("locked", "flows/"));
     assert_eq!(found[key]["legal_hold"], "OFF");
 
+    // Drift, as after a bucket restore: a hold gone from an object whose flow is held,
+    // and one on an object whose flows are not. `verify --holds` names both and fails;
+    // `--repair` sets them; then it passes.
+    env.ok(&["hold", first, "--reason", "case 9"]);
+    moto.client(&["set-hold", "locked", key, "OFF"]);
+    let stray = expected.keys().find(|k| *k != key).unwrap();
+    moto.client(&["set-hold", "locked", stray, "ON"]);
+    let out = env.run(&["verify", "--holds"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2 differ") && text.contains(key.as_str()) && text.contains(stray.as_str()),
+        "{text}"
+    );
+    let out = env.ok(&["verify", "--holds", "--repair", "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["holds_from"], "state store");
+    assert_eq!(report["drift"].as_array().unwrap().len(), 2, "{report}");
+    let found = by_key(moto.inspect("locked", "flows/"));
+    assert_eq!(found[key]["legal_hold"], "ON");
+    assert_eq!(found[stray]["legal_hold"], "OFF");
+    assert!(env.ok(&["verify", "--holds"]).contains("0 differ"));
+    env.ok(&["release", first, "--reason", "case 9 closed"]);
+    let found = by_key(moto.inspect("locked", "flows/"));
+
     // Purge a year on: every object is due by its manifest, none by S3's clock.
     let year_on = rfc3339(chrono::Utc::now() + chrono::Duration::days(400));
     let out = env.ok(&["purge", "--now", &year_on]);

@@ -5,6 +5,7 @@ take flow-archiver's word for it.
     s3_lock.py ENDPOINT create-bucket BUCKET [--no-lock]
     s3_lock.py ENDPOINT inspect BUCKET PREFIX     -> one JSON object per line
     s3_lock.py ENDPOINT set-class BUCKET KEY CLASS
+    s3_lock.py ENDPOINT set-hold BUCKET KEY ON|OFF
 """
 import json
 import sys
@@ -65,6 +66,9 @@ def main(argv):
             CopySource={"Bucket": bucket, "Key": key},
             StorageClass=storage_class,
         )
+    elif command == "set-hold":
+        bucket, key, status = args
+        s3.put_object_legal_hold(Bucket=bucket, Key=key, LegalHold={"Status": status})
     else:
         raise SystemExit(f"unknown command {command}")
 
