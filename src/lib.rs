@@ -39,6 +39,7 @@ pub mod policy;
 pub mod publish;
 pub mod read;
 pub mod replay;
+pub mod restore;
 pub mod service;
 pub mod settings;
 pub mod source;

@@ -137,6 +137,29 @@ impl Reader {
         verify(&self.objects, &self.config, target, on_object).await
     }
 
+    /// Requests (`request`) or reports the restores of a flow's objects from S3
+    /// archive tiers ([`crate::restore`]), with the index brought up to date first.
+    pub async fn restore(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        days: i32,
+        tier: &str,
+        request: bool,
+    ) -> Result<crate::restore::RestoreReport, ReadError> {
+        self.catch_up().await?;
+        Ok(crate::restore::restore(
+            &self.index,
+            &self.objects,
+            tenant,
+            flow_id,
+            days,
+            tier,
+            request,
+        )
+        .await?)
+    }
+
     /// Compares every object's S3 legal hold with the recorded holds
     /// ([`crate::hold_check`]): the state store's, or the index's (brought up to
     /// date first) while an archiver holds the store.
@@ -296,9 +319,13 @@ pub async fn archived_flow(
         };
         let contents = crate::archive::read_part(objects, &p.object_key, &manifest_part)
             .await
-            .map_err(|e| ReadError::Part {
-                part: p.part,
-                message: e.to_string(),
+            .map_err(|e| match e {
+                // Not damage: the caller can act on it (API 409, `restore`).
+                ArchiveError::RestoreRequired { .. } => ReadError::Archive(e),
+                e => ReadError::Part {
+                    part: p.part,
+                    message: e.to_string(),
+                },
             })?;
         for line in &contents.events {
             events.push(serde_json::from_slice::<Value>(line).unwrap_or(Value::Null));

@@ -82,12 +82,25 @@ impl ApiState {
     }
 }
 
-/// An error response: a status and a JSON body `{"error": …}`.
-pub struct ApiError(StatusCode, String);
+/// An error response: a status and a JSON body, `{"error": …}` unless it says more.
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: String) -> ApiError {
+        ApiError::with_body(status, json!({ "error": message }))
+    }
+
+    fn with_body(status: StatusCode, body: serde_json::Value) -> ApiError {
+        ApiError { status, body }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.status, Json(self.body)).into_response()
     }
 }
 
@@ -101,7 +114,7 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, ApiEr
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
-            ApiError(
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "a bearer token is required".into(),
             )
@@ -109,14 +122,14 @@ fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, ApiEr
     let owner = state
         .tokens
         .owner(token)
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
     let key = match &owner {
         Owner::Admin => String::from("admin"),
         Owner::Tenant(tenant) => format!("tenant {tenant}"),
     };
     if let Some(limiter) = &state.limiter {
         if limiter.check_key(&key).is_err() {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "more than {} requests per second with this token (api.rate_limit_per_token)",
@@ -174,7 +187,7 @@ impl Tokens {
 
 fn allow(scope: &Option<String>, tenant: &str) -> Result<(), ApiError> {
     match scope {
-        Some(own) if own != tenant => Err(ApiError(
+        Some(own) if own != tenant => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("this token reads tenant {own:?} only"),
         )),
@@ -183,7 +196,7 @@ fn allow(scope: &Option<String>, tenant: &str) -> Result<(), ApiError> {
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -220,26 +233,50 @@ async fn get_flow(
     }
     match state.reader.archived_flow(&tenant, &flow_id).await {
         Ok(Some(flow)) => Ok(Json(flow)),
-        Ok(None) => Err(ApiError(
+        Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no flow {tenant}/{flow_id}"),
         )),
+        Err(crate::read::ReadError::Archive(
+            e @ crate::archive::ArchiveError::RestoreRequired { .. },
+        )) => Err(restore_required(e)),
         Err(e) => Err(internal(e)),
     }
+}
+
+/// 409 for a flow whose object sits in an archive tier: `{"error":
+/// "restore_required", "tier": …, "restore": …, "message": …}`.
+fn restore_required(e: crate::archive::ArchiveError) -> ApiError {
+    let message = e.to_string();
+    let crate::archive::ArchiveError::RestoreRequired { tier, .. } = e else {
+        return internal(e);
+    };
+    ApiError::with_body(
+        StatusCode::CONFLICT,
+        json!({
+            "error": "restore_required",
+            "tier": tier.storage_class,
+            "restore": match tier.restore {
+                Some(crate::archive::Restore::InProgress) => "in_progress",
+                _ => "not_requested",
+            },
+            "message": message,
+        }),
+    )
 }
 
 /// The admin token is required for holds, and must be configured: with no tokens a
 /// loopback API reads freely, but never changes what may be purged.
 fn require_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.auth.admin_token.is_none() {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "holds through the API need an admin token: set api.admin_token".into(),
         ));
     }
     match caller(state, headers)? {
         None => Ok(()),
-        Some(_) => Err(ApiError(
+        Some(_) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "only the admin token places or releases holds".into(),
         )),
@@ -248,7 +285,7 @@ fn require_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> 
 
 fn hold_pipeline(state: &ApiState) -> Result<&Arc<Pipeline>, ApiError> {
     state.pipeline.as_ref().ok_or_else(|| {
-        ApiError(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "this API does not own the state store: use the API served by `run` \
              (api.listen) or `flow-archiver hold`"
@@ -260,7 +297,7 @@ fn hold_pipeline(state: &ApiState) -> Result<&Arc<Pipeline>, ApiError> {
 /// Ids are validated before any lookup or scope check: 400 for an id that could
 /// never exist, whatever the token.
 fn flow_ids(tenant: &str, flow_id: &str) -> Result<FlowRef, ApiError> {
-    FlowRef::new(tenant, flow_id).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+    FlowRef::new(tenant, flow_id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,7 +316,7 @@ fn api_actor(actor: Option<&str>) -> String {
 
 fn hold_error(e: PipelineError) -> ApiError {
     match e {
-        PipelineError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+        PipelineError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
         e => internal(e),
     }
 }
@@ -293,7 +330,7 @@ async fn place_hold(
     require_admin(&state, &headers)?;
     flow_ids(&tenant, &flow_id)?;
     if body.reason.trim().is_empty() {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "reason must say why the flow is held".into(),
         ));
@@ -352,7 +389,7 @@ async fn list_flows(
     let scope = caller(&state, &headers)?;
     let tenant = match (&scope, p.tenant.take()) {
         (Some(own), Some(asked)) if *own != asked => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("this token reads tenant {own:?} only"),
             ))
@@ -362,13 +399,15 @@ async fn list_flows(
     };
     let query = ListParams { tenant, ..p }
         .parse()
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let index = state.reader.index().clone();
     let page = tokio::task::spawn_blocking(move || index.list(&query))
         .await
         .map_err(internal)?
         .map_err(|e| match e {
-            crate::index::IndexError::Cursor(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            crate::index::IndexError::Cursor(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
             e => internal(e),
         })?;
     Ok(Json(page))

@@ -81,6 +81,36 @@ impl ObjectRetention {
     }
 }
 
+/// Where an object stands for reads: its storage class and, for an archive tier,
+/// its restore.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectTier {
+    pub storage_class: String,
+    /// `None`: no restore requested (or none needed).
+    pub restore: Option<Restore>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Restore {
+    InProgress,
+    /// Readable until `expiry` (S3's HTTP date), then back in the archive tier.
+    Done {
+        expiry: Option<String>,
+    },
+}
+
+/// Classes whose objects need a `RestoreObject` before any read.
+pub const ARCHIVE_TIERS: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
+
+impl ObjectTier {
+    /// Whether a GET fails until a restore finishes.
+    pub fn needs_restore(&self) -> bool {
+        ARCHIVE_TIERS.contains(&self.storage_class.as_str())
+            && !matches!(self.restore, Some(Restore::Done { .. }))
+    }
+}
+
 /// The SDK client for one bucket, and the configured lock mode.
 #[derive(Debug, Clone)]
 pub struct S3Compliance {
@@ -256,6 +286,74 @@ impl S3Compliance {
             legal_hold: head.object_lock_legal_hold_status()
                 == Some(&ObjectLockLegalHoldStatus::On),
         })
+    }
+
+    /// The storage class of `key` and its restore, from `HeadObject`.
+    pub async fn tier(&self, key: &str) -> Result<ObjectTier, ComplianceError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| request_error("HeadObject", key, e))?;
+        // `x-amz-restore: ongoing-request="true"`, or `"false", expiry-date="…"`.
+        let restore = head.restore().map(|r| {
+            if r.contains("ongoing-request=\"true\"") {
+                Restore::InProgress
+            } else {
+                let expiry = r
+                    .split_once("expiry-date=\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(date, _)| date.to_string());
+                Restore::Done { expiry }
+            }
+        });
+        Ok(ObjectTier {
+            storage_class: head
+                .storage_class()
+                .map_or("STANDARD", |c| c.as_str())
+                .to_string(),
+            restore,
+        })
+    }
+
+    /// Asks S3 to restore `key` from its archive tier for `days` days, at `tier`
+    /// (`Standard`, `Bulk` or `Expedited`). Asking again while one runs is harmless.
+    pub async fn restore(&self, key: &str, days: i32, tier: &str) -> Result<(), ComplianceError> {
+        use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
+        let request = RestoreRequest::builder()
+            .days(days)
+            .glacier_job_parameters(
+                GlacierJobParameters::builder()
+                    .tier(Tier::from(tier))
+                    .build()
+                    .map_err(|e| ComplianceError::Request {
+                        action: "RestoreObject",
+                        target: key.to_string(),
+                        detail: e.to_string(),
+                    })?,
+            )
+            .build();
+        match self
+            .client
+            .restore_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .restore_request(request)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error().and_then(|s| s.meta().code())
+                    == Some("RestoreAlreadyInProgress") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(request_error("RestoreObject", key, e)),
+        }
     }
 
     /// Turns the legal hold of the current version of `key` on or off.

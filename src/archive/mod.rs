@@ -22,14 +22,14 @@
 //! `zstd -dc`/`gzip -dc` print the whole object as JSON Lines (the footer decodes to
 //! nothing); a ranged GET of `[offset, offset+length)` decodes to exactly one flow part.
 
-mod compliance;
+pub(crate) mod compliance;
 mod frame;
 mod reader;
 mod rewrite;
 mod segment;
 mod store;
 
-pub use compliance::{ComplianceError, ObjectRetention, S3Compliance};
+pub use compliance::{ComplianceError, ObjectRetention, ObjectTier, Restore, S3Compliance};
 pub(crate) use reader::compression_of;
 pub use reader::{
     entry_problem, read_manifest, read_object_bytes, read_part, verify_object, Manifest,
@@ -64,6 +64,11 @@ pub enum ArchiveError {
     Config(String),
     #[error(transparent)]
     Compliance(#[from] ComplianceError),
+    #[error("object {key} is in the {} archive tier and must be restored before it can be read: {}", .tier.storage_class, match .tier.restore {
+        Some(Restore::InProgress) => "its restore is in progress; try again once it finishes",
+        _ => "run `flow-archiver restore TENANT/FLOW_ID` (docs/compliance.md, \"Storage classes\")",
+    })]
+    RestoreRequired { key: String, tier: ObjectTier },
     #[error("object {key} is corrupted: {what} expected {expected}, found {actual}")]
     Corrupted {
         key: String,

@@ -143,6 +143,11 @@ impl ArchiveStore {
         })
     }
 
+    /// The S3 SDK client, when the store is S3 (whatever the lock mode).
+    pub fn compliance(&self) -> Option<&S3Compliance> {
+        self.compliance.as_ref()
+    }
+
     /// The S3 compliance client, when objects are uploaded under Object Lock: what
     /// retention, legal holds and versioned deletes go through.
     pub fn object_lock_client(&self) -> Option<&S3Compliance> {
@@ -394,11 +399,28 @@ impl ArchiveStore {
         }
     }
 
+    /// A byte range of an object. An object in an archive tier (`GLACIER`,
+    /// `DEEP_ARCHIVE`) and not restored is [`ArchiveError::RestoreRequired`].
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ArchiveError> {
-        self.inner
-            .get_range(&ObjectPath::from(key), range)
-            .await
-            .map_err(|e| self.err("get range", key, e))
+        match self.inner.get_range(&ObjectPath::from(key), range).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => {
+                if let Some(s3) = self
+                    .compliance
+                    .as_ref()
+                    .filter(|_| e.to_string().contains("InvalidObjectState"))
+                {
+                    let tier = s3.tier(key).await?;
+                    if tier.needs_restore() {
+                        return Err(ArchiveError::RestoreRequired {
+                            key: key.to_string(),
+                            tier,
+                        });
+                    }
+                }
+                Err(self.err("get range", key, e))
+            }
+        }
     }
 
     /// Every object key under the configured prefix (or a narrower one).

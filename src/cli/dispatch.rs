@@ -115,6 +115,46 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{flow} is released");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Restore {
+            flow,
+            days,
+            tier,
+            wait,
+            json,
+        } => {
+            let flow = flow_ref(&flow)?;
+            let reader = Reader::open(load(config)?)?;
+            // S3 spells tiers capitalised.
+            let tier = format!("{}{}", tier[..1].to_uppercase(), &tier[1..]);
+            let mut report = reader
+                .restore(&flow.tenant, &flow.flow_id, days, &tier, true)
+                .await?;
+            if report.objects.is_empty() {
+                return Err(anyhow::anyhow!(
+                    "no archived part of {}/{} in the index",
+                    flow.tenant,
+                    flow.flow_id
+                ));
+            }
+            if wait && !report.readable() {
+                let bar = progress(Some(report.objects.len() as u64), json, "restoring objects");
+                while !report.readable() {
+                    tokio::time::sleep(crate::restore::POLL).await;
+                    report = reader
+                        .restore(&flow.tenant, &flow.flow_id, days, &tier, false)
+                        .await?;
+                    let ready = report
+                        .objects
+                        .iter()
+                        .filter(|o| matches!(o.state, "not_needed" | "restored"))
+                        .count();
+                    bar.set_position(ready as u64);
+                }
+                bar.finish_and_clear();
+            }
+            print_report(&report, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Holds { json } => {
             let holds = open(config, None).await?.holds().await?;
             if json {

@@ -126,6 +126,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a flow's archived objects from an S3 archive tier (GLACIER,
+    /// DEEP_ARCHIVE) so that they can be read; repeat, or --wait, to follow it.
+    Restore {
+        /// TENANT/FLOW_ID
+        flow: String,
+        /// How long the restored copy stays readable.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(i32).range(1..=36500))]
+        days: i32,
+        /// Retrieval tier: standard, bulk or expedited.
+        #[arg(long, default_value = "standard", value_parser = ["standard", "bulk", "expedited"])]
+        tier: String,
+        /// Wait until every object is readable, showing progress.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List legal holds.
     Holds {
         #[arg(long)]

@@ -247,6 +247,13 @@ impl ArchiveConfig {
                     format!("use one of {}", STORAGE_CLASSES.join(", ")),
                 ));
             }
+            if crate::archive::compliance::ARCHIVE_TIERS.contains(&class.as_str()) {
+                return Err(invalid(
+                    "archive.storage_class",
+                    format!("{class} objects cannot be read back until restored, and every upload is read back and verified before the live state goes"),
+                    "upload to STANDARD_IA or GLACIER_IR and let a lifecycle rule move verified objects to GLACIER or DEEP_ARCHIVE (docs/compliance.md, \"Storage classes\")",
+                ));
+            }
             if a.bucket.is_none() {
                 return Err(invalid(
                     "archive.storage_class",

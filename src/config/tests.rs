@@ -304,6 +304,8 @@ fn object_lock_and_storage_classes_need_s3_and_known_names() {
         e.contains("archive.storage_class") && e.contains("GLACIER_IR"),
         "{e}"
     );
+    let e = err("[archive]\nbucket = \"b-1\"\nstorage_class = \"GLACIER\"\n");
+    assert!(e.contains("lifecycle"), "uploads are read back: {e}");
     let e = err("[archive]\nstorage_class = \"GLACIER_IR\"\n");
     assert!(e.contains("a local directory"), "{e}");
     let ok = Config::from_sources(

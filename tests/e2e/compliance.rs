@@ -349,3 +349,69 @@ fn a_hold_placed_while_its_flow_is_archived_ends_up_on_the_new_object() {
     assert_eq!(found[0]["legal_hold"], "ON", "{found:?}");
     assert_eq!(found[0]["mode"], "COMPLIANCE");
 }
+
+/// An object moved to GLACIER (as a lifecycle rule would) cannot be read until it is
+/// restored: `get` says so and names the fix, the API answers 409 `restore_required`
+/// with the tier, `restore` requests it and reports it, and then reads work.
+#[test]
+fn a_glacier_object_is_read_after_a_restore_and_not_before() {
+    let moto = MotoServer::start();
+    moto.client(&["create-bucket", "cold", "--no-lock"]);
+    let env = env_for(&moto, "cold", "archive_for = \"30d\"", "");
+    ingest_and_sweep(&env);
+    let expected = objects_by_key(&env);
+    let (key, _) = expected
+        .iter()
+        .find(|(_, (_, flows))| flows.contains(&"tenant-0/flow-0".into()))
+        .unwrap();
+    assert!(env.ok(&["get", "tenant-0/flow-0"]).contains("flow-0"));
+    moto.client(&["set-class", "cold", key, "GLACIER"]);
+
+    let out = env.run(&["get", "tenant-0/flow-0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GLACIER archive tier") && err.contains("flow-archiver restore"),
+        "{err}"
+    );
+    let (api, base) = serve_api(&env);
+    let (status, body) = http_get(&format!("{base}/flows/tenant-0/flow-0"), "");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "restore_required");
+    assert_eq!(body["tier"], "GLACIER");
+    assert_eq!(body["restore"], "not_requested");
+    check_openapi(
+        &env,
+        &base,
+        &[(
+            "/flows/{tenant}/{flow_id}",
+            "/flows/tenant-0/flow-0".to_string(),
+            "",
+        )],
+    );
+    // Other flows in other objects still read.
+    let other = expected
+        .iter()
+        .find(|(k, _)| *k != key)
+        .map(|(_, (_, flows))| flows[0].clone())
+        .unwrap();
+    let (tenant, flow) = other.split_once('/').unwrap();
+    assert_eq!(
+        http_get(&format!("{base}/flows/{tenant}/{flow}"), "").0,
+        200
+    );
+    api.stop();
+
+    let out = env.ok(&["restore", "tenant-0/flow-0", "--days", "2", "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let objects = report["objects"].as_array().unwrap();
+    let cold: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["storage_class"] == "GLACIER")
+        .collect();
+    assert_eq!(cold.len(), 1, "{report}");
+    // moto restores at once; S3 takes minutes to hours (`--wait` follows it).
+    assert_eq!(cold[0]["state"], "restored", "{report}");
+    assert!(cold[0]["expiry"].is_string(), "{report}");
+    assert!(env.ok(&["get", "tenant-0/flow-0"]).contains("flow-0"));
+}
