@@ -93,6 +93,13 @@ impl RetentionPolicy {
         })
     }
 
+    /// The storage class the first matching override gives a flow (`None`: the
+    /// archive's own).
+    pub fn storage_class(&self, tenant: &str, status: FlowStatus, labels: &Labels) -> Option<&str> {
+        self.matching_override(tenant, status, labels)
+            .and_then(|o| o.storage_class.as_deref())
+    }
+
     /// Decides a flow's deadline from its status, labels, tenant and last event time.
     pub fn decide(
         &self,
@@ -167,6 +174,7 @@ mod tests {
                 },
                 retention: Some(Retention::After(Duration::ZERO)),
                 archive_for: Some(Duration::from_secs(5 * 365 * 86_400)),
+                storage_class: Some("GLACIER_IR".into()),
             },
             RetentionOverride {
                 selector: Selector {
@@ -175,9 +183,20 @@ mod tests {
                 },
                 retention: Some(Retention::After(Duration::from_secs(60))),
                 archive_for: None,
+                storage_class: None,
             },
         ];
         let p = RetentionPolicy::new(cfg);
+        let security = labels(&[("category", "security")]);
+        assert_eq!(
+            p.storage_class("acme", FlowStatus::Completed, &security),
+            Some("GLACIER_IR"),
+            "the first matching override gives the class"
+        );
+        assert_eq!(
+            p.storage_class("acme", FlowStatus::Completed, &labels(&[])),
+            None
+        );
         let day = 86_400_000;
         let d = p.decide("t", FlowStatus::Completed, &labels(&[]), 0);
         assert_eq!(d.deadline_ms, Some(30 * day));

@@ -222,21 +222,31 @@ impl ArchiveStore {
     /// the object is then retained until `retain_until_ms` (the latest purge date of
     /// what it holds) before this returns: it is never verified, recorded or
     /// published while it can still be deleted.
+    ///
+    /// `storage_class` (a retention override's) replaces `archive.storage_class`.
     pub async fn upload(
         &self,
         key: &str,
         file: &Path,
         sha256: &str,
         retain_until_ms: i64,
+        storage_class: Option<&str>,
     ) -> Result<(), ArchiveError> {
-        self.put_file(key, file, sha256).await?;
+        let class = storage_class.or(self.storage_class.as_deref());
+        self.put_file(key, file, sha256, class).await?;
         if let Some(c) = &self.compliance {
             c.retain(key, retain_until_ms).await?;
         }
         Ok(())
     }
 
-    async fn put_file(&self, key: &str, file: &Path, sha256: &str) -> Result<(), ArchiveError> {
+    async fn put_file(
+        &self,
+        key: &str,
+        file: &Path,
+        sha256: &str,
+        storage_class: Option<&str>,
+    ) -> Result<(), ArchiveError> {
         let location = ObjectPath::from(key);
         let io_err = |source| ArchiveError::Io {
             path: file.display().to_string(),
@@ -257,8 +267,11 @@ impl ArchiveStore {
                 }),
             );
         }
-        if let Some(class) = &self.storage_class {
-            attributes.insert(Attribute::StorageClass, AttributeValue::from(class.clone()));
+        if let Some(class) = storage_class.filter(|_| self.keeps_metadata) {
+            attributes.insert(
+                Attribute::StorageClass,
+                AttributeValue::from(class.to_string()),
+            );
         }
         let size = tokio::fs::metadata(file).await.map_err(io_err)?.len();
         if size <= self.multipart_threshold {

@@ -72,6 +72,26 @@ pub const STORAGE_CLASSES: &[&str] = &[
     "REDUCED_REDUNDANCY",
 ];
 
+/// A storage class objects can be uploaded to: an S3 class whose objects can be read
+/// back at once (every upload is verified by reading it).
+pub(crate) fn check_upload_class(key: &'static str, class: &str) -> Result<(), ConfigError> {
+    if !STORAGE_CLASSES.contains(&class) {
+        return Err(invalid(
+            key,
+            format!("{class:?} is not an S3 storage class"),
+            format!("use one of {}", STORAGE_CLASSES.join(", ")),
+        ));
+    }
+    if crate::archive::compliance::ARCHIVE_TIERS.contains(&class) {
+        return Err(invalid(
+            key,
+            format!("{class} objects cannot be read back until restored, and every upload is read back and verified before the live state goes"),
+            "upload to STANDARD_IA or GLACIER_IR and let a lifecycle rule move verified objects to GLACIER or DEEP_ARCHIVE (docs/compliance.md, \"Storage classes\")",
+        ));
+    }
+    Ok(())
+}
+
 /// Where and how archive objects are written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -240,20 +260,7 @@ impl ArchiveConfig {
             ));
         }
         if let Some(class) = &a.storage_class {
-            if !STORAGE_CLASSES.contains(&class.as_str()) {
-                return Err(invalid(
-                    "archive.storage_class",
-                    format!("{class:?} is not an S3 storage class"),
-                    format!("use one of {}", STORAGE_CLASSES.join(", ")),
-                ));
-            }
-            if crate::archive::compliance::ARCHIVE_TIERS.contains(&class.as_str()) {
-                return Err(invalid(
-                    "archive.storage_class",
-                    format!("{class} objects cannot be read back until restored, and every upload is read back and verified before the live state goes"),
-                    "upload to STANDARD_IA or GLACIER_IR and let a lifecycle rule move verified objects to GLACIER or DEEP_ARCHIVE (docs/compliance.md, \"Storage classes\")",
-                ));
-            }
+            check_upload_class("archive.storage_class", class)?;
             if a.bucket.is_none() {
                 return Err(invalid(
                     "archive.storage_class",

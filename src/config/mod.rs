@@ -193,6 +193,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.state.validate()?;
         self.archive.validate()?;
+        if self.archive.bucket.is_none()
+            && self
+                .retention
+                .overrides
+                .iter()
+                .any(|o| o.storage_class.is_some())
+        {
+            return Err(invalid(
+                "retention.override.storage_class",
+                "a local directory has no storage classes",
+                "set archive.bucket, or remove storage_class from the override",
+            ));
+        }
         self.kafka.validate()?;
         self.nats.validate()?;
         self.audit.validate(&self.nats)?;

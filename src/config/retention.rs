@@ -97,6 +97,10 @@ pub struct RetentionOverride {
         skip_serializing_if = "Option::is_none"
     )]
     pub archive_for: Option<Duration>,
+    /// S3 storage class of the objects holding matching flows; unset keeps
+    /// `archive.storage_class`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
 }
 
 /// All given conditions must hold.
@@ -111,12 +115,21 @@ pub struct Selector {
 impl RetentionConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (i, o) in self.overrides.iter().enumerate() {
-            if o.retention.is_none() && o.archive_for.is_none() {
+            if o.retention.is_none() && o.archive_for.is_none() && o.storage_class.is_none() {
                 return Err(invalid(
                     "retention.override",
-                    format!("override #{} sets neither retention nor archive_for", i + 1),
-                    "add `retention = \"0s\"` and/or `archive_for = \"5y\"`, or remove it",
+                    format!(
+                        "override #{} sets none of retention, archive_for and storage_class",
+                        i + 1
+                    ),
+                    "add `retention = \"0s\"`, `archive_for = \"5y\"` and/or `storage_class = \"GLACIER_IR\"`, or remove it",
                 ));
+            }
+            if let Some(class) = &o.storage_class {
+                crate::config::archive::check_upload_class(
+                    "retention.override.storage_class",
+                    class,
+                )?;
             }
         }
         Ok(())

@@ -85,6 +85,8 @@ pub struct Archiver {
     /// `archive.frame_target_bytes`.
     pub(crate) frame_target: u64,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    /// For the storage class a retention override gives a segment's flows.
+    pub(crate) policy: Arc<crate::policy::RetentionPolicy>,
 }
 
 impl Archiver {
@@ -219,12 +221,18 @@ impl Archiver {
                 steps.build = lap(&mut step);
                 // Retained until the last of its parts may be purged (Object Lock).
                 let retain_until = intent.parts.iter().map(|p| p.purge_at_ms).max();
+                // Planned so that a segment's flows share it (scheduler::plan).
+                let class = intent.parts.first().and_then(|p| {
+                    self.policy
+                        .storage_class(&p.meta.tenant, p.meta.status, &p.meta.labels)
+                });
                 self.objects
                     .upload(
                         &key,
                         &spool,
                         &upload.object_sha256,
                         retain_until.unwrap_or_default(),
+                        class,
                     )
                     .instrument(self.object_span("PutObject", &key, upload.object_size))
                     .await?;

@@ -363,12 +363,18 @@ impl Pipeline {
                         .filter_map(|p| chrono::DateTime::parse_from_rfc3339(&p.purge_at).ok())
                         .map(|t| t.timestamp_millis())
                         .max();
+                    // The old object's class, whatever chose it.
+                    let class = match self.objects.compliance() {
+                        Some(s3) => Some(s3.tier(&intent.old_key).await?.storage_class),
+                        None => None,
+                    };
                     self.objects
                         .upload(
                             &rewrite.object_key,
                             &spool,
                             &uploaded.object_sha256,
                             retain_until.unwrap_or_default(),
+                            class.as_deref(),
                         )
                         .await?;
                     self.objects

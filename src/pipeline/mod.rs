@@ -183,6 +183,7 @@ impl Pipeline {
             spool_dir: self.config.archive.spool_dir.clone(),
             frame_target: self.config.archive.frame_target_bytes,
             audit: self.audit.clone(),
+            policy: self.policy.clone(),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Flows are grouped by tenant and purge date, because a segment's key carries both
 //! (`{prefix}/{tenant}/purge={YYYY-MM-DD}/{segment_id}.jsonl.zst`) and purge deletes
-//! whole objects; a group is cut into segments at `segment_max_flows` parts or
+//! whole objects, and by the storage class a retention override gives them, because
+//! an object has one; a group is cut into segments at `segment_max_flows` parts or
 //! `segment_max_bytes` of raw history. The same function plans a dry run and a live
 //! run, so a dry run reports exactly what a live run would do.
 
@@ -65,15 +66,19 @@ pub fn plan(
     now_ms: i64,
     ids: &IntentIds,
 ) -> Vec<ArchiveIntent> {
-    let mut groups: BTreeMap<(String, String), Vec<SealedPart>> = BTreeMap::new();
+    // A segment holds one tenant, one purge date and one storage class.
+    let mut groups: BTreeMap<(String, String, Option<String>), Vec<SealedPart>> = BTreeMap::new();
     for meta in due {
         let decision = policy.decide(&meta.tenant, meta.status, &meta.labels, meta.last_event_ms);
+        let class = policy
+            .storage_class(&meta.tenant, meta.status, &meta.labels)
+            .map(str::to_string);
         let purge_at_ms = now_ms.saturating_add(decision.archive_for.as_millis() as i64);
         let date = chrono::DateTime::from_timestamp_millis(purge_at_ms)
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_else(|| "9999-12-31".into());
         groups
-            .entry((meta.tenant.to_string(), date))
+            .entry((meta.tenant.to_string(), date, class))
             .or_default()
             .push(SealedPart {
                 archive_status: decision.archive_status,
@@ -93,7 +98,7 @@ pub fn plan(
         parts,
         stage: IntentStage::Pending,
     };
-    for ((tenant, date), parts) in groups {
+    for ((tenant, date, _), parts) in groups {
         match cfg.layout {
             Layout::PerFlow => {
                 for part in parts {
@@ -133,4 +138,51 @@ pub fn plan(
         }
     }
     intents
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, RetentionOverride, Selector};
+    use crate::flow::FlowStatus;
+
+    fn meta(flow: &str, team: &str) -> FlowMeta {
+        let mut event = crate::state::test_support::event(flow, "1", "{}".into());
+        event.status = FlowStatus::Completed;
+        event.labels = [("team", team)].into_iter().collect();
+        let mut meta = crate::state::meta::new_meta(&event, 1, 0);
+        crate::state::meta::apply_event(&mut meta, &event, 0);
+        meta
+    }
+
+    /// Flows of one tenant and purge date whose overrides give different storage
+    /// classes go to different segments; the rest share one.
+    #[test]
+    fn a_segment_holds_one_storage_class() {
+        let mut retention = Config::default().retention;
+        retention.overrides = vec![RetentionOverride {
+            selector: Selector {
+                labels: [("team".to_string(), "audit".to_string())].into(),
+                ..Default::default()
+            },
+            retention: None,
+            archive_for: None,
+            storage_class: Some("GLACIER_IR".into()),
+        }];
+        let policy = RetentionPolicy::new(retention);
+        let due = vec![meta("a", "ops"), meta("b", "audit"), meta("c", "ops")];
+        let intents = plan(
+            due,
+            &policy,
+            &Config::default().archive,
+            0,
+            &IntentIds::default(),
+        );
+        let mut flows: Vec<Vec<&str>> = intents
+            .iter()
+            .map(|i| i.parts.iter().map(|p| p.meta.flow_id.as_str()).collect())
+            .collect();
+        flows.sort();
+        assert_eq!(flows, [vec!["a", "c"], vec!["b"]]);
+    }
 }

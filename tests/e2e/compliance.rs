@@ -1,7 +1,7 @@
 //! S3 Object Lock, legal holds on the objects and storage classes, against `moto` in
 //! server mode, checked with an independent client (boto3, `tests/py/s3_lock.py`):
 //! - compliance mode: every object retained until the latest purge date of its parts,
-//!   in the configured storage class; `hold`/`release` flip the object's legal hold
+//!   in the storage class of its retention override, else the archive's; `hold`/`release` flip the object's legal hold
 //!   (kept while another flow in it is held); `purge` leaves retained objects in place
 //!   and says so; `erase` is refused before anything changes;
 //! - governance mode: `erase` needs `--bypass-governance`, which is audited and removes
@@ -97,7 +97,7 @@ fn compliance_mode_locks_every_object_and_legal_holds_follow_the_flows() {
     let env = env_for(
         &moto,
         "locked",
-        "archive_for = \"30d\"\n[[retention.override]]\nmatch = { tenant = \"tenant-1\" }\narchive_for = \"60d\"",
+        "archive_for = \"30d\"\n[[retention.override]]\nmatch = { tenant = \"tenant-1\" }\narchive_for = \"60d\"\nstorage_class = \"GLACIER_IR\"",
         "object_lock = \"compliance\"\nstorage_class = \"STANDARD_IA\"",
     );
     ingest_and_sweep(&env);
@@ -112,7 +112,13 @@ fn compliance_mode_locks_every_object_and_legal_holds_follow_the_flows() {
         let o = &found[key];
         assert_eq!(o["mode"], "COMPLIANCE", "{key}: {o}");
         assert_eq!(o["retain_until"], until.as_str(), "{key}: {o}");
-        assert_eq!(o["storage_class"], "STANDARD_IA", "{key}: {o}");
+        // The override's class for tenant-1, the archive's for the rest.
+        let class = if key.contains("tenant-1") {
+            "GLACIER_IR"
+        } else {
+            "STANDARD_IA"
+        };
+        assert_eq!(o["storage_class"], class, "{key}: {o}");
         assert!(o["legal_hold"].is_null() || o["legal_hold"] == "OFF", "{o}");
     }
     // The override's 60 days reach the tenant-1 objects only.

@@ -164,6 +164,7 @@ async fn overrides_match_first_and_abandoned_archives_idle_running_flows() {
                 },
                 retention: Some(Retention::After(Duration::ZERO)),
                 archive_for: Some(Duration::from_secs(5 * 365 * 86_400)),
+                storage_class: None,
             },
             RetentionOverride {
                 selector: Selector {
@@ -172,6 +173,7 @@ async fn overrides_match_first_and_abandoned_archives_idle_running_flows() {
                 },
                 retention: Some(Retention::Off),
                 archive_for: None,
+                storage_class: None,
             },
         ];
     })
