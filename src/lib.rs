@@ -33,6 +33,7 @@ pub mod flow;
 pub mod hold_check;
 pub mod index;
 pub mod kafka;
+pub mod lifecycle;
 pub mod nats;
 pub mod pipeline;
 pub mod policy;

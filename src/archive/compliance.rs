@@ -356,6 +356,62 @@ impl S3Compliance {
         }
     }
 
+    /// Replaces the bucket's rules whose ID starts with `owned` by `rules`, keeping
+    /// every other rule; returns the IDs of the rules kept.
+    pub async fn put_lifecycle(
+        &self,
+        rules: Vec<aws_sdk_s3::types::LifecycleRule>,
+        owned: &str,
+    ) -> Result<Vec<String>, ComplianceError> {
+        let current = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(r) => r.rules().to_vec(),
+            Err(e)
+                if e.as_service_error().and_then(|s| s.meta().code())
+                    == Some("NoSuchLifecycleConfiguration") =>
+            {
+                Vec::new()
+            }
+            Err(e) => {
+                return Err(request_error(
+                    "GetBucketLifecycleConfiguration",
+                    &self.bucket,
+                    e,
+                ))
+            }
+        };
+        let kept: Vec<_> = current
+            .into_iter()
+            .filter(|r| !r.id().is_some_and(|id| id.starts_with(owned)))
+            .collect();
+        let kept_ids = kept
+            .iter()
+            .map(|r| r.id().unwrap_or("(unnamed)").to_string())
+            .collect();
+        let all: Vec<_> = kept.into_iter().chain(rules).collect();
+        let configuration = aws_sdk_s3::types::BucketLifecycleConfiguration::builder()
+            .set_rules(Some(all))
+            .build()
+            .map_err(|e| ComplianceError::Request {
+                action: "PutBucketLifecycleConfiguration",
+                target: self.bucket.clone(),
+                detail: e.to_string(),
+            })?;
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(configuration)
+            .send()
+            .await
+            .map_err(|e| request_error("PutBucketLifecycleConfiguration", &self.bucket, e))?;
+        Ok(kept_ids)
+    }
+
     /// Turns the legal hold of the current version of `key` on or off.
     pub async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), ComplianceError> {
         let status = if on {

@@ -19,7 +19,7 @@ use crate::service::{RunOptions, ServiceError};
 use crate::source::SourceError;
 
 use super::output::{print_json, print_report, progress, usage};
-use super::{Cli, Command, ConfigCommand, IndexCommand, LogFormat, StateCommand};
+use super::{Cli, Command, ConfigCommand, IndexCommand, LifecycleCommand, LogFormat, StateCommand};
 
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = &cli.config;
@@ -32,6 +32,18 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::State { command } => state(load(config)?, command),
+        Command::Lifecycle { command } => {
+            let config = load(config)?;
+            let (plan, json) = match command {
+                LifecycleCommand::Plan { json } => (crate::lifecycle::plan(&config)?, json),
+                LifecycleCommand::Apply { json } => {
+                    let objects = crate::archive::ArchiveStore::from_config(&config.archive)?;
+                    (crate::lifecycle::apply(&config, &objects).await?, json)
+                }
+            };
+            print_report(&plan, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { source, until_idle } => {
             run(load(config)?, source, until_idle, cli.log_format).await
         }

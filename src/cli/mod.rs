@@ -257,6 +257,26 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// The S3 bucket lifecycle the policy calls for: storage-class transitions
+    /// ([[archive.transition]]), aborted uploads, replaced versions.
+    Lifecycle {
+        #[command(subcommand)]
+        command: LifecycleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LifecycleCommand {
+    /// Print the rules and what the retention policy makes of them; change nothing.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the rules on the bucket, keeping its other rules.
+    Apply {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

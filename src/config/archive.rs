@@ -92,6 +92,16 @@ pub(crate) fn check_upload_class(key: &'static str, class: &str) -> Result<(), C
     Ok(())
 }
 
+/// A bucket lifecycle transition (`flow-archiver lifecycle`): objects move to
+/// `storage_class` once they are `after` old.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    #[serde(with = "crate::settings::duration_text")]
+    pub after: std::time::Duration,
+    pub storage_class: String,
+}
+
 /// Where and how archive objects are written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -139,6 +149,11 @@ pub struct ArchiveConfig {
     /// S3 storage class of uploaded objects (`STANDARD_IA`, `GLACIER_IR`, …); unset
     /// leaves the bucket's default (`STANDARD`).
     pub storage_class: Option<String>,
+    /// `[[archive.transition]]`: the bucket lifecycle transitions that
+    /// `flow-archiver lifecycle plan|apply` derives a lifecycle configuration from,
+    /// in increasing age (e.g. STANDARD_IA after 30d, GLACIER after 180d).
+    #[serde(rename = "transition", skip_serializing_if = "Vec::is_empty")]
+    pub transitions: Vec<Transition>,
     /// S3: how long one request may take before it fails and is retried. A hung
     /// server then shows as failures in the metrics and logs instead of a stall.
     /// Default `30s`.
@@ -167,6 +182,7 @@ impl Default for ArchiveConfig {
             spool_dir: PathBuf::from("./data/spool"),
             object_lock: ObjectLock::Off,
             storage_class: None,
+            transitions: Vec::new(),
             request_timeout: std::time::Duration::from_secs(30),
         }
     }
@@ -266,6 +282,54 @@ impl ArchiveConfig {
                     "archive.storage_class",
                     "a local directory has no storage classes",
                     "set archive.bucket, or remove storage_class",
+                ));
+            }
+        }
+        let mut previous_days = 0;
+        for t in &a.transitions {
+            let key = "archive.transition";
+            let days = t.after.as_secs() / 86_400;
+            if a.bucket.is_none() {
+                return Err(invalid(
+                    key,
+                    "a local directory has no lifecycle",
+                    "set archive.bucket, or remove the transitions",
+                ));
+            }
+            if t.after.as_secs() % 86_400 != 0 || days == 0 {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "after = {:?} is not a whole number of days",
+                        crate::settings::format_duration(t.after)
+                    ),
+                    "S3 lifecycle rules count whole days: use e.g. \"30d\"",
+                ));
+            }
+            if days <= previous_days {
+                return Err(invalid(
+                    key,
+                    "transitions must be in increasing age",
+                    "list them youngest first, e.g. 30d then 180d",
+                ));
+            }
+            previous_days = days;
+            let class = t.storage_class.as_str();
+            if class == "STANDARD"
+                || !(STORAGE_CLASSES.contains(&class)
+                    || crate::archive::compliance::ARCHIVE_TIERS.contains(&class))
+            {
+                return Err(invalid(
+                    key,
+                    format!("{class:?} is not a class objects can move to"),
+                    "use STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER_IR, GLACIER or DEEP_ARCHIVE",
+                ));
+            }
+            if matches!(class, "STANDARD_IA" | "ONEZONE_IA") && days < 30 {
+                return Err(invalid(
+                    key,
+                    format!("S3 moves objects to {class} after 30 days at the earliest"),
+                    "use after = \"30d\" or more",
                 ));
             }
         }

@@ -308,6 +308,19 @@ fn object_lock_and_storage_classes_need_s3_and_known_names() {
     assert!(e.contains("lifecycle"), "uploads are read back: {e}");
     let e = err("[archive]\nstorage_class = \"GLACIER_IR\"\n");
     assert!(e.contains("a local directory"), "{e}");
+    let transition = |after: &str, class: &str| {
+        format!("[archive]\nbucket = \"b-1\"\n[[archive.transition]]\nafter = \"{after}\"\nstorage_class = \"{class}\"\n")
+    };
+    let e = err(&transition("36h", "GLACIER"));
+    assert!(e.contains("whole number of days"), "{e}");
+    let e = err(&transition("10d", "STANDARD_IA"));
+    assert!(e.contains("30 days"), "{e}");
+    let e = err(&transition("90d", "STANDARD"));
+    assert!(e.contains("not a class objects can move to"), "{e}");
+    let e = err(&(transition("180d", "GLACIER")
+        + "[[archive.transition]]\nafter = \"30d\"\nstorage_class = \"STANDARD_IA\"\n"));
+    assert!(e.contains("increasing age"), "{e}");
+    assert!(Config::from_sources(Some(&transition("180d", "DEEP_ARCHIVE")), &[]).is_ok());
     let ok = Config::from_sources(
         Some("[archive]\nbucket = \"b-1\"\nobject_lock = \"governance\"\nstorage_class = \"GLACIER_IR\"\n"),
         &[],

@@ -421,3 +421,74 @@ fn a_glacier_object_is_read_after_a_restore_and_not_before() {
     assert!(cold[0]["expiry"].is_string(), "{report}");
     assert!(env.ok(&["get", "tenant-0/flow-0"]).contains("flow-0"));
 }
+
+/// `lifecycle plan` derives the rules from `[[archive.transition]]` and warns where
+/// the policy purges objects before a transition applies; `apply` puts them on the
+/// bucket beside the bucket's own rule, and applying again changes nothing.
+#[test]
+fn lifecycle_rules_come_from_the_policy_and_keep_the_buckets_own() {
+    let moto = MotoServer::start();
+    moto.client(&["create-bucket", "tiers"]);
+    moto.client(&["put-rule", "tiers", "team-logs"]);
+    let env = env_for(
+        &moto,
+        "tiers",
+        "archive_for = \"365d\"\n[[retention.override]]\nmatch = { tenant = \"short\" }\narchive_for = \"60d\"",
+        "object_lock = \"governance\"\n[[archive.transition]]\nafter = \"30d\"\nstorage_class = \"STANDARD_IA\"\n[[archive.transition]]\nafter = \"180d\"\nstorage_class = \"GLACIER\"",
+    );
+    let plan: Value = serde_json::from_str(&env.ok(&["lifecycle", "plan", "--json"])).unwrap();
+    let rules = plan["rules"].as_array().unwrap();
+    let ids: Vec<&str> = rules.iter().map(|r| r["ID"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "flow-archiver: transitions",
+            "flow-archiver: abandoned uploads",
+            "flow-archiver: replaced versions"
+        ]
+    );
+    assert_eq!(rules[0]["Filter"]["Prefix"], "flows/");
+    assert_eq!(
+        rules[0]["Transitions"],
+        serde_json::json!([
+            {"Days": 30, "StorageClass": "STANDARD_IA"},
+            {"Days": 180, "StorageClass": "GLACIER"}
+        ])
+    );
+    let warnings = plan["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(w.contains("override #1") && w.contains("GLACIER"), "{w}");
+    assert_eq!(plan["applied"], false);
+
+    for _ in 0..2 {
+        let applied: Value =
+            serde_json::from_str(&env.ok(&["lifecycle", "apply", "--json"])).unwrap();
+        assert_eq!(applied["applied"], true);
+        assert_eq!(applied["kept_rules"], serde_json::json!(["team-logs"]));
+        let on_bucket: Value = serde_json::from_str(&moto.client(&["lifecycle", "tiers"])).unwrap();
+        let mut ids: Vec<&str> = on_bucket
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["ID"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                "flow-archiver: abandoned uploads",
+                "flow-archiver: replaced versions",
+                "flow-archiver: transitions",
+                "team-logs"
+            ]
+        );
+        let transitions = on_bucket
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ID"] == "flow-archiver: transitions")
+            .unwrap();
+        assert_eq!(transitions["Transitions"][1]["StorageClass"], "GLACIER");
+    }
+}

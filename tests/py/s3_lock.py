@@ -6,6 +6,8 @@ take flow-archiver's word for it.
     s3_lock.py ENDPOINT inspect BUCKET PREFIX     -> one JSON object per line
     s3_lock.py ENDPOINT set-class BUCKET KEY CLASS
     s3_lock.py ENDPOINT set-hold BUCKET KEY ON|OFF
+    s3_lock.py ENDPOINT put-rule BUCKET ID       (a rule of the bucket's own, on logs/)
+    s3_lock.py ENDPOINT lifecycle BUCKET         -> the bucket's rules as JSON
 """
 import json
 import sys
@@ -69,6 +71,25 @@ def main(argv):
     elif command == "set-hold":
         bucket, key, status = args
         s3.put_object_legal_hold(Bucket=bucket, Key=key, LegalHold={"Status": status})
+    elif command == "put-rule":
+        bucket, rule_id = args
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=bucket,
+            LifecycleConfiguration={
+                "Rules": [
+                    {
+                        "ID": rule_id,
+                        "Status": "Enabled",
+                        "Filter": {"Prefix": "logs/"},
+                        "Expiration": {"Days": 14},
+                    }
+                ]
+            },
+        )
+    elif command == "lifecycle":
+        (bucket,) = args
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        print(json.dumps(rules, default=str))
     else:
         raise SystemExit(f"unknown command {command}")
 
