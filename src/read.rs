@@ -148,16 +148,16 @@ impl Reader {
         request: bool,
     ) -> Result<crate::restore::RestoreReport, ReadError> {
         self.catch_up().await?;
-        Ok(crate::restore::restore(
-            &self.index,
-            &self.objects,
-            tenant,
-            flow_id,
-            days,
-            tier,
-            request,
+        let keys = self
+            .index
+            .parts_of(tenant, flow_id)?
+            .into_iter()
+            .map(|p| p.object_key)
+            .collect();
+        Ok(
+            crate::restore::restore(&self.objects, (tenant, flow_id), keys, days, tier, request)
+                .await?,
         )
-        .await?)
     }
 
     /// Compares every object's S3 legal hold with the recorded holds

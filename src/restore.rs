@@ -2,14 +2,15 @@
 //! parts back from an S3 archive tier (`GLACIER`, `DEEP_ARCHIVE`) so that `get`, the
 //! API and `replay` can read them (`docs/compliance.md`, "Storage classes").
 //!
-//! Objects are found through the index, as reads find them. Each one in an archive
+//! The objects are the ones the index names for the flow (as reads find them). Each
+//! one in an archive
 //! tier and not yet readable gets a `RestoreObject`; asking again while one runs is
 //! harmless, so the command can be repeated to see progress, or wait with `--wait`.
 
 use serde::Serialize;
 
 use crate::archive::{ArchiveError, ArchiveStore, ObjectTier, Restore};
-use crate::index::Index;
+use crate::config::ARCHIVE_TIERS;
 
 /// How often `--wait` asks S3 again.
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -68,21 +69,19 @@ impl std::fmt::Display for RestoreReport {
 
 fn state_of(tier: &ObjectTier) -> (&'static str, Option<String>) {
     match &tier.restore {
-        _ if !crate::archive::compliance::ARCHIVE_TIERS.contains(&tier.storage_class.as_str()) => {
-            ("not_needed", None)
-        }
+        _ if !ARCHIVE_TIERS.contains(&tier.storage_class.as_str()) => ("not_needed", None),
         Some(Restore::Done { expiry }) => ("restored", expiry.clone()),
         Some(Restore::InProgress) => ("in_progress", None),
         None => ("requested", None),
     }
 }
 
-/// Requests the restores (`request`), or only reports where they stand.
+/// Requests the restores of the objects `keys` holding the flow (`request`), or only
+/// reports where they stand.
 pub async fn restore(
-    index: &Index,
     objects: &ArchiveStore,
-    tenant: &str,
-    flow_id: &str,
+    (tenant, flow_id): (&str, &str),
+    mut keys: Vec<String>,
     days: i32,
     tier: &str,
     request: bool,
@@ -92,10 +91,6 @@ pub async fn restore(
             "restore is for objects in S3 archive tiers; this archive is a local directory".into(),
         ));
     };
-    let parts = index
-        .parts_of(tenant, flow_id)
-        .map_err(|e| ArchiveError::Config(e.to_string()))?;
-    let mut keys: Vec<String> = parts.into_iter().map(|p| p.object_key).collect();
     keys.sort();
     keys.dedup();
     let mut report = RestoreReport {

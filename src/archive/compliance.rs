@@ -23,7 +23,7 @@ use aws_sdk_s3::types::{
 };
 use object_store::aws::AwsCredentialProvider;
 
-use crate::config::ObjectLock;
+use crate::config::{ObjectLock, ARCHIVE_TIERS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComplianceError {
@@ -99,9 +99,6 @@ pub enum Restore {
         expiry: Option<String>,
     },
 }
-
-/// Classes whose objects need a `RestoreObject` before any read.
-pub const ARCHIVE_TIERS: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
 
 impl ObjectTier {
     /// Whether a GET fails until a restore finishes.

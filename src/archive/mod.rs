@@ -22,7 +22,7 @@
 //! `zstd -dc`/`gzip -dc` print the whole object as JSON Lines (the footer decodes to
 //! nothing); a ranged GET of `[offset, offset+length)` decodes to exactly one flow part.
 
-pub(crate) mod compliance;
+mod compliance;
 mod frame;
 mod reader;
 mod rewrite;

@@ -60,6 +60,9 @@ impl ObjectLock {
     }
 }
 
+/// S3 classes whose objects need a `RestoreObject` before any read.
+pub const ARCHIVE_TIERS: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
+
 /// The S3 storage classes an object can be uploaded to.
 pub const STORAGE_CLASSES: &[&str] = &[
     "STANDARD",
@@ -82,7 +85,7 @@ pub(crate) fn check_upload_class(key: &'static str, class: &str) -> Result<(), C
             format!("use one of {}", STORAGE_CLASSES.join(", ")),
         ));
     }
-    if crate::archive::compliance::ARCHIVE_TIERS.contains(&class) {
+    if ARCHIVE_TIERS.contains(&class) {
         return Err(invalid(
             key,
             format!("{class} objects cannot be read back until restored, and every upload is read back and verified before the live state goes"),
@@ -316,8 +319,7 @@ impl ArchiveConfig {
             previous_days = days;
             let class = t.storage_class.as_str();
             if class == "STANDARD"
-                || !(STORAGE_CLASSES.contains(&class)
-                    || crate::archive::compliance::ARCHIVE_TIERS.contains(&class))
+                || !(STORAGE_CLASSES.contains(&class) || ARCHIVE_TIERS.contains(&class))
             {
                 return Err(invalid(
                     key,

@@ -34,7 +34,9 @@ pub use crate::kafka::{DataEncoding, KafkaConfig};
 pub use crate::nats::NatsConfig;
 pub use crate::settings::{format_duration, parse_duration, ConfigError};
 pub use api::{check_listen, ApiConfig};
-pub use archive::{ArchiveConfig, Compression, Layout, ObjectLock, Transition, STORAGE_CLASSES};
+pub use archive::{
+    ArchiveConfig, Compression, Layout, ObjectLock, Transition, ARCHIVE_TIERS, STORAGE_CLASSES,
+};
 pub use audit::AuditConfig;
 pub use index::IndexConfig;
 pub use input::{FieldMapping, InputConfig, InputFormat, MappingOverrides};

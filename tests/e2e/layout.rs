@@ -31,6 +31,9 @@ const FLOORS: &[(&str, u32)] = &[
     ("source", 5),
     ("archive", 6),
     ("publish", 7),
+    ("hold_check", 7),
+    ("restore", 7),
+    ("lifecycle", 7),
     ("audit", 8),
     // Wiring.
     ("pipeline", 9),

@@ -74,6 +74,15 @@ fn round_trip_through_a_real_s3_server() {
         let text = part_text(&["zstd", "-dc"], &on_server, d);
         assert_eq!(text.lines().count(), 4 + 2, "header, 4 events, trailer");
     }
+    // The SDK client (restores, Object Lock) signs with the credentials object_store
+    // resolved: s3s-fs checks the signature of its HeadObject.
+    let restore: Value =
+        serde_json::from_str(&env.ok(&["restore", "tenant-0/flow-0", "--json"])).unwrap();
+    assert_eq!(restore["objects"][0]["state"], "not_needed", "{restore}");
+    assert_eq!(
+        restore["objects"][0]["storage_class"], "STANDARD",
+        "{restore}"
+    );
     // verify reads everything back through the S3 API (HEAD, ranged GETs, full GET).
     let report: Value = serde_json::from_str(&env.ok(&["verify", "--json"])).unwrap();
     assert_eq!(report["flow_parts"], 12);
@@ -104,6 +113,38 @@ fn round_trip_through_a_real_s3_server() {
         stdout.contains(victim["flow_id"].as_str().unwrap()),
         "{stdout}"
     );
+}
+
+/// The SDK client signs with object_store's credentials: wrong ones are refused by
+/// the server for its calls too, with the error S3 gave.
+#[test]
+fn the_sdk_client_uses_the_same_credentials() {
+    let s3 = S3Server::start(BUCKET);
+    let good = env_for(&s3, "", &s3.secret_key);
+    good.write("events.jsonl", small_workload().as_bytes());
+    good.ok(&["ingest", "events.jsonl"]);
+    good.ok(&["sweep", "--now", NOW]);
+    let mut bad = env_for(&s3, "", "not-the-secret");
+    std::fs::remove_dir_all(bad.path().join("data")).ok();
+    copy_dir(&good.path().join("data"), &bad.path().join("data"));
+    bad.vars.push(("RUST_LOG".into(), "warn".into()));
+    let out = bad.run(&["restore", "tenant-0/flow-0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HeadObject"), "{err}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[test]
