@@ -261,16 +261,22 @@ impl S3Compliance {
         Ok(())
     }
 
-    /// The retention and legal hold of the current version of `key`.
-    pub async fn retention(&self, key: &str) -> Result<ObjectRetention, ComplianceError> {
-        let head = self
-            .client
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, ComplianceError> {
+        self.client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| request_error("HeadObject", key, e))?;
+            .map_err(|e| request_error("HeadObject", key, e))
+    }
+
+    /// The retention and legal hold of the current version of `key`.
+    pub async fn retention(&self, key: &str) -> Result<ObjectRetention, ComplianceError> {
+        let head = self.head(key).await?;
         Ok(ObjectRetention {
             mode: head.object_lock_mode().map(|m| match m {
                 ObjectLockMode::Compliance => "COMPLIANCE".to_string(),
@@ -287,14 +293,7 @@ impl S3Compliance {
 
     /// The storage class of `key` and its restore, from `HeadObject`.
     pub async fn tier(&self, key: &str) -> Result<ObjectTier, ComplianceError> {
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| request_error("HeadObject", key, e))?;
+        let head = self.head(key).await?;
         // `x-amz-restore: ongoing-request="true"`, or `"false", expiry-date="…"`.
         let restore = head.restore().map(|r| {
             if r.contains("ongoing-request=\"true\"") {
