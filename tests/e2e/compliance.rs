@@ -380,6 +380,22 @@ fn a_glacier_object_is_read_after_a_restore_and_not_before() {
         err.contains("GLACIER archive tier") && err.contains("flow-archiver restore"),
         "{err}"
     );
+    // replay reads the same parts, and says the same.
+    let out = env.run(&["replay", "tenant-0/flow-0", "--to", "stdout"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("GLACIER archive tier"), "{err}");
+    // Hostile or unknown flows get a clear error and request nothing.
+    for bad in ["tenant-0/../etc", "tenant-0/fl\u{202e}ow", "no-slash"] {
+        let out = env.run(&["restore", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+    }
+    let out = env.run(&["restore", "tenant-0/never-archived"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no archived part"),
+        "{out:?}"
+    );
     let (api, base) = serve_api(&env);
     let (status, body) = http_get(&format!("{base}/flows/tenant-0/flow-0"), "");
     assert_eq!(status, 409, "{body}");
