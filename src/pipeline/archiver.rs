@@ -106,9 +106,7 @@ impl Archiver {
                 .any(|h| h.tenant == p.meta.tenant && h.flow_id == p.meta.flow_id)
         });
         if held {
-            s3.set_legal_hold(key, true)
-                .await
-                .map_err(crate::archive::ArchiveError::from)?;
+            s3.set_legal_hold(key, true).await?;
         }
         Ok(())
     }

@@ -292,10 +292,7 @@ impl Pipeline {
             return Ok(());
         };
         for (key, _) in self.objects_naming(tenant, flow_id).await? {
-            let r = s3
-                .retention(&key)
-                .await
-                .map_err(crate::archive::ArchiveError::from)?;
+            let r = s3.retention(&key).await?;
             if !r.locked_now() {
                 continue;
             }

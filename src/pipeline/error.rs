@@ -24,3 +24,10 @@ pub enum PipelineError {
     #[error("{0}")]
     Refused(String),
 }
+
+/// The S3 compliance calls fail as the archive does.
+impl From<crate::archive::ComplianceError> for PipelineError {
+    fn from(e: crate::archive::ComplianceError) -> Self {
+        PipelineError::Archive(e.into())
+    }
+}

@@ -107,9 +107,7 @@ impl Pipeline {
                     !(p.tenant == tenant && p.flow_id == flow_id)
                         && holds.contains(&(p.tenant.to_string(), p.flow_id.to_string()))
                 });
-            s3.set_legal_hold(&key, on)
-                .await
-                .map_err(crate::archive::ArchiveError::from)?;
+            s3.set_legal_hold(&key, on).await?;
         }
         Ok(())
     }

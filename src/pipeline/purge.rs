@@ -208,10 +208,7 @@ impl Pipeline {
         }
         // S3 would refuse the delete: never try it, and say why it stays.
         if let Some(s3) = self.objects.object_lock_client() {
-            let retention = s3
-                .retention(key)
-                .await
-                .map_err(crate::archive::ArchiveError::from)?;
+            let retention = s3.retention(key).await?;
             if retention.locked_now() {
                 tracing::info!(
                     key,
