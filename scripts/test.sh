@@ -23,6 +23,13 @@ if ! command -v docker-compose >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
 fi
 
+# A real browser for the web console's tests: Debian's chromium, driven headless
+# through chromedriver (WebDriver).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium and chromium-driver (Debian packages)"
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # Real NATS, S3 and Kafka-protocol servers (see docs/operations.md, "Tests").
 # shellcheck source=scripts/servers.sh
 . scripts/servers.sh
@@ -42,6 +49,12 @@ fi
 if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
   echo "installing moto[server] and boto3 (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check "moto[server]==5.2.1" "boto3==1.43.11"
+fi
+
+# The GraphQL tests' independent client.
+if ! python3 -c "import requests" >/dev/null 2>&1; then
+  echo "installing requests (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "requests==2.34.2"
 fi
 
 cargo test --locked "$@"

@@ -101,9 +101,11 @@ pub async fn run(
     Ok(report?)
 }
 
-/// What `serve` starts: the HTTP API alone on `listen` (default `api.listen`, else
-/// `127.0.0.1:8080`), with its own index follower, until `cancel` fires. Beside a
-/// running archiver the state store is held, and only archived flows are served.
+/// What `serve` starts: the HTTP API and web console alone on `listen` (default
+/// `api.listen`, else `127.0.0.1:8080`), with its own index follower, until `cancel`
+/// fires. With no archiver running it owns the state store as the CLI does: live
+/// flows are served and holds can be placed. Beside a running archiver the store is
+/// held, and only archived flows are served.
 pub async fn serve(
     config: Config,
     listen: Option<String>,
@@ -113,14 +115,26 @@ pub async fn serve(
         .or_else(|| config.api.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let addr = check_listen(&config.api, &listen)?;
-    let reader = Reader::open(config)?;
-    if !reader.sees_live_flows() {
-        tracing::warn!(
-            "The state store is held by a running archiver: serving archived flows only."
-        );
-    }
-    let follower = spawn_index_follower(reader.config(), reader.index().clone(), cancel.clone());
-    let state = Arc::new(ApiState::for_reader(reader));
+    let state = match Pipeline::open(config.clone(), Arc::new(SystemClock)).await {
+        Ok(pipeline) => {
+            let index = Arc::new(Index::open(&config.index.path)?);
+            ApiState::for_pipeline(Arc::new(pipeline), index)
+        }
+        Err(e) => {
+            match e {
+                PipelineError::State(crate::state::StateError::Locked { .. }) => tracing::warn!(
+                    "The state store is held by a running archiver: serving archived flows only."
+                ),
+                e => tracing::warn!(
+                    error = %e,
+                    "Cannot open the pipeline (holds need it): serving reads only."
+                ),
+            }
+            ApiState::for_reader(Reader::open(config)?)
+        }
+    };
+    let follower = spawn_index_follower(state.config(), state.index().clone(), cancel.clone());
+    let state = Arc::new(state);
     let served = crate::api::serve(state, addr, cancel.clone())
         .await
         .map_err(|source| ServiceError::Api { addr, source });

@@ -12,7 +12,11 @@
 //!   API that `run` serves (it owns the state store the purge and erase consult);
 //!   `serve` answers 503 and names the way that works.
 
+mod graphql;
 mod tls;
+mod ui;
+
+pub use graphql::sdl as graphql_sdl;
 
 use std::sync::Arc;
 
@@ -41,6 +45,7 @@ pub struct ApiState {
     /// owner, so its memory is bounded by the tokens configured.
     limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
     tokens: Tokens,
+    graphql: graphql::FlowSchema,
 }
 
 fn limiter_for(auth: &ApiConfig) -> Option<governor::DefaultKeyedRateLimiter<String>> {
@@ -59,11 +64,21 @@ impl ApiState {
             pipeline: None,
             limiter: limiter_for(&auth),
             tokens: Tokens::new(&auth),
+            graphql: graphql::schema(auth.graphql_introspection),
             auth,
         }
     }
 
-    /// The API of `run`: reads through the pipeline's own stores and places holds.
+    pub fn config(&self) -> &crate::config::Config {
+        self.reader.config()
+    }
+
+    pub fn index(&self) -> &Arc<Index> {
+        self.reader.index()
+    }
+
+    /// The API of `run` (and of `serve` when no archiver runs): reads through the
+    /// pipeline's own stores and places holds.
     pub fn for_pipeline(pipeline: Arc<Pipeline>, index: Arc<Index>) -> ApiState {
         let reader = Reader::new(
             pipeline.config().clone(),
@@ -75,6 +90,7 @@ impl ApiState {
         ApiState {
             limiter: limiter_for(&auth),
             tokens: Tokens::new(&auth),
+            graphql: graphql::schema(auth.graphql_introspection),
             auth,
             reader,
             pipeline: Some(pipeline),
@@ -212,6 +228,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/graphql", axum::routing::post(graphql::handle))
+        .merge(ui::routes())
         .with_state(state)
 }
 
@@ -469,6 +487,8 @@ pub async fn serve(
         Some((cert, key)) => Some(tls::server_config(cert, key)?),
         None => None,
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("Web console: {scheme}://{addr}/ui");
     if state.auth.has_tokens() {
         tracing::info!(%addr, tls = tls.is_some(), "API listening; bearer tokens required.");
     } else {

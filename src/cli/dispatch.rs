@@ -259,6 +259,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::List {
             tenant,
+            flow_id_prefix,
             status,
             label,
             archived_after,
@@ -271,6 +272,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             reader.catch_up().await?;
             let query = ListParams {
                 tenant,
+                flow_id_prefix,
                 status,
                 label,
                 archived_after,
@@ -334,6 +336,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { listen } => serve(load(config)?, listen).await,
+        Command::GraphqlSchema => {
+            print!("{}", crate::api::graphql_sdl());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             target,
             holds,

@@ -205,6 +205,9 @@ pub enum Command {
     List {
         #[arg(long)]
         tenant: Option<String>,
+        /// Flow ids starting with this
+        #[arg(long)]
+        flow_id_prefix: Option<String>,
         #[arg(long)]
         status: Option<String>,
         /// key:value
@@ -240,12 +243,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve the HTTP API alone (beside a running archiver, or on its own).
+    /// Serve the HTTP API, GraphQL and the web console (/ui) alone, beside a running
+    /// archiver or on its own.
     Serve {
         /// Default: api.listen, else 127.0.0.1:8080.
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Print the GraphQL schema (SDL) that /graphql serves.
+    GraphqlSchema,
     /// Configuration commands.
     Config {
         #[command(subcommand)]

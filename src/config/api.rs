@@ -23,6 +23,9 @@ pub struct ApiConfig {
     /// Requests per second each token may make (a burst of as many); more get 429.
     /// 0 turns the limit off.
     pub rate_limit_per_token: u32,
+    /// Whether `/graphql` answers introspection queries (`__schema`, `__type`).
+    /// Default true; the schema is published in `schemas/schema.graphql` either way.
+    pub graphql_introspection: bool,
 }
 
 impl Default for ApiConfig {
@@ -35,6 +38,7 @@ impl Default for ApiConfig {
             tls_key_file: None,
             insecure_plaintext: false,
             rate_limit_per_token: 100,
+            graphql_introspection: true,
         }
     }
 }

@@ -113,6 +113,8 @@ pub struct IndexedPart {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
     pub tenant: Option<String>,
+    /// Flow ids starting with this (characters, not a pattern).
+    pub flow_id_prefix: Option<String>,
     pub status: Option<String>,
     pub label: Option<(String, String)>,
     /// Microseconds since the epoch, inclusive / exclusive.
@@ -127,6 +129,7 @@ pub struct ListQuery {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ListParams {
     pub tenant: Option<String>,
+    pub flow_id_prefix: Option<String>,
     pub status: Option<String>,
     /// `key:value`.
     pub label: Option<String>,
@@ -172,6 +175,7 @@ impl ListParams {
         };
         Ok(ListQuery {
             tenant: self.tenant,
+            flow_id_prefix: self.flow_id_prefix.filter(|p| !p.is_empty()),
             status: self.status,
             label,
             archived_after: time("archived_after", self.archived_after)?,
@@ -186,6 +190,10 @@ impl ListParams {
 pub struct ListPage {
     pub items: Vec<IndexedPart>,
     pub next_cursor: Option<String>,
+    /// Each item's own cursor (a listing resumed from it starts after the item), for
+    /// connections that give every edge one (GraphQL).
+    #[serde(skip)]
+    pub cursors: Vec<String>,
 }
 
 /// One line per part, then how to ask for the next page.
@@ -263,6 +271,22 @@ impl std::fmt::Display for Stats {
         Ok(())
     }
 }
+
+/// Counts and bytes by tenant, status and day. A `flow-archive/v2` frame holds several
+/// parts, and each part's `stored_bytes` is its whole frame's length; summing those
+/// would count a frame once per part. Here a frame's bytes are shared among its parts
+/// by their plain lengths, so the sums are the bytes stored. (A frame never spans
+/// tenants: objects are per tenant.)
+const STATS: &str = "WITH p AS (
+    SELECT tenant, status, archived_at, event_count, raw_bytes,
+        CASE WHEN plain_length IS NULL THEN stored_bytes
+             ELSE length * plain_length
+                  / max(1, sum(plain_length) OVER (PARTITION BY object_key, offset))
+        END AS stored
+    FROM parts WHERE ?1 IS NULL OR tenant = ?1)
+SELECT tenant, status, date(archived_at / 1000000, 'unixepoch') AS day,
+    count(*), sum(event_count), sum(raw_bytes), sum(stored)
+FROM p GROUP BY tenant, status, day ORDER BY tenant, status, day";
 
 pub struct Index {
     path: String,
@@ -601,6 +625,15 @@ impl Index {
         if let Some(t) = &q.tenant {
             arg(&mut sql, " AND p.tenant = ?", t.clone().into());
         }
+        if let Some(prefix) = &q.flow_id_prefix {
+            // substr and length count characters, so any prefix matches whole.
+            arg(
+                &mut sql,
+                " AND substr(p.flow_id, 1, length(?",
+                prefix.clone().into(),
+            );
+            arg(&mut sql, ")) = ?", prefix.clone().into());
+        }
         if let Some(s) = &q.status {
             arg(&mut sql, " AND p.status = ?", s.clone().into());
         }
@@ -647,32 +680,25 @@ impl Index {
             .map_err(|e| self.err(e))?;
         let mut items: Vec<(i64, IndexedPart)> =
             rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|(at, p)| {
-                let c = Cursor(*at, p.tenant.clone(), p.flow_id.clone(), p.part);
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(serde_json::to_vec(&c).unwrap_or_default())
-            })
-        } else {
-            None
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let cursor_of = |(at, p): &(i64, IndexedPart)| {
+            let c = Cursor(*at, p.tenant.clone(), p.flow_id.clone(), p.part);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&c).unwrap_or_default())
         };
+        let cursors: Vec<String> = items.iter().map(cursor_of).collect();
         Ok(ListPage {
+            next_cursor: more.then(|| cursors.last().cloned()).flatten(),
+            cursors,
             items: items.into_iter().map(|(_, p)| p).collect(),
-            next_cursor,
         })
     }
 
     /// Counts and bytes, in total and by tenant, status and day; `tenant` narrows it.
     pub fn stats(&self, tenant: Option<&str>) -> Result<Stats, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT tenant, status, date(archived_at / 1000000, 'unixepoch') AS day, \
-                 count(*), sum(event_count), sum(raw_bytes), sum(stored_bytes) FROM parts \
-                 WHERE ?1 IS NULL OR tenant = ?1 GROUP BY tenant, status, day ORDER BY tenant, status, day",
-            )
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(STATS).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![tenant], |r| {
                 Ok(StatsRow {

@@ -341,6 +341,26 @@ pub struct Compaction {
     pub freed_bytes: u64,
 }
 
+/// How many flows one [`StateStore::live_flows`] call looks at, at most.
+pub const LIVE_SCAN: usize = 5_000;
+
+/// What [`StateStore::live_flows`] looks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveQuery {
+    pub tenant: Option<String>,
+    pub flow_id_prefix: String,
+    /// (tenant, flow id) of the last flow looked at by the previous call.
+    pub after: Option<(String, String)>,
+    pub limit: usize,
+}
+
+/// One call's live flows, and where the next call resumes (`None`: nothing is left).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveFlows {
+    pub flows: Vec<FlowMeta>,
+    pub resume_after: Option<(String, String)>,
+}
+
 /// Counts for summaries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
@@ -401,6 +421,13 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// The open part of a live flow.
     fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError>;
+
+    /// Live flows (open parts) for a search, in the store's flow order, starting after
+    /// `query.after`: those of `query.tenant` (every tenant when `None`) whose flow id
+    /// starts with `query.flow_id_prefix`. Reads at most `query.limit` matches and
+    /// looks at no more than [`LIVE_SCAN`] flows, so a search over a large store pays
+    /// bounded work per call and resumes from [`LiveFlows::resume_after`].
+    fn live_flows(&self, query: &LiveQuery) -> Result<LiveFlows, StateError>;
 
     /// Streams a part's events, in flow order, to `sink` (one call per event, bytes
     /// without newline).

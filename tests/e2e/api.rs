@@ -152,15 +152,15 @@ fn archived_and_live_flows_read_the_same_way_with_tenant_isolation() {
         http_get(&format!("{}/flows/tenant-0/no-such-flow", base), ADMIN).0,
         404
     );
-    // `serve` does not own the state store: holds go through `run`'s API or the CLI.
-    let (status, body) = http_request(
-        "PUT",
-        &format!("{}/flows/tenant-0/flow-00/hold", base),
-        ADMIN,
-        Some(r#"{"reason":"case 1"}"#),
-    );
-    assert_eq!(status, 503, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("run"), "{body}");
+    // With no archiver running, `serve` owns the state store as the CLI does: it
+    // places and releases holds (on the live flow, so no archived part changes).
+    let hold_url = format!("{}/flows/tenant-0/live-1/hold", base);
+    let (status, body) = http_request("PUT", &hold_url, T0_TOKEN, Some(r#"{"reason":"case 1"}"#));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http_request("PUT", &hold_url, ADMIN, Some(r#"{"reason":"case 1"}"#));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_request("DELETE", &hold_url, ADMIN, None);
+    assert_eq!(status, 200, "{body}");
     let (status, page) = http_get(&format!("{}/archive/flows?tenant=tenant-1", base), T0_TOKEN);
     assert_eq!(status, 403, "{page}");
     let (_, own) = http_get(&format!("{}/archive/flows", base), T0_TOKEN);

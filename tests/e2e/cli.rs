@@ -230,7 +230,8 @@ fn run_follows_a_file_archives_on_its_timer_and_stops_cleanly() {
 
 #[test]
 fn a_second_process_on_the_same_state_is_refused_with_a_clear_error() {
-    let env = Env::new("");
+    let admin = "admin-token-0123456789abcdef";
+    let env = Env::new(&format!("[api]\nadmin_token = \"{admin}\"\n"));
     let mut first = env.command(&["run"]).spawn().unwrap();
     wait_for(
         "the first process to open its store",
@@ -252,6 +253,15 @@ fn a_second_process_on_the_same_state_is_refused_with_a_clear_error() {
         .unwrap()
         .contains("held by another process"));
     assert_eq!(http_get(&format!("{base}/healthz"), "").0, 200);
+    // Holds need the store's owner: the running archiver's API or the CLI.
+    let (status, body) = http_request(
+        "PUT",
+        &format!("{base}/flows/t/f/hold"),
+        admin,
+        Some(r#"{"reason":"r"}"#),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("run"), "{body}");
     drop(api);
     unsafe {
         libc::kill(first.id() as i32, libc::SIGTERM);

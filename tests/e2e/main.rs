@@ -12,6 +12,7 @@ mod argo;
 mod bad_input;
 mod cli;
 mod compliance;
+mod console;
 mod crash;
 mod damaged_state;
 mod deploy;

@@ -10,8 +10,8 @@ use flow_archiver::config::{Compression, Config, Retention, StateConfig};
 use flow_archiver::flow::{FlowEvent, FlowStatus, Sequence};
 use flow_archiver::policy::RetentionPolicy;
 use flow_archiver::state::{
-    ArchiveIntent, EmbeddedStore, EraseIntent, IntentStage, PostgresStore, PurgeIntent, SealedPart,
-    StateError, StateStore, VerifiedObject,
+    ArchiveIntent, EmbeddedStore, EraseIntent, IntentStage, LiveQuery, PostgresStore, PurgeIntent,
+    SealedPart, StateError, StateStore, VerifiedObject,
 };
 
 use crate::support::database_for;
@@ -458,6 +458,60 @@ macro_rules! conformance {
                     )
                     .unwrap();
                 assert_eq!((again.stored, again.duplicates), (1, 1));
+            }
+
+            #[test]
+            fn live_flows_are_searched_by_tenant_and_prefix_a_page_at_a_time() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = open(dir.path());
+                let p = policy();
+                let mut events = Vec::new();
+                for flow in ["a-1", "a-2", "a-3", "b-1", "a_%x", "ü-1", "a-10"] {
+                    events.push(event(flow, &format!("{flow}/1"), 1, FlowStatus::Running, 0));
+                }
+                let mut other = event("a-9", "u/1", 1, FlowStatus::Running, 0);
+                other.tenant = "u".into();
+                events.push(other);
+                s.ingest(&events, &p, 0, None).unwrap();
+                // A sealed part is no longer live.
+                s.seal(intent_for(&*s, "i1", &["a-2"])).unwrap();
+
+                let search = |tenant: Option<&str>, prefix: &str, limit: usize| {
+                    let mut query = LiveQuery {
+                        tenant: tenant.map(str::to_string),
+                        flow_id_prefix: prefix.to_string(),
+                        after: None,
+                        limit,
+                    };
+                    let mut found = Vec::new();
+                    for _ in 0..20 {
+                        let page = s.live_flows(&query).unwrap();
+                        assert!(page.flows.len() <= limit);
+                        found.extend(
+                            page.flows
+                                .iter()
+                                .map(|m| format!("{}/{}", m.tenant, m.flow_id)),
+                        );
+                        match page.resume_after {
+                            Some(after) => query.after = Some(after),
+                            None => return found,
+                        }
+                    }
+                    panic!("the search did not end");
+                };
+                let mut a = search(Some("t"), "a-", 1);
+                a.sort();
+                assert_eq!(a, ["t/a-1", "t/a-10", "t/a-3"]);
+                let mut every = search(None, "a-", 2);
+                every.sort();
+                assert_eq!(every, ["t/a-1", "t/a-10", "t/a-3", "u/a-9"]);
+                // Prefixes are characters, not patterns.
+                assert_eq!(search(Some("t"), "a_", 10), ["t/a_%x"]);
+                assert!(search(Some("t"), "%", 10).is_empty());
+                assert!(search(Some("t"), "_", 10).is_empty());
+                assert_eq!(search(Some("t"), "ü", 10), ["t/ü-1"]);
+                assert!(search(Some("nobody"), "", 10).is_empty());
+                assert_eq!(search(Some("t"), "", 100).len(), 6);
             }
 
             #[test]

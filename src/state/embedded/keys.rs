@@ -63,6 +63,18 @@ pub(super) fn flow_key_len(key: &[u8]) -> Option<usize> {
     (key.len() > len).then_some(len)
 }
 
+/// (tenant, flow id) of a flow key; `None` when it is not one.
+pub(super) fn split_flow_key(fkey: &[u8]) -> Option<(String, String)> {
+    let component = |at: usize| -> Option<(String, usize)> {
+        let len = u16::from_be_bytes([*fkey.get(at)?, *fkey.get(at + 1)?]) as usize;
+        let bytes = fkey.get(at + 2..at + 2 + len)?;
+        Some((String::from_utf8(bytes.to_vec()).ok()?, at + 2 + len))
+    };
+    let (tenant, at) = component(0)?;
+    let (flow_id, _) = component(at)?;
+    Some((tenant, flow_id))
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();

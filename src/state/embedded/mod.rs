@@ -71,7 +71,8 @@ use self::journal::{EventPointer, FileRow, Journal, JournalReader, COMPACTION_BU
 use self::keys::*;
 use super::{
     ArchiveIntent, Compaction, EraseIntent, ErasedLive, EventReader, FlowMeta, Hold, IngestOutcome,
-    IntentStage, PurgeIntent, StateError, StateStore, StoreStats, VerifiedObject,
+    IntentStage, LiveFlows, LiveQuery, PurgeIntent, StateError, StateStore, StoreStats,
+    VerifiedObject, LIVE_SCAN,
 };
 use crate::config::StateConfig;
 use crate::flow::FlowEvent;
@@ -473,6 +474,10 @@ impl StateStore for EmbeddedStore {
     // reader.rs
     fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError> {
         self.open_part(tenant, flow_id)
+    }
+
+    fn live_flows(&self, query: &LiveQuery) -> Result<LiveFlows, StateError> {
+        self.search_live(query)
     }
 
     fn for_each_event(

@@ -15,6 +15,53 @@ impl EmbeddedStore {
         live_meta(&flows, &markers, &flow_key(tenant, flow_id))
     }
 
+    /// [`StateStore::live_flows`]: a skip scan of the flows table, one seek per flow
+    /// (flow keys are prefix-free, so the end of one flow's keys starts the next).
+    pub(super) fn search_live(&self, query: &LiveQuery) -> Result<LiveFlows, StateError> {
+        let txn = self.read()?;
+        let flows = txn.open_table(FLOWS).map_err(storage)?;
+        let markers = txn.open_table(SEALED).map_err(storage)?;
+        let mut tenant_prefix = Vec::new();
+        if let Some(t) = &query.tenant {
+            put_component(&mut tenant_prefix, t.as_bytes());
+        }
+        let mut next = match &query.after {
+            Some((t, f)) => prefix_end(&flow_key(t, f)),
+            None => Some(tenant_prefix.clone()),
+        };
+        let mut found = LiveFlows::default();
+        let mut looked_at = 0;
+        while let Some(start) = next.take() {
+            let Some(entry) = flows
+                .range::<&[u8]>(start.as_slice()..)
+                .map_err(storage)?
+                .next()
+            else {
+                break;
+            };
+            let (key, _) = entry.map_err(storage)?;
+            let key = key.value();
+            if !key.starts_with(&tenant_prefix) {
+                break;
+            }
+            let Some(len) = flow_key_len(key) else {
+                return Err(corrupt("flows key", "too short for a flow key"));
+            };
+            let fkey = &key[..len];
+            next = prefix_end(fkey);
+            looked_at += 1;
+            let meta = live_meta(&flows, &markers, fkey)?;
+            if let Some(meta) = meta.filter(|m| m.flow_id.starts_with(&query.flow_id_prefix)) {
+                found.flows.push(meta);
+            }
+            if found.flows.len() >= query.limit.max(1) || looked_at >= LIVE_SCAN {
+                found.resume_after = split_flow_key(fkey);
+                break;
+            }
+        }
+        Ok(found)
+    }
+
     pub(super) fn snapshot_reader(&self) -> Result<Box<dyn EventReader>, StateError> {
         // The journal reader first: from then on no file is deleted, so every file
         // the snapshot below points into stays readable.

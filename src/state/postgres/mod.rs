@@ -35,7 +35,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 
 use super::{
     ArchiveIntent, Compaction, EraseIntent, ErasedLive, EventReader, FlowMeta, Hold, IngestOutcome,
-    PurgeIntent, StateError, StateStore, StoreStats, VerifiedObject,
+    LiveFlows, LiveQuery, PurgeIntent, StateError, StateStore, StoreStats, VerifiedObject,
+    LIVE_SCAN,
 };
 use crate::config::StateConfig;
 use crate::flow::FlowEvent;
@@ -401,6 +402,10 @@ impl StateStore for PostgresStore {
     // reader.rs
     fn live_flow(&self, tenant: &str, flow_id: &str) -> Result<Option<FlowMeta>, StateError> {
         self.retrying("live flow", |_| self.open_part(tenant, flow_id))
+    }
+
+    fn live_flows(&self, query: &LiveQuery) -> Result<LiveFlows, StateError> {
+        self.retrying("live flows", |_| self.search_live(query))
     }
 
     fn for_each_event(

@@ -16,6 +16,13 @@ use super::*;
 
 const OPEN_PART: &str =
     "SELECT meta FROM flows WHERE tenant = $1 AND flow_id = $2 AND meta IS NOT NULL";
+/// The flow-id prefix is matched with `starts_with`, not `LIKE`: `%` and `_` in ids
+/// are plain characters.
+const LIVE_FLOWS: &str = "SELECT meta FROM flows
+     WHERE meta IS NOT NULL AND ($1::text IS NULL OR tenant = $1)
+       AND ($2::text IS NULL OR (tenant, flow_id) > ($2, $3::text))
+       AND starts_with(flow_id, $4)
+     ORDER BY tenant, flow_id LIMIT $5";
 const PART_RUNS: &str = "SELECT ord, raw, n FROM event_runs
      WHERE tenant = $1 AND flow_id = $2 AND part = $3 ORDER BY ord";
 /// Unsorted: the events are put in flow order here (runs usually arrive in it), which
@@ -107,6 +114,39 @@ impl PostgresStore {
     ) -> Result<Option<FlowMeta>, StateError> {
         let client = self.client().await?;
         open_part_on(&client, tenant, flow_id).await
+    }
+
+    /// [`StateStore::live_flows`]: one indexed range query on the primary key.
+    pub(super) async fn search_live(&self, query: &LiveQuery) -> Result<LiveFlows, StateError> {
+        let client = self.client().await?;
+        let (after_tenant, after_flow) = query.after.clone().unzip();
+        let limit = query.limit.clamp(1, LIVE_SCAN) as i64;
+        let rows = client
+            .query(
+                LIVE_FLOWS,
+                &[
+                    &query.tenant,
+                    &after_tenant,
+                    &after_flow,
+                    &query.flow_id_prefix,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(storage)?;
+        let mut found = LiveFlows::default();
+        for row in &rows {
+            found
+                .flows
+                .push(decode("flow meta", row.get::<_, &[u8]>(0))?);
+        }
+        if rows.len() as i64 == limit {
+            found.resume_after = found
+                .flows
+                .last()
+                .map(|m| (m.tenant.to_string(), m.flow_id.to_string()));
+        }
+        Ok(found)
     }
 
     pub(super) async fn snapshot(&self) -> Result<Snapshot, StateError> {

@@ -2,8 +2,10 @@
 //! servers on free loopback ports ([`servers`]), independent clients ([`clients`],
 //! [`http`]), readers of what was written ([`records`]), the broker suites' shared
 //! configuration ([`config`]), an OTLP receiver ([`otlp`]), TLS certificates
-//! ([`certs`]) and a proxy that makes an HTTP server fail ([`fault_proxy`]).
+//! ([`certs`]), a proxy that makes an HTTP server fail ([`fault_proxy`]) and a real
+//! browser for the web console ([`browser`]).
 
+pub mod browser;
 pub mod certs;
 pub mod clients;
 pub mod config;

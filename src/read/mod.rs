@@ -9,6 +9,10 @@
 //! - an archived part is returned only after its `frame_sha256` and `events_sha256`
 //!   match: damaged or missing data is an error naming the part, never wrong data.
 
+mod search;
+
+pub use search::{LiveItem, LivePage};
+
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
@@ -43,6 +47,9 @@ pub enum ReadError {
     },
     #[error("a read task failed: {0}")]
     Task(tokio::task::JoinError),
+    /// A search cursor this process did not issue.
+    #[error("{0}")]
+    Cursor(String),
 }
 
 /// What the read side (`get`, `list`, `stats`, `serve`, `index`, `verify`, and the
@@ -135,6 +142,39 @@ impl Reader {
         on_object: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, ReadError> {
         verify(&self.objects, &self.config, target, on_object).await
+    }
+
+    /// Verifies the objects holding the flow's archived parts: every checksum of each
+    /// object is checked, and the problems reported are those of this flow's parts
+    /// and of the objects themselves (other flows in a shared object are not the
+    /// caller's to see).
+    pub async fn verify_flow(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+    ) -> Result<VerifyReport, ReadError> {
+        let index = self.index.clone();
+        let (t, f) = (tenant.to_string(), flow_id.to_string());
+        let parts = tokio::task::spawn_blocking(move || index.parts_of(&t, &f))
+            .await
+            .map_err(ReadError::Task)??;
+        let mut keys: Vec<String> = parts.iter().map(|p| p.object_key.clone()).collect();
+        keys.dedup();
+        let mut report = VerifyReport {
+            flow_parts: parts.len() as u64,
+            ..VerifyReport::default()
+        };
+        let this_flow = format!("{tenant}/{flow_id} part ");
+        for key in keys {
+            let (_, problems) = verify_object(&self.objects, &key, None).await?;
+            report.objects += 1;
+            report.problems.extend(
+                problems
+                    .into_iter()
+                    .filter(|p| p.flow.as_deref().is_none_or(|f| f.starts_with(&this_flow))),
+            );
+        }
+        Ok(report)
     }
 
     /// Requests (`request`) or reports the restores of a flow's objects from S3
