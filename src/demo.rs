@@ -155,6 +155,10 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "  objects       {}", self.archive)?;
         writeln!(f, "  records       {}", self.published)?;
         writeln!(f, "  verify with   cargo run --release -- verify")?;
+        writeln!(
+            f,
+            "  browse with   cargo run --release -- serve, then open http://127.0.0.1:8080/ui"
+        )?;
         for failure in &s.failures {
             writeln!(f, "  FAILED: {failure}")?;
         }

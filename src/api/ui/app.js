@@ -156,8 +156,8 @@ function barList(title, rows) {
     rows.length === 0 ? h("p", { class: "muted" }, "Nothing archived yet.") :
     h("ul", { class: "bars" }, rows.map((r) => h("li", { title: r.title },
       h("span", { class: "wrap" }, r.label),
-      h("div", { class: "bar" }, h("span", { style: "width:" + (100 * r.value / max).toFixed(1) + "%" })),
-      h("span", { class: "muted" }, r.text)))));
+      h("div", {}, h("div", { class: "bar" }, h("span", { style: "width:" + (100 * r.value / max).toFixed(1) + "%" })),
+        h("div", { class: "muted" }, r.text))))));
 }
 
 function columnChart(title, rows) {
