@@ -5,7 +5,10 @@
 //! halfway through their deadlines), builds the index from the records file and again
 //! from the segment manifests, then serves the API on a loopback port and times
 //! `GET /flows/{tenant}/{flow_id}` for up to 1,000 random archived and 1,000 random
-//! live flows from a plain HTTP/1.1 client (one connection per request).
+//! live flows from a plain HTTP/1.1 client (one connection per request). Then the web
+//! console's two hot paths through `/graphql`: its flow page query for the same
+//! archived flows, and its search (a page of 50 archived and 50 live matches of a
+//! flow id prefix) for 200 random prefixes.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -35,6 +38,14 @@ pub struct ApiBenchReport {
     pub live_requests: u64,
     pub live_p50_ms: f64,
     pub live_p99_ms: f64,
+    pub graphql_flow_requests: u64,
+    pub graphql_flow_p50_ms: f64,
+    pub graphql_flow_p99_ms: f64,
+    pub search_requests: u64,
+    pub archived_search_p50_ms: f64,
+    pub archived_search_p99_ms: f64,
+    pub live_search_p50_ms: f64,
+    pub live_search_p99_ms: f64,
     pub peak_rss_bytes: u64,
     pub machine: String,
 }
@@ -59,6 +70,43 @@ fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
         .unwrap_or(0);
     Ok(status)
 }
+
+/// One POST of a GraphQL request over a fresh connection; the status code, or 0 when
+/// the answer holds GraphQL errors.
+fn post_graphql(addr: std::net::SocketAddr, body: &str) -> std::io::Result<u16> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "POST /graphql HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let status = std::str::from_utf8(&response[..response.len().min(12)])
+        .ok()
+        .and_then(|l| l.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let errors = memchr::memmem::find(&response, b"\"errors\"").is_some();
+    Ok(if errors { 0 } else { status })
+}
+
+/// The console's flow page query (`src/api/ui/app.js`).
+const FLOW_PAGE: &str = "query($t: String!, $f: String!) { flow(tenant: $t, flowId: $f) { \
+    tenant flowId status live archived eventCount labels { key value } hold { reason } \
+    parts { part state status eventCount archivedAt purgeAt held objectUri storedBytes dueAt } \
+    events(first: 200) { total nextCursor items { position part id type time json } } } }";
+
+/// The console's search: archived and live matches of a prefix, 50 each.
+const SEARCH: [&str; 2] = [
+    "query($p: String) { archivedFlows(filter: {flowIdPrefix: $p}, first: 50) { \
+     edges { node { tenant flowId part status eventCount archivedAt purgeAt held } } \
+     pageInfo { hasNextPage endCursor } } }",
+    "query($p: String) { liveFlows(filter: {flowIdPrefix: $p}, first: 50) { \
+     edges { node { tenant flowId part status eventCount lastEventTime dueAt } } \
+     pageInfo { hasNextPage endCursor } } }",
+];
 
 pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineError> {
     let tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
@@ -144,6 +192,57 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
     )
     .await?
     .map_err(other)?;
+
+    let time_posts = |bodies: Vec<String>| {
+        tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
+            let mut ms = Vec::with_capacity(bodies.len());
+            for body in bodies {
+                let started = Instant::now();
+                let status = post_graphql(addr, &body).map_err(|e| e.to_string())?;
+                if status != 200 {
+                    return Err(format!("POST /graphql {body}: {status}"));
+                }
+                ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(ms)
+        })
+    };
+    let request = |query: &str, variables: serde_json::Value| {
+        serde_json::json!({ "query": query, "variables": variables }).to_string()
+    };
+    let mut flow_ms = time_posts(
+        archived
+            .iter()
+            .map(|p| {
+                request(
+                    FLOW_PAGE,
+                    serde_json::json!({"t": p.tenant, "f": p.flow_id}),
+                )
+            })
+            .collect(),
+    )
+    .await?
+    .map_err(other)?;
+    // Prefixes of random archived flow ids: a few characters short of the whole id,
+    // so each matches a handful of flows among many.
+    let prefixes: Vec<String> = archived
+        .iter()
+        .take(100)
+        .map(|p| {
+            let keep = p.flow_id.chars().count().saturating_sub(2);
+            p.flow_id.chars().take(keep).collect()
+        })
+        .collect();
+    let mut searched = Vec::new();
+    for query in SEARCH {
+        let bodies = prefixes
+            .iter()
+            .map(|p| request(query, serde_json::json!({ "p": p })))
+            .collect();
+        searched.push(time_posts(bodies).await?.map_err(other)?);
+    }
+    let [mut archived_search_ms, mut live_search_ms] =
+        <[Vec<f64>; 2]>::try_from(searched).map_err(|_| other("two searches"))?;
     cancel.cancel();
     let _ = server.await;
     Ok(ApiBenchReport {
@@ -157,6 +256,14 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
         live_requests: live_ms.len() as u64,
         live_p50_ms: percentile(&mut live_ms, 50.0),
         live_p99_ms: percentile(&mut live_ms, 99.0),
+        graphql_flow_requests: flow_ms.len() as u64,
+        graphql_flow_p50_ms: percentile(&mut flow_ms, 50.0),
+        graphql_flow_p99_ms: percentile(&mut flow_ms, 99.0),
+        search_requests: prefixes.len() as u64,
+        archived_search_p50_ms: percentile(&mut archived_search_ms, 50.0),
+        archived_search_p99_ms: percentile(&mut archived_search_ms, 99.0),
+        live_search_p50_ms: percentile(&mut live_search_ms, 50.0),
+        live_search_p99_ms: percentile(&mut live_search_ms, 99.0),
         peak_rss_bytes: peak_rss_bytes(),
         machine: machine(),
     })
@@ -184,6 +291,20 @@ impl std::fmt::Display for ApiBenchReport {
             f,
             "  live       GET /flows/… ({} flows): p50 {:.2} ms, p99 {:.2} ms",
             self.live_requests, self.live_p50_ms, self.live_p99_ms
+        )?;
+        writeln!(
+            f,
+            "  graphql    console flow page ({} flows): p50 {:.2} ms, p99 {:.2} ms",
+            self.graphql_flow_requests, self.graphql_flow_p50_ms, self.graphql_flow_p99_ms
+        )?;
+        writeln!(
+            f,
+            "  search     console search by flow id prefix ({} prefixes): archived p50 {:.2} ms, p99 {:.2} ms; live p50 {:.2} ms, p99 {:.2} ms",
+            self.search_requests,
+            self.archived_search_p50_ms,
+            self.archived_search_p99_ms,
+            self.live_search_p50_ms,
+            self.live_search_p99_ms
         )?;
         writeln!(
             f,
