@@ -1,5 +1,6 @@
 //! The HTTP API (axum): flows read the same way whether live or archived, the
-//! archive listing and statistics, health and readiness.
+//! archive listing and statistics, health and readiness; beside it the same data as
+//! GraphQL (`graphql`) and the web console that reads through it (`ui`).
 //!
 //! Guarantees:
 //! - an archived flow is served only after every frame it returns has been re-hashed
@@ -8,9 +9,10 @@
 //! - a tenant token reads only its tenant (every route, every id — ids are validated
 //!   before any lookup); the admin token reads all; with no tokens configured the API
 //!   refuses to listen beyond loopback (config validation) and says so at start;
-//! - legal holds are placed and released only with the admin token, and only by the
-//!   API that `run` serves (it owns the state store the purge and erase consult);
-//!   `serve` answers 503 and names the way that works.
+//! - legal holds are placed and released only with the admin token, and only by an
+//!   API whose process owns the state store the purge and erase consult (`run`, or
+//!   `serve` with no archiver running); `serve` beside an archiver answers 503 and
+//!   names the way that works.
 
 mod graphql;
 mod tls;

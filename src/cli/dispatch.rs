@@ -279,6 +279,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 archived_before,
                 limit: Some(limit),
                 cursor,
+                labels: Vec::new(),
             }
             .parse()
             .map_err(|e| usage(format!("--{} {}", e.param.replace('_', "-"), e.problem)))?;

@@ -116,7 +116,8 @@ pub struct ListQuery {
     /// Flow ids starting with this (characters, not a pattern).
     pub flow_id_prefix: Option<String>,
     pub status: Option<String>,
-    pub label: Option<(String, String)>,
+    /// Labels every listed part has (key, value).
+    pub labels: Vec<(String, String)>,
     /// Microseconds since the epoch, inclusive / exclusive.
     pub archived_after: Option<i64>,
     pub archived_before: Option<i64>,
@@ -133,6 +134,9 @@ pub struct ListParams {
     pub status: Option<String>,
     /// `key:value`.
     pub label: Option<String>,
+    /// More labels, as pairs (GraphQL gives them so); all must match.
+    #[serde(skip)]
+    pub labels: Vec<(String, String)>,
     /// RFC 3339, inclusive.
     pub archived_after: Option<String>,
     /// RFC 3339, exclusive.
@@ -162,22 +166,22 @@ impl ListParams {
             })
             .transpose()
         };
-        let label = match self.label {
-            None => None,
-            Some(l) => Some(
+        let mut labels = self.labels;
+        if let Some(l) = self.label {
+            labels.push(
                 l.split_once(':')
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .ok_or_else(|| InvalidParam {
                         param: "label",
                         problem: "takes key:value".into(),
                     })?,
-            ),
-        };
+            );
+        }
         Ok(ListQuery {
             tenant: self.tenant,
             flow_id_prefix: self.flow_id_prefix.filter(|p| !p.is_empty()),
             status: self.status,
-            label,
+            labels,
             archived_after: time("archived_after", self.archived_after)?,
             archived_before: time("archived_before", self.archived_before)?,
             limit: self.limit.unwrap_or(100),
@@ -637,7 +641,7 @@ impl Index {
         if let Some(s) = &q.status {
             arg(&mut sql, " AND p.status = ?", s.clone().into());
         }
-        if let Some((k, v)) = &q.label {
+        for (k, v) in &q.labels {
             arg(
                 &mut sql,
                 " AND EXISTS (SELECT 1 FROM part_labels l WHERE l.tenant = p.tenant AND l.flow_id = p.flow_id AND l.part = p.part AND l.key = ?",

@@ -159,6 +159,7 @@ impl Reader {
             .await
             .map_err(ReadError::Task)??;
         let mut keys: Vec<String> = parts.iter().map(|p| p.object_key.clone()).collect();
+        keys.sort();
         keys.dedup();
         let mut report = VerifyReport {
             flow_parts: parts.len() as u64,

@@ -65,9 +65,9 @@ fn decode_cursor(cursor: &str) -> Result<(String, String), BadCursor> {
 fn matches(q: &ListQuery, m: &FlowMeta) -> bool {
     let micros = m.last_event_ms.saturating_mul(1000);
     q.status.as_deref().is_none_or(|s| m.status.as_str() == s)
-        && q.label
-            .as_ref()
-            .is_none_or(|(k, v)| m.labels.iter().any(|(key, value)| key == k && value == v))
+        && q.labels
+            .iter()
+            .all(|(k, v)| m.labels.iter().any(|(key, value)| key == k && value == v))
         && q.archived_after.is_none_or(|a| micros >= a)
         && q.archived_before.is_none_or(|b| micros < b)
 }

@@ -90,18 +90,9 @@ fn populate(env: &Env) -> Vec<String> {
     order_003
 }
 
-/// One GraphQL request through the independent client: (HTTP status, body).
-fn gql(base: &str, token: &str, query: &str, variables: Value) -> (u16, Value) {
-    let url = format!("{base}/graphql");
-    let vars = variables.to_string();
-    let v: Value = serde_json::from_str(&python("graphql.py", &[&url, token, query, &vars]))
-        .expect("graphql.py JSON");
-    (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone())
-}
-
 /// The data of a request that must succeed.
 fn data(base: &str, token: &str, query: &str, variables: Value) -> Value {
-    let (status, body) = gql(base, token, query, variables);
+    let (status, body) = graphql(base, token, query, variables);
     assert_eq!(status, 200, "{body}");
     assert!(body.get("errors").is_none(), "{query}\n{body}");
     body["data"].clone()
@@ -109,7 +100,7 @@ fn data(base: &str, token: &str, query: &str, variables: Value) -> Value {
 
 /// The `extensions.code` of a request's first error.
 fn error_code(base: &str, token: &str, query: &str, variables: Value) -> String {
-    let (status, body) = gql(base, token, query, variables);
+    let (status, body) = graphql(base, token, query, variables);
     assert_eq!(status, 200, "{body}");
     body["errors"][0]["extensions"]["code"]
         .as_str()
@@ -308,6 +299,58 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
         .map(|e| e["node"]["flowId"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["order-010", "order-011"]);
+    // Labels: all must match; keys and values are taken whole.
+    let labelled = "query($l: [LabelInput!]) { archivedFlows(filter: {labels: $l}) { edges { node { flowId } } } liveFlows(filter: {labels: $l}) { edges { node { flowId } } } }";
+    let both = data(
+        &base,
+        ADMIN,
+        labelled,
+        json!({"l": [{"key": "team", "value": "t1"}]}),
+    );
+    assert_eq!(
+        both["archivedFlows"]["edges"].as_array().unwrap().len(),
+        16,
+        "{both}"
+    );
+    assert!(
+        both["liveFlows"]["edges"].as_array().unwrap().len() >= 2,
+        "{both}"
+    );
+    let none = data(
+        &base,
+        ADMIN,
+        labelled,
+        json!({"l": [{"key": "team", "value": "t1"}, {"key": "team:t1", "value": ""}]}),
+    );
+    assert_eq!(none["archivedFlows"]["edges"], json!([]));
+    assert_eq!(none["liveFlows"]["edges"], json!([]));
+    let dots = data(
+        &base,
+        ADMIN,
+        labelled,
+        json!({"l": [{"key": "team", "value": "../../etc"}]}),
+    );
+    assert_eq!(
+        dots["liveFlows"]["edges"],
+        json!([{"node": {"flowId": "live-ü-1"}}])
+    );
+    // Prefixes are characters, not patterns.
+    for prefix in ["%", "_", "order-0%", "*"] {
+        let q = "query($p: String) { archivedFlows(filter: {flowIdPrefix: $p}) { edges { cursor } } liveFlows(filter: {flowIdPrefix: $p}) { edges { cursor } } }";
+        let found = data(&base, ADMIN, q, json!({"p": prefix}));
+        assert_eq!(found["archivedFlows"]["edges"], json!([]), "{prefix}");
+        assert_eq!(found["liveFlows"]["edges"], json!([]), "{prefix}");
+    }
+    let unicode = data(
+        &base,
+        T0,
+        "{ liveFlows(filter: {flowIdPrefix: \"live-ü\"}) { edges { node { flowId } } } }",
+        json!({}),
+    );
+    assert_eq!(
+        unicode["liveFlows"]["edges"],
+        json!([{"node": {"flowId": "live-ü-1"}}])
+    );
     let live = data(&base, ADMIN, "{ liveFlows(filter: {flowIdPrefix: \"live-\"}, first: 1) { edges { node { flowId } } pageInfo { hasNextPage endCursor } } }", json!({}));
     assert_eq!(live["liveFlows"]["pageInfo"]["hasNextPage"], true, "{live}");
 
@@ -405,7 +448,7 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
     for _ in 0..16 {
         deep = format!("ofType {{ {deep} }}");
     }
-    let (_, body) = gql(
+    let (_, body) = graphql(
         &base,
         ADMIN,
         &format!("{{ __schema {{ types {{ fields {{ type {{ {deep} }} }} }} }} }}"),
@@ -419,7 +462,7 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
         "{body}"
     );
     let costly = "{ archivedFlows(first: 1000) { edges { cursor node { tenant flowId part status archivedAt purgeAt firstEventTime lastEventTime eventCount rawBytes storedBytes objectUri held } } } }";
-    let (_, body) = gql(&base, ADMIN, costly, json!({}));
+    let (_, body) = graphql(&base, ADMIN, costly, json!({}));
     assert!(
         body["errors"][0]["message"]
             .as_str()
@@ -430,9 +473,9 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
     assert_eq!(body["data"], Value::Null, "{body}");
 
     // Bad input: no or unknown token, malformed bodies, hostile ids, bad filters.
-    assert_eq!(gql(&base, "", "{ viewer { role } }", json!({})).0, 401);
+    assert_eq!(graphql(&base, "", "{ viewer { role } }", json!({})).0, 401);
     assert_eq!(
-        gql(
+        graphql(
             &base,
             "not-a-token-0123456789",
             "{ viewer { role } }",
@@ -447,7 +490,7 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
             serde_json::from_str(&python("graphql.py", &[&url, ADMIN, "--raw", raw])).unwrap();
         assert_eq!(v["status"], 400, "{raw:?}: {v}");
     }
-    let (_, body) = gql(&base, ADMIN, "{ flow(", json!({}));
+    let (_, body) = graphql(&base, ADMIN, "{ flow(", json!({}));
     assert!(body["errors"][0]["message"].is_string(), "{body}");
     for (t, f) in [
         ("tenant-0", "../tenant-1/order-101"),
@@ -482,9 +525,9 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
     // Introspection off: the schema is not served, queries still are.
     let closed = console_env("graphql_introspection = false");
     let (api, base) = serve_api(&closed);
-    let (_, body) = gql(&base, ADMIN, "{ __schema { types { name } } }", json!({}));
+    let (_, body) = graphql(&base, ADMIN, "{ __schema { types { name } } }", json!({}));
     assert!(body.pointer("/data/__schema/types").is_none(), "{body}");
-    let (_, body) = gql(
+    let (_, body) = graphql(
         &base,
         ADMIN,
         "{ __type(name: \"Flow\") { fields { name } } }",

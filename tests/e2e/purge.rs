@@ -297,6 +297,13 @@ fn holds_through_the_api_of_run_are_honoured_by_its_purge() {
     eventually(Duration::from_secs(20), "the API to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
+    // `run` serves the console and GraphQL too, with holds open to the admin token.
+    assert_eq!(http_get(&format!("{base}/ui"), "").0, 200);
+    let (status, me) = graphql(&base, ADMIN, "{ viewer { role canAct } }", Value::Null);
+    assert_eq!(
+        (status, &me["data"]["viewer"]),
+        (200, &serde_json::json!({"role": "admin", "canAct": true}))
+    );
     let hold_url = format!("{base}/flows/acme/flow-1/hold");
     let body = r#"{"reason":"case 11","actor":"legal"}"#;
     assert_eq!(http_request("PUT", &hold_url, "", Some(body)).0, 401);

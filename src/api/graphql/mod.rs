@@ -171,7 +171,13 @@ fn list_params(filter: Option<FlowFilter>, tenant: Option<String>) -> ListParams
         tenant,
         flow_id_prefix: f.flow_id_prefix,
         status: f.status.filter(|s| !s.is_empty()),
-        label: f.label.map(|l| format!("{}:{}", l.key, l.value)),
+        label: None,
+        labels: f
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| (l.key, l.value))
+            .collect(),
         archived_after: f.from.filter(|s| !s.is_empty()),
         archived_before: f.until.filter(|s| !s.is_empty()),
         limit: None,

@@ -38,7 +38,8 @@ pub struct FlowFilter {
     pub tenant: Option<String>,
     pub flow_id_prefix: Option<String>,
     pub status: Option<String>,
-    pub label: Option<LabelInput>,
+    /// Labels every match has.
+    pub labels: Option<Vec<LabelInput>>,
     /// RFC 3339, inclusive.
     pub from: Option<String>,
     /// RFC 3339, exclusive.

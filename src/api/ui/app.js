@@ -254,7 +254,10 @@ const ARCHIVED_QUERY = `query($filter: FlowFilter, $after: String) {
 function filterFrom(params) {
   const f = {};
   for (const k of ["tenant", "flowIdPrefix", "status"]) if (params.get(k)) f[k] = params.get(k);
-  if (params.get("labelKey")) f.label = { key: params.get("labelKey"), value: params.get("labelValue") || "" };
+  // "key=value, key=value": every label must match.
+  const labels = (params.get("labels") || "").split(",").map((l) => l.trim()).filter(Boolean)
+    .map((l) => { const at = l.indexOf("="); return at < 0 ? { key: l, value: "" } : { key: l.slice(0, at).trim(), value: l.slice(at + 1).trim() }; });
+  if (labels.length) f.labels = labels;
   for (const k of ["from", "until"]) if (params.get(k)) f[k] = new Date(params.get(k)).toISOString();
   return f;
 }
@@ -299,7 +302,7 @@ async function searchPage(params) {
       : field("tenant", "Tenant"),
     field("flowIdPrefix", "Flow id starts with"),
     h("label", { class: "field" }, "Status", status),
-    field("labelKey", "Label key"), field("labelValue", "Label value"),
+    field("labels", "Labels (key=value, …)", { placeholder: "team=ml, pipeline=fetch" }),
     field("from", "From (archived or last event)", { type: "datetime-local" }),
     field("until", "Until", { type: "datetime-local" }),
     h("button", { type: "submit", id: "search-submit" }, "Search"));

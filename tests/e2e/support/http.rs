@@ -47,6 +47,16 @@ pub fn check_openapi_cases(env: &Env, base: &str, cases: &[Value]) {
     python("openapi_check.py", &[spec, base, file.to_str().unwrap()]);
 }
 
+/// One GraphQL request to `{base}/graphql` through `tests/py/graphql.py` (Python
+/// `requests`): (HTTP status, body).
+pub fn graphql(base: &str, token: &str, query: &str, variables: Value) -> (u16, Value) {
+    let url = format!("{base}/graphql");
+    let vars = variables.to_string();
+    let v: Value = serde_json::from_str(&python("graphql.py", &[&url, token, query, &vars]))
+        .expect("graphql.py JSON");
+    (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone())
+}
+
 /// Scrapes `{base}/metrics` and parses it with Python's official client (OpenMetrics
 /// parser): `{"families": {name: type}, "samples": {"name{k=v}": value}}`.
 pub fn scrape_metrics(base: &str) -> Value {
