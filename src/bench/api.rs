@@ -54,33 +54,11 @@ fn other(e: impl std::fmt::Display) -> PipelineError {
     PipelineError::NotFound(e.to_string())
 }
 
-/// One GET over a fresh connection; the status code.
-fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
+/// Sends one HTTP/1.1 request over a fresh connection; the status code, or 0 when the
+/// answer holds GraphQL errors.
+fn exchange(addr: std::net::SocketAddr, request: &str) -> std::io::Result<u16> {
     let mut stream = std::net::TcpStream::connect(addr)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let status = std::str::from_utf8(&response[..response.len().min(12)])
-        .ok()
-        .and_then(|l| l.get(9..12))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok(status)
-}
-
-/// One POST of a GraphQL request over a fresh connection; the status code, or 0 when
-/// the answer holds GraphQL errors.
-fn post_graphql(addr: std::net::SocketAddr, body: &str) -> std::io::Result<u16> {
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    write!(
-        stream,
-        "POST /graphql HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let status = std::str::from_utf8(&response[..response.len().min(12)])
@@ -92,21 +70,54 @@ fn post_graphql(addr: std::net::SocketAddr, body: &str) -> std::io::Result<u16> 
     Ok(if errors { 0 } else { status })
 }
 
+fn get_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+}
+
+fn graphql_request(query: &str, variables: serde_json::Value) -> String {
+    let body = serde_json::json!({ "query": query, "variables": variables }).to_string();
+    format!(
+        "POST /graphql HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Each request's latency in ms, one after another; an error on any answer but 200.
+async fn timed(
+    addr: std::net::SocketAddr,
+    requests: Vec<String>,
+) -> Result<Vec<f64>, PipelineError> {
+    tokio::task::spawn_blocking(move || {
+        let mut ms = Vec::with_capacity(requests.len());
+        for request in requests {
+            let started = Instant::now();
+            let status = exchange(addr, &request).map_err(other)?;
+            if status != 200 {
+                let line = request.lines().next().unwrap_or_default();
+                return Err(other(format!("{line}: {status} ({request})")));
+            }
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(ms)
+    })
+    .await?
+}
+
 /// The console's flow page query (`src/api/ui/app.js`).
 const FLOW_PAGE: &str = "query($t: String!, $f: String!) { flow(tenant: $t, flowId: $f) { \
     tenant flowId status live archived eventCount labels { key value } hold { reason } \
     parts { part state status eventCount archivedAt purgeAt held objectUri storedBytes dueAt } \
     events(first: 200) { total nextCursor items { position part id type time json } } } }";
 
-/// The console's search: archived and live matches of a prefix, 50 each.
-const SEARCH: [&str; 2] = [
+/// The console's search: archived, then live matches of a prefix, 50 each.
+const ARCHIVED_SEARCH: &str =
     "query($p: String) { archivedFlows(filter: {flowIdPrefix: $p}, first: 50) { \
      edges { node { tenant flowId part status eventCount archivedAt purgeAt held } } \
-     pageInfo { hasNextPage endCursor } } }",
-    "query($p: String) { liveFlows(filter: {flowIdPrefix: $p}, first: 50) { \
+     pageInfo { hasNextPage endCursor } } }";
+const LIVE_SEARCH: &str = "query($p: String) { liveFlows(filter: {flowIdPrefix: $p}, first: 50) { \
      edges { node { tenant flowId part status eventCount lastEventTime dueAt } } \
-     pageInfo { hasNextPage endCursor } } }",
-];
+     pageInfo { hasNextPage endCursor } } }";
 
 pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineError> {
     let tmp = tempfile::tempdir().map_err(|e| io_err("temporary directory", e))?;
@@ -163,66 +174,34 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
     let server = tokio::spawn(crate::api::serve(state, addr, cancel.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let time_gets = |paths: Vec<String>| {
-        tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
-            let mut ms = Vec::with_capacity(paths.len());
-            for path in paths {
-                let started = Instant::now();
-                let status = get(addr, &path).map_err(|e| e.to_string())?;
-                if status != 200 {
-                    return Err(format!("GET {path}: {status}"));
-                }
-                ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok(ms)
-        })
-    };
-    let mut archived_ms = time_gets(
+    let mut archived_ms = timed(
+        addr,
         archived
             .iter()
-            .map(|p| format!("/flows/{}/{}", p.tenant, p.flow_id))
+            .map(|p| get_request(&format!("/flows/{}/{}", p.tenant, p.flow_id)))
             .collect(),
     )
-    .await?
-    .map_err(other)?;
-    let mut live_ms = time_gets(
+    .await?;
+    let mut live_ms = timed(
+        addr,
         live.iter()
-            .map(|m| format!("/flows/{}/{}", m.tenant, m.flow_id))
+            .map(|m| get_request(&format!("/flows/{}/{}", m.tenant, m.flow_id)))
             .collect(),
     )
-    .await?
-    .map_err(other)?;
-
-    let time_posts = |bodies: Vec<String>| {
-        tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
-            let mut ms = Vec::with_capacity(bodies.len());
-            for body in bodies {
-                let started = Instant::now();
-                let status = post_graphql(addr, &body).map_err(|e| e.to_string())?;
-                if status != 200 {
-                    return Err(format!("POST /graphql {body}: {status}"));
-                }
-                ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok(ms)
-        })
-    };
-    let request = |query: &str, variables: serde_json::Value| {
-        serde_json::json!({ "query": query, "variables": variables }).to_string()
-    };
-    let mut flow_ms = time_posts(
+    .await?;
+    let mut flow_ms = timed(
+        addr,
         archived
             .iter()
             .map(|p| {
-                request(
+                graphql_request(
                     FLOW_PAGE,
                     serde_json::json!({"t": p.tenant, "f": p.flow_id}),
                 )
             })
             .collect(),
     )
-    .await?
-    .map_err(other)?;
+    .await?;
     // Prefixes of random archived flow ids: a few characters short of the whole id,
     // so each matches a handful of flows among many.
     let prefixes: Vec<String> = archived
@@ -233,16 +212,15 @@ pub async fn run(args: &super::BenchArgs) -> Result<ApiBenchReport, PipelineErro
             p.flow_id.chars().take(keep).collect()
         })
         .collect();
-    let mut searched = Vec::new();
-    for query in SEARCH {
-        let bodies = prefixes
+    let search = |query: &'static str| {
+        let requests = prefixes
             .iter()
-            .map(|p| request(query, serde_json::json!({ "p": p })))
+            .map(|p| graphql_request(query, serde_json::json!({ "p": p })))
             .collect();
-        searched.push(time_posts(bodies).await?.map_err(other)?);
-    }
-    let [mut archived_search_ms, mut live_search_ms] =
-        <[Vec<f64>; 2]>::try_from(searched).map_err(|_| other("two searches"))?;
+        timed(addr, requests)
+    };
+    let mut archived_search_ms = search(ARCHIVED_SEARCH).await?;
+    let mut live_search_ms = search(LIVE_SEARCH).await?;
     cancel.cancel();
     let _ = server.await;
     Ok(ApiBenchReport {

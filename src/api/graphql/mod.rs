@@ -26,7 +26,7 @@ use axum::Json;
 
 use super::{api_actor, caller, ApiError, ApiState};
 use crate::flow::FlowRef;
-use crate::index::ListParams;
+use crate::index::{ListParams, ListQuery};
 use crate::read::ReadError;
 use types::*;
 
@@ -165,10 +165,17 @@ async fn holds_of(state: &ApiState, caller: &Caller) -> Result<Vec<Hold>> {
         .collect())
 }
 
-fn list_params(filter: Option<FlowFilter>, tenant: Option<String>) -> ListParams {
+/// A listing's query: the filter narrowed to the caller's tenant, a page of `first`
+/// (default 100, at most 1000) after the cursor `after`.
+fn search_query(
+    caller: &Caller,
+    filter: Option<FlowFilter>,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<ListQuery> {
     let f = filter.unwrap_or_default();
     ListParams {
-        tenant,
+        tenant: caller.narrow(f.tenant)?,
         flow_id_prefix: f.flow_id_prefix,
         status: f.status.filter(|s| !s.is_empty()),
         label: None,
@@ -180,13 +187,11 @@ fn list_params(filter: Option<FlowFilter>, tenant: Option<String>) -> ListParams
             .collect(),
         archived_after: f.from.filter(|s| !s.is_empty()),
         archived_before: f.until.filter(|s| !s.is_empty()),
-        limit: None,
-        cursor: None,
+        limit: Some(first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize),
+        cursor: after,
     }
-}
-
-fn page_size(first: Option<i32>) -> usize {
-    first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize
+    .parse()
+    .map_err(|e| bad_request(e.to_string()))
 }
 
 pub struct QueryRoot;
@@ -241,11 +246,7 @@ impl QueryRoot {
         after: Option<String>,
     ) -> Result<ArchivedConnection> {
         let (state, caller) = context(ctx);
-        let tenant = caller.narrow(filter.as_ref().and_then(|f| f.tenant.clone()))?;
-        let mut params = list_params(filter, tenant);
-        params.limit = Some(page_size(first));
-        params.cursor = after;
-        let query = params.parse().map_err(|e| bad_request(e.to_string()))?;
+        let query = search_query(caller, filter, first, after)?;
         let index = state.reader.index().clone();
         let page = blocking(move || index.list(&query))
             .await?
@@ -282,11 +283,7 @@ impl QueryRoot {
         after: Option<String>,
     ) -> Result<LiveConnection> {
         let (state, caller) = context(ctx);
-        let tenant = caller.narrow(filter.as_ref().and_then(|f| f.tenant.clone()))?;
-        let mut params = list_params(filter, tenant);
-        params.limit = Some(page_size(first));
-        params.cursor = after;
-        let query = params.parse().map_err(|e| bad_request(e.to_string()))?;
+        let query = search_query(caller, filter, first, after)?;
         let page = state.reader.search_live(&query).await.map_err(read_error)?;
         Ok(LiveConnection {
             edges: page
