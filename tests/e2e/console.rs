@@ -443,6 +443,15 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
         json!({"action": "release", "tenant": "tenant-0", "flowId": "order-002"})
     );
 
+    // The introspection query tools send fits the limits.
+    let standard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/introspection.graphql"
+    ))
+    .unwrap();
+    let schema = data(&base, ADMIN, &standard, json!({}));
+    assert!(schema["__schema"]["types"].as_array().unwrap().len() > 20);
+
     // Depth and cost limits, refused before running.
     let mut deep = String::from("name");
     for _ in 0..16 {
