@@ -79,15 +79,16 @@ async function gql(query, variables) {
   }
 }
 
-// Runs a page's loader, showing its error (or the sign-in form) instead of a page.
-async function load(render) {
+// Runs a loader, showing its error (or the sign-in form). A page that fails is
+// replaced by a note; a "More" that fails keeps what is already shown.
+async function load(render, keepPage) {
   showError("");
   try {
     await render();
   } catch (e) {
     if (e instanceof AuthError) return signIn(e.message);
     showError(e.message);
-    show(h("p", { class: "muted" }, "This page could not be loaded: see the message above."));
+    if (!keepPage) show(h("p", { class: "muted" }, "This page could not be loaded: see the message above."));
   }
 }
 
@@ -140,7 +141,7 @@ function route() {
     a.classList.toggle("active", a.dataset.nav === page);
   }
   if (page === "flow" && parts.length === 3) return load(() => flowPage(parts[1], parts[2]));
-  if (page === "search") return load(() => searchPage(new URLSearchParams(query || "")));
+  if (page === "search") return load(() => searchPage(new URLSearchParams(query || "")), true);
   if (page === "holds") return load(holdsPage);
   return load(overviewPage);
 }
@@ -279,7 +280,7 @@ function resultTable(id, heads, rowOf, field, query, filter) {
       more.disabled = false;
     }
   }
-  more.addEventListener("click", () => load(next));
+  more.addEventListener("click", () => load(next, true));
   const table = h("div", { class: "table-wrap" }, h("table", { id }, h("thead", {}, h("tr", {}, heads.map((t) => h("th", {}, t)))), tbody));
   return { node: h("div", {}, table, empty, more), next };
 }
@@ -431,7 +432,7 @@ async function flowPage(tenant, flowId) {
     timeline.append(...page.items.map(eventItem));
     after = page.nextCursor;
     more.hidden = !after;
-  }));
+  }, true));
   show(
     h("h1", { id: "flow-title" }, flow.tenant + "/" + flow.flowId),
     h("div", {}, badge(flow.status), flow.live ? h("span", { class: "badge running" }, "live") : null,
