@@ -630,6 +630,53 @@ fn raw_get(port: u16, path: &str, etag: Option<&str>) -> (u16, String, String) {
     (status, head.to_lowercase(), body.to_string())
 }
 
+#[test]
+fn replay_through_graphql_sends_an_archived_flow_in_order_to_nats() {
+    let nats = NatsServer::start();
+    let env = Env::new(&format!(
+        "[nats]\nservers = \"{}\"\n[api]\nadmin_token = \"{ADMIN}\"\n[api.tenant_tokens]\ntenant-0 = \"{T0}\"\n",
+        nats.url()
+    ));
+    let order_003 = populate(&env);
+    let (api, base) = serve_api(&env);
+    nats_client(&["stream", &nats.url(), "REPLAY", "replay.>"]);
+    let replay = "mutation($to: String!) { replayFlow(tenant: \"tenant-0\", flowId: \"order-003\", to: $to, actor: \"console\") { target events parts } }";
+    assert_eq!(
+        error_code(&base, T0, replay, json!({"to": "nats:replay.order-003"})),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        error_code(&base, ADMIN, replay, json!({"to": "nats:replay.*"})),
+        "BAD_REQUEST"
+    );
+    let done = data(&base, ADMIN, replay, json!({"to": "nats:replay.order-003"}));
+    assert_eq!(done["replayFlow"]["target"], "nats:replay.order-003");
+    assert_eq!(done["replayFlow"]["events"], 5);
+    let read = nats_client(&["read", &nats.url(), "REPLAY", "5", "--timeout", "20"]);
+    let ids: Vec<String> = read
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["json"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, order_003);
+    // A live flow has nothing archived to replay.
+    let live = "mutation { replayFlow(tenant: \"tenant-0\", flowId: \"live-1\", to: \"nats:replay.x\") { events } }";
+    assert_eq!(error_code(&base, ADMIN, live, json!({})), "NOT_FOUND");
+    let audit = data(
+        &base,
+        ADMIN,
+        "{ activity(last: 1) { action actor flowId counts { name value } } }",
+        json!({}),
+    );
+    assert_eq!(audit["activity"][0]["action"], "replay");
+    assert_eq!(audit["activity"][0]["actor"], "api:console");
+    api.stop();
+}
+
 fn screenshots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots")
 }

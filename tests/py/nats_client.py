@@ -6,6 +6,7 @@ It shares no code with flow-archiver.
   read URL STREAM N [--timeout S]   the stream's messages from the start, one JSON object
                                     each: at least N (or what came before the timeout),
                                     plus any that follow within 2 s
+  stream URL NAME SUBJECT           creates a stream capturing SUBJECT
   pending URL STREAM CONSUMER       prints "num_pending num_ack_pending" of the consumer
   ack-policy URL STREAM CONSUMER    prints the consumer's ack policy (none, all, explicit)
   consumer URL STREAM CONSUMER ACK  creates a durable pull consumer with that ack policy
@@ -63,6 +64,12 @@ async def read(url, stream, n, timeout):
             seen += 1
             if seen >= n and settle is None:
                 settle = time.time() + 2.0
+    await nc.close()
+
+
+async def stream(url, name, subject):
+    nc = await nats.connect(url)
+    await nc.jetstream().add_stream(name=name, subjects=[subject])
     await nc.close()
 
 
@@ -133,6 +140,8 @@ if __name__ == "__main__":
     elif cmd == "read":
         timeout = float(args[args.index("--timeout") + 1]) if "--timeout" in args else 60.0
         asyncio.run(read(args[0], args[1], int(args[2]), timeout))
+    elif cmd == "stream":
+        asyncio.run(stream(*args))
     elif cmd == "pending":
         asyncio.run(pending(*args))
     elif cmd == "ack-policy":
