@@ -395,6 +395,13 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
         held["placeHold"],
         json!({"tenant": "tenant-0", "flowId": "order-002", "reason": "case 7", "actor": "api:admin"})
     );
+    // Placed twice: still one hold.
+    data(
+        &base,
+        ADMIN,
+        hold_q,
+        json!({"t": "tenant-0", "f": "order-002"}),
+    );
     assert_eq!(
         data(&base, T0, "{ holds { flowId } }", json!({}))["holds"],
         json!([{"flowId": "order-002"}])
@@ -501,6 +508,35 @@ fn graphql_serves_the_documented_queries_scoped_and_limited() {
     }
     let (_, body) = graphql(&base, ADMIN, "{ flow(", json!({}));
     assert!(body["errors"][0]["message"].is_string(), "{body}");
+    // Oversized: refused by the body limit; deeply nested text: a parse error, and
+    // the server stays up.
+    let big = env.write(
+        "big.json",
+        format!(
+            "{{\"query\": \"{{ viewer {{ role }} }}\", \"pad\": \"{}\"}}",
+            "x".repeat(3 << 20)
+        )
+        .as_bytes(),
+    );
+    let v: Value = serde_json::from_str(&python(
+        "graphql.py",
+        &[&url, ADMIN, "--raw", &format!("@{}", big.display())],
+    ))
+    .unwrap();
+    assert_eq!(v["status"], 413, "{}", v["status"]);
+    let nested = format!("{}{}", "{ a ".repeat(20_000), "}".repeat(20_000));
+    let deep = env.write(
+        "deep.json",
+        json!({ "query": nested }).to_string().as_bytes(),
+    );
+    let v: Value = serde_json::from_str(&python(
+        "graphql.py",
+        &[&url, ADMIN, "--raw", &format!("@{}", deep.display())],
+    ))
+    .unwrap();
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(v["body"]["errors"][0]["message"].is_string(), "{v}");
+    data(&base, ADMIN, "{ viewer { role } }", json!({}));
     for (t, f) in [
         ("tenant-0", "../tenant-1/order-101"),
         ("tenant-0", "a\u{202e}b"),

@@ -3,8 +3,8 @@
   graphql.py URL TOKEN QUERY [VARIABLES_JSON]
       POSTs {"query", "variables"} to URL with the bearer TOKEN ("" for none) and
       prints {"status": N, "body": <JSON or text>}
-  graphql.py URL TOKEN --raw BODY
-      POSTs BODY as it is (for malformed requests)
+  graphql.py URL TOKEN --raw BODY | --raw @FILE
+      POSTs BODY, or FILE's bytes, as they are (for malformed or oversized requests)
 """
 
 import json
@@ -18,6 +18,9 @@ if token:
     headers["Authorization"] = "Bearer " + token
 if sys.argv[3] == "--raw":
     data = sys.argv[4].encode()
+    if data.startswith(b"@"):
+        with open(data[1:], "rb") as f:
+            data = f.read()
 else:
     variables = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
     data = json.dumps({"query": sys.argv[3], "variables": variables}).encode()
