@@ -14,6 +14,7 @@
 //!   `serve` with no archiver running); `serve` beside an archiver answers 503 and
 //!   names the way that works.
 
+mod access;
 mod graphql;
 mod tls;
 mod ui;
@@ -204,13 +205,7 @@ impl Tokens {
 }
 
 fn allow(scope: &Option<String>, tenant: &str) -> Result<(), ApiError> {
-    match scope {
-        Some(own) if own != tenant => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("this token reads tenant {own:?} only"),
-        )),
-        _ => Ok(()),
-    }
+    Ok(access::allow(scope, tenant)?)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -285,33 +280,15 @@ fn restore_required(e: crate::archive::ArchiveError) -> ApiError {
     )
 }
 
-/// The admin token is required for holds, and must be configured: with no tokens a
-/// loopback API reads freely, but never changes what may be purged.
+/// [`access::admin_only`], refused before the token is checked when no admin token
+/// is configured.
 fn require_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state.auth.admin_token.is_none() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "holds through the API need an admin token: set api.admin_token".into(),
-        ));
-    }
-    match caller(state, headers)? {
-        None => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "only the admin token places or releases holds".into(),
-        )),
-    }
+    access::admin_only(&state.auth, &None)?;
+    Ok(access::admin_only(&state.auth, &caller(state, headers)?)?)
 }
 
 fn hold_pipeline(state: &ApiState) -> Result<&Arc<Pipeline>, ApiError> {
-    state.pipeline.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this API does not own the state store: use the API served by `run` \
-             (api.listen) or `flow-archiver hold`"
-                .into(),
-        )
-    })
+    Ok(access::acting_pipeline(state)?)
 }
 
 /// Ids are validated before any lookup or scope check: 400 for an id that could
@@ -407,16 +384,7 @@ async fn list_flows(
     Query(mut p): Query<ListParams>,
 ) -> Result<Json<crate::index::ListPage>, ApiError> {
     let scope = caller(&state, &headers)?;
-    let tenant = match (&scope, p.tenant.take()) {
-        (Some(own), Some(asked)) if *own != asked => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("this token reads tenant {own:?} only"),
-            ))
-        }
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
-    };
+    let tenant = access::narrow(&scope, p.tenant.take())?;
     let query = ListParams { tenant, ..p }
         .parse()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;

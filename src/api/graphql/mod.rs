@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{api_actor, caller, ApiError, ApiState};
+use super::{access, api_actor, caller, ApiError, ApiState};
 use crate::flow::FlowRef;
 use crate::index::{ListParams, ListQuery};
 use crate::read::ReadError;
@@ -71,32 +71,21 @@ struct Caller {
 
 impl Caller {
     fn allow(&self, tenant: &str) -> Result<()> {
-        match &self.scope {
-            Some(own) if own != tenant => {
-                Err(forbidden(format!("this token reads tenant {own:?} only")))
-            }
-            _ => Ok(()),
-        }
+        access::allow(&self.scope, tenant).map_err(refused)
     }
 
-    /// The tenant a listing is narrowed to: the token's own, whatever was asked.
+    /// The tenant a listing is narrowed to (an empty one is no tenant).
     fn narrow(&self, asked: Option<String>) -> Result<Option<String>> {
-        match (&self.scope, asked) {
-            (Some(own), Some(asked)) if *own != asked => {
-                Err(forbidden(format!("this token reads tenant {own:?} only")))
-            }
-            (Some(own), _) => Ok(Some(own.clone())),
-            (None, asked) => Ok(asked.filter(|t| !t.is_empty())),
-        }
+        access::narrow(&self.scope, asked.filter(|t| !t.is_empty())).map_err(refused)
     }
+}
+
+fn refused(r: access::Refusal) -> Error {
+    coded(r.code, r.message)
 }
 
 fn coded(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(message).extend_with(|_, e| e.set("code", code))
-}
-
-fn forbidden(message: impl Into<String>) -> Error {
-    coded("FORBIDDEN", message)
 }
 
 pub(super) fn bad_request(message: impl Into<String>) -> Error {
@@ -425,23 +414,8 @@ pub struct MutationRoot;
 /// The running pipeline, for the admin token only (as REST's hold routes).
 fn acting<'a>(ctx: &Context<'a>) -> Result<&'a Arc<crate::pipeline::Pipeline>> {
     let (state, caller) = context(ctx);
-    if state.auth.admin_token.is_none() {
-        return Err(forbidden(
-            "holds and replays through the API need an admin token: set api.admin_token",
-        ));
-    }
-    if caller.scope.is_some() {
-        return Err(forbidden(
-            "only the admin token places or releases holds and replays flows",
-        ));
-    }
-    state.pipeline.as_ref().ok_or_else(|| {
-        coded(
-            "UNAVAILABLE",
-            "this server does not own the state store: use the API served by `run` \
-             (api.listen) or the CLI",
-        )
-    })
+    access::admin_only(&state.auth, &caller.scope).map_err(refused)?;
+    access::acting_pipeline(state).map_err(refused)
 }
 
 fn not_found_or_internal(e: crate::pipeline::PipelineError) -> Error {
