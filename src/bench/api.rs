@@ -107,7 +107,7 @@ async fn timed(
 /// The console's flow page query (`src/api/ui/app.js`).
 const FLOW_PAGE: &str = "query($t: String!, $f: String!) { flow(tenant: $t, flowId: $f) { \
     tenant flowId status live archived eventCount labels { key value } hold { reason } \
-    parts { part state status eventCount archivedAt purgeAt held objectUri storedBytes dueAt } \
+    parts { part state status labels { key value } eventCount firstEventTime lastEventTime archivedAt purgeAt held objectUri storedBytes dueAt } \
     events(first: 200) { total nextCursor items { position part id type time json } } } }";
 
 /// The console's search: archived, then live matches of a prefix, 50 each.

@@ -745,6 +745,7 @@ fn console_in_a_real_browser() {
         b.find_text("#live-results a.flow-link", "tenant-0/order-001").await;
         b.find_text("#archived-results a.flow-link", "tenant-0/order-003").await.click().await.unwrap();
         b.find_text("#flow-title", "tenant-0/order-003").await;
+        b.find_text("#parts", "team=t1").await;
 
         // Its events, in flow order although they arrived shuffled; one expands to JSON.
         b.find("#timeline li").await;

@@ -342,7 +342,7 @@ const FLOW_QUERY = `query($tenant: String!, $flowId: String!, $after: String) {
     tenant flowId status live archived eventCount firstEventTime lastEventTime
     labels { key value }
     hold { reason actor since }
-    parts { part state status eventCount firstEventTime lastEventTime archivedAt purgeAt held objectUri storedBytes dueAt }
+    parts { part state status labels { key value } eventCount firstEventTime lastEventTime archivedAt purgeAt held objectUri storedBytes dueAt }
     events(first: 200, after: $after) { total nextCursor items { position part id type time json } }
   } }`;
 
@@ -444,9 +444,10 @@ async function flowPage(tenant, flowId) {
     flowActions(flow),
     h("h2", {}, "Parts"),
     h("div", { class: "table-wrap" }, h("table", { id: "parts" },
-      h("thead", {}, h("tr", {}, ["Part", "Where", "Status", "Events", "First event", "Last event", "Archived", "Purge or hold", "Frame bytes", "Object"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Part", "Where", "Status", "Labels", "Events", "First event", "Last event", "Archived", "Purge or hold", "Frame bytes", "Object"].map((t) => h("th", {}, t)))),
       h("tbody", {}, flow.parts.map((p) => h("tr", {},
-        h("td", {}, p.part), h("td", {}, p.state.toLowerCase()), h("td", {}, badge(p.status)), h("td", {}, num(p.eventCount)),
+        h("td", {}, p.part), h("td", {}, p.state.toLowerCase()), h("td", {}, badge(p.status)),
+        h("td", { class: "wrap" }, labelText(p.labels)), h("td", {}, num(p.eventCount)),
         h("td", {}, time(p.firstEventTime)), h("td", {}, time(p.lastEventTime)), h("td", {}, time(p.archivedAt)),
         h("td", {}, p.held || flow.hold ? badge("held") : p.purgeAt ? time(p.purgeAt) : p.dueAt ? "due " + time(p.dueAt) : "–"),
         h("td", {}, bytes(p.storedBytes)),
